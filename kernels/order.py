@@ -1,0 +1,207 @@
+"""Event ordering and sessions.
+
+    perm = stable_order(user, ts, item)          # int64 (n,), == np.lexsort((item, ts, user))
+    user, ts, item = user[perm], ts[perm], item[perm]
+    session = sessionize(user, ts, gap=30 * 60)  # int64 (n,), 0..S-1, non-decreasing
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._convert import as_int, check_lengths
+
+# Segments up to this length are insertion-sorted; longer ones are merge-sorted
+# from insertion-sorted runs of this length (passed to the kernel as an argument).
+_RUN = 24
+
+
+@njit(cache=True)
+def _less(ts, tb, use_tb, a, b):
+    # Total order on rows: (ts, tiebreak, row). The row index makes any sort
+    # algorithm reproduce a stable sort exactly.
+    if ts[a] != ts[b]:
+        return ts[a] < ts[b]
+    if use_tb and tb[a] != tb[b]:
+        return tb[a] < tb[b]
+    return a < b
+
+
+@njit(cache=True)
+def _insertion_sort(perm, lo, hi, ts, tb, use_tb):
+    for i in range(lo + 1, hi):
+        x = perm[i]
+        j = i - 1
+        while j >= lo and _less(ts, tb, use_tb, x, perm[j]):
+            perm[j + 1] = perm[j]
+            j -= 1
+        perm[j + 1] = x
+
+
+@njit(cache=True)
+def _merge_sort(perm, lo, hi, buf, ts, tb, use_tb, run):
+    for b in range(lo, hi, run):
+        _insertion_sort(perm, b, min(b + run, hi), ts, tb, use_tb)
+    src = perm
+    dst = buf
+    in_buf = False
+    width = run
+    while width < hi - lo:
+        for a in range(lo, hi, 2 * width):
+            mid = min(a + width, hi)
+            end = min(a + 2 * width, hi)
+            i = a
+            j = mid
+            k = a
+            while i < mid and j < end:
+                if _less(ts, tb, use_tb, src[j], src[i]):
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < end:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+        tmp = src
+        src = dst
+        dst = tmp
+        in_buf = not in_buf
+        width *= 2
+    if in_buf:
+        for k in range(lo, hi):
+            perm[k] = buf[k]
+
+
+@njit(cache=True)
+def _counting_sort(user, umin, n_codes):
+    # Stable counting sort on the dense user code: O(n + n_codes).
+    n = user.shape[0]
+    start = np.zeros(n_codes + 1, np.int64)
+    for i in range(n):
+        start[user[i] - umin + 1] += 1
+    for c in range(n_codes):
+        start[c + 1] += start[c]
+    perm = np.empty(n, np.int64)
+    for i in range(n):
+        c = user[i] - umin
+        perm[start[c]] = i
+        start[c] += 1
+    return perm
+
+
+@njit(cache=True)
+def _sort_user_segments(perm, user, ts, tb, use_tb, run):
+    # perm is already grouped by user (stably); sort each user's rows by (ts, tb, row).
+    n = perm.shape[0]
+    buf = np.empty(0, np.int64)
+    lo = 0
+    while lo < n:
+        u = user[perm[lo]]
+        hi = lo + 1
+        is_sorted = True
+        while hi < n and user[perm[hi]] == u:
+            if is_sorted and _less(ts, tb, use_tb, perm[hi], perm[hi - 1]):
+                is_sorted = False
+            hi += 1
+        if not is_sorted:
+            if hi - lo <= run:
+                _insertion_sort(perm, lo, hi, ts, tb, use_tb)
+            else:
+                if buf.shape[0] == 0:
+                    buf = np.empty(n, np.int64)
+                _merge_sort(perm, lo, hi, buf, ts, tb, use_tb, run)
+        lo = hi
+    return perm
+
+
+def stable_order(user, ts, tiebreak=None) -> np.ndarray:
+    """Permutation that sorts events by (user, ts, tiebreak), stable on equal keys.
+
+    Args:
+        user: int codes, shape (n,). Dense codes (e.g. 0..U-1) take an O(n + U)
+            counting sort; sparse codes fall back to NumPy's stable argsort.
+        ts: int timestamps, shape (n,) (any unit; Arrow/NumPy datetimes are read as int64).
+        tiebreak: optional int key, shape (n,), e.g. the item code. None: input order
+            breaks ties.
+
+    Returns:
+        perm: int64, shape (n,); exactly ``np.lexsort((tiebreak, ts, user))``.
+        Apply it with ``user[perm]``, ``ts[perm]``, ... before the other kernels.
+    """
+    user = as_int(user, "user")
+    ts = as_int(ts, "ts")
+    n = user.shape[0]
+    check_lengths(n, ("ts", ts))
+    if tiebreak is None:
+        tb, use_tb = np.zeros(1, np.int64), False
+    else:
+        tb, use_tb = as_int(tiebreak, "tiebreak"), True
+        check_lengths(n, ("tiebreak", tb))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    umin, umax = int(user.min()), int(user.max())
+    if umax - umin <= 2 * n + 1024:
+        perm = _counting_sort(user, np.int64(umin), np.int64(umax - umin + 1))
+    else:  # sparse codes: a counting array would be larger than the data
+        perm = np.argsort(user, kind="stable").astype(np.int64, copy=False)
+    return _sort_user_segments(perm, user, ts, tb, use_tb, _RUN)
+
+
+@njit(cache=True)
+def _first_unsorted(user, ts):
+    # First row i with (user, ts)[i] < (user, ts)[i-1], or -1.
+    for i in range(1, user.shape[0]):
+        if user[i] < user[i - 1] or (user[i] == user[i - 1] and ts[i] < ts[i - 1]):
+            return i
+    return -1
+
+
+def check_sorted(user, ts) -> None:
+    """Raise ValueError unless rows are sorted by (user, ts)."""
+    bad = _first_unsorted(user, ts)
+    if bad >= 0:
+        raise ValueError(
+            f"events are not sorted by (user, ts) at row {bad}; sort with stable_order first "
+            f"(perm = stable_order(user, ts, item); user, ts, ... = user[perm], ts[perm], ...)"
+        )
+
+
+@njit(cache=True)
+def _sessionize(user, ts, gap):
+    n = user.shape[0]
+    session = np.empty(n, np.int64)
+    s = -1
+    for i in range(n):
+        if i == 0 or user[i] != user[i - 1] or ts[i] - ts[i - 1] > gap:
+            s += 1
+        session[i] = s
+    return session
+
+
+def sessionize(user, ts, gap) -> np.ndarray:
+    """Global session index per event.
+
+    A session starts at each user's first event and whenever ``ts - previous ts > gap``.
+
+    Args:
+        user, ts: int, shape (n,), sorted by (user, ts) (use stable_order).
+        gap: int >= 0, in the unit of ts (e.g. 1800 for 30 minutes of epoch seconds).
+
+    Returns:
+        session: int64, shape (n,), values 0..S-1, non-decreasing.
+    """
+    user = as_int(user, "user")
+    ts = as_int(ts, "ts")
+    check_lengths(user.shape[0], ("ts", ts))
+    if int(gap) != gap or gap < 0:
+        raise ValueError(f"gap={gap!r} must be a non-negative integer in the unit of ts (e.g. 1800 seconds)")
+    check_sorted(user, ts)
+    return _sessionize(user, ts, np.int64(gap))

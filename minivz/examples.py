@@ -1,0 +1,355 @@
+"""Log -> training/evaluation examples: the data stage of the pipeline.
+
+    from minivz.config import DataConfig
+    from minivz.examples import prepare
+    summary = prepare(DataConfig(source="movielens-100k"), "data/ml100k")
+
+Steps: ingest (canonical Arrow tables + rejects) -> dense user/item codes ->
+``stable_order`` -> ``sessionize`` -> ``aggregate_series`` -> split assignment ->
+``build_examples`` -> Parquet. The output directory layout (schema version 1):
+
+    manifest.json      config, counts, the tie rule and split used, timings
+    events.parquet     sorted by (user, ts, item): user_id, user_idx:int32, ts:timestamp[us,UTC],
+                       item_id, item_idx:int32, interaction, duration_s, session:int64, run:int64,
+                       + source metadata columns (e.g. rating)
+    items.parquet      one row per item_idx: item_idx, item_id, title, genres:list<str>, year,
+                       series_id, season, episode, description, n_events
+    runs.parquet       series runs (consecutive episodes of a series in one session): run, start,
+                       length, series_id, first/last season/episode, total_duration_s, first_ts, last_ts
+    {train,valid,test}.parquet
+                       example_id:int64, user_idx:int32, user_id, target_row:int64 (row in events),
+                       target_item:int32 (item_idx), target_ts, hist_start/hist_end:int64 (rows
+                       [hist_start, hist_end) of events, oldest first), candidates:list<int32>
+                       (item_idx, target at position `label`), label:int8, discovery:bool
+    rejects.parquet    source, row, reason, raw — every input row that was not kept
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from minivz.config import DataConfig, to_dict
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "valid", "test")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    n_read: int
+    n_rejected: int
+    n_events: int
+    n_users: int
+    n_items: int
+    n_sessions: int
+    n_runs: int
+    examples: dict[str, int]
+    discovery_share: dict[str, float]
+    skipped: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["out"] = str(self.out)
+        return d
+
+
+def _dense_codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Dense int codes in natural id order (numeric ids sort numerically)."""
+    uniq = pc.unique(values).to_pylist()
+    if all(s.isdigit() for s in uniq):
+        uniq.sort(key=lambda s: (len(s.lstrip("0")), s.lstrip("0"), s))
+    else:
+        uniq.sort()
+    lookup = pa.array(uniq, pa.string())
+    codes = pc.index_in(values, value_set=lookup).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), uniq
+
+
+def _catalog(items: pa.Table | None, item_ids: list[str], counts: np.ndarray) -> pa.Table:
+    """One catalog row per item code; items without a catalog entry get their id as title."""
+    cols = {
+        "item_idx": pa.array(np.arange(len(item_ids), dtype=np.int32)),
+        "item_id": pa.array(item_ids, pa.string()),
+    }
+    ids = cols["item_id"]
+    if items is not None and items.num_rows:
+        pos = pc.index_in(ids, value_set=items["item_id"])
+        for name in ("title", "genres", "year", "series_id", "season", "episode", "description"):
+            if name in items.column_names:
+                cols[name] = pc.take(items[name], pos)
+    if "title" not in cols:
+        cols["title"] = ids
+    else:
+        cols["title"] = pc.coalesce(cols["title"], ids)
+    defaults = {
+        "genres": pa.list_(pa.string()),
+        "year": pa.int32(),
+        "series_id": pa.string(),
+        "season": pa.int32(),
+        "episode": pa.int32(),
+        "description": pa.string(),
+    }
+    for name, typ in defaults.items():
+        if name not in cols:
+            cols[name] = pa.nulls(len(item_ids), typ)
+    cols["n_events"] = pa.array(counts.astype(np.int64))
+    order = ["item_idx", "item_id", "title", "genres", "year", "series_id", "season", "episode",
+             "description", "n_events"]
+    return pa.table({k: cols[k] for k in order})
+
+
+def _int_or(arr: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
+    return pc.fill_null(arr, fill).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def ingest(cfg: DataConfig):
+    """Read the configured source into canonical tables (an ``IngestResult``)."""
+    from minivz import ingest as ing
+    from minivz import sources
+
+    if cfg.input is not None:
+        return ing.read_log(
+            cfg.input,
+            cfg.map or None,
+            ts_unit=cfg.ts_unit,
+            naive_tz=cfg.naive_tz,
+            items_path=cfg.items,
+            items_map=cfg.items_map or None,
+        )
+    opts = {}
+    if cfg.source == "synthetic-streaming":
+        opts = {"n_users": cfg.synthetic_users, "n_events": cfg.synthetic_events, "seed": cfg.seed}
+    return sources.load_source(cfg.source, **opts)
+
+
+def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) -> PrepareSummary:
+    """Run the whole data stage and write ``out`` (see the module docstring for the layout)."""
+    from minivz import kernels
+
+    say = progress or (lambda _msg: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    secs: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    say("ingest")
+    res = ingest(cfg)
+    secs["ingest"] = time.perf_counter() - t0
+    ev = res.events
+    if ev.num_rows == 0:
+        raise ValueError(
+            f"no events left after ingestion ({res.n_read} read, {res.rejects.num_rows} rejected); "
+            f"see {out / 'rejects.parquet'} for the reasons"
+        )
+
+    t0 = time.perf_counter()
+    say("encode")
+    user_codes, user_ids = _dense_codes(ev["user_id"])
+    item_codes, item_ids = _dense_codes(ev["item_id"])
+    ts = pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    # Ties on time are broken by the item's code (natural id order), so the order
+    # is the same on every run and every machine.
+    say("sort")
+    perm = kernels.stable_order(user_codes, ts, item_codes)
+    ev = ev.take(pa.array(perm))
+    user_codes, item_codes, ts = user_codes[perm], item_codes[perm], ts[perm]
+    secs["encode_sort"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("sessionize")
+    session = kernels.sessionize(user_codes, ts, int(cfg.session_gap_s) * 1_000_000)
+    items_in = res.items
+    n_items = len(item_ids)
+    counts = np.bincount(item_codes, minlength=n_items)
+    catalog = _catalog(items_in, item_ids, counts)
+    # series code per event, from the catalog's series_id
+    series_ids_cat = catalog["series_id"]
+    ser_codes_cat = np.full(n_items, -1, dtype=np.int32)
+    series_names: list[str] = []
+    if series_ids_cat.null_count < n_items:
+        valid = pc.is_valid(series_ids_cat).to_numpy(zero_copy_only=False)
+        enc = pc.dictionary_encode(pc.drop_null(series_ids_cat)).combine_chunks() if isinstance(
+            series_ids_cat, pa.ChunkedArray) else pc.dictionary_encode(pc.drop_null(series_ids_cat))
+        ser_codes_cat[valid] = enc.indices.to_numpy(zero_copy_only=False)
+        series_names = enc.dictionary.to_pylist()
+    season_cat = _int_or(catalog["season"], -1)
+    episode_cat = _int_or(catalog["episode"], -1)
+    if "duration_s" in ev.column_names:
+        duration = pc.cast(ev["duration_s"], pa.float64()).to_numpy(zero_copy_only=False)
+        duration = np.where(np.isnan(duration), np.nan, duration).astype(np.float64)
+    else:
+        duration = np.full(ev.num_rows, np.nan)
+    say("aggregate series")
+    runs = kernels.aggregate_series(
+        session, ser_codes_cat[item_codes], season_cat[item_codes], episode_cat[item_codes], duration, ts
+    )
+    secs["sessionize_series"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("build examples")
+    inter = ev["interaction"]
+    if cfg.target_interactions:
+        eligible = pc.is_in(inter, value_set=pa.array(cfg.target_interactions)).to_numpy(zero_copy_only=False)
+    else:
+        eligible = np.ones(ev.num_rows, dtype=bool)
+    eligible = np.asarray(eligible, dtype=bool)
+    if cfg.split == "leave-last-out":
+        split = kernels.split_leave_last_out(user_codes, eligible)
+        split_rule = "leave-last-out: per user, last eligible event = test, the one before = valid"
+    else:
+        q_valid, q_test = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
+        split = kernels.split_by_time(ts, int(q_valid), int(q_test), eligible)
+        split_rule = (
+            f"time: valid from {np.datetime64(int(q_valid), 'us')}, test from {np.datetime64(int(q_test), 'us')} UTC"
+        )
+    split = np.asarray(split, dtype=np.int8).copy()
+    if cfg.max_train_per_user > 0:
+        split = _cap_train_per_user(split, user_codes, cfg.max_train_per_user)
+    ex = kernels.build_examples(
+        user_codes,
+        ts,
+        item_codes.astype(np.int32),
+        n_items,
+        split,
+        history_len=cfg.history_len,
+        n_candidates=cfg.n_candidates,
+        negatives=cfg.negatives,
+        item_weights=counts.astype(np.float64) if cfg.negatives == "popularity" else None,
+        seed=cfg.seed,
+        tie_rule=cfg.tie_rule,
+        min_history=cfg.min_history,
+    )
+    secs["build_examples"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("write parquet")
+    events_out = _events_table(ev, user_codes, item_codes, session, runs.run_of_event)
+    pq.write_table(events_out, out / "events.parquet")
+    pq.write_table(catalog, out / "items.parquet")
+    pq.write_table(_runs_table(runs, series_names), out / "runs.parquet")
+    ex_counts, disc_share = {}, {}
+    for code, name in enumerate(SPLITS):
+        sel = np.flatnonzero(np.asarray(ex.split) == code)
+        tbl = _examples_table(ex, sel, user_ids, item_codes, ts, cfg.n_candidates)
+        pq.write_table(tbl, out / f"{name}.parquet")
+        ex_counts[name] = int(len(sel))
+        disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
+    from minivz.ingest import write_rejects
+
+    write_rejects(res.rejects, out / "rejects.parquet")
+    secs["write"] = time.perf_counter() - t0
+
+    summary = PrepareSummary(
+        out=out,
+        n_read=res.n_read,
+        n_rejected=int(res.rejects.num_rows),
+        n_events=ev.num_rows,
+        n_users=len(user_ids),
+        n_items=n_items,
+        n_sessions=int(session[-1]) + 1 if len(session) else 0,
+        n_runs=int(len(runs.start)),
+        examples=ex_counts,
+        discovery_share=disc_share,
+        skipped={
+            "short_history": int(ex.n_skipped_short_history),
+            "no_negatives": int(ex.n_skipped_no_negatives),
+        },
+        seconds={k: round(v, 3) for k, v in secs.items()},
+    )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": res.source,
+        "config": to_dict(cfg),
+        "tie_rule": cfg.tie_rule,
+        "split_rule": split_rule,
+        "negatives": cfg.negatives,
+        "summary": summary.to_json(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return summary
+
+
+def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.ndarray:
+    """Keep only each user's ``cap`` most recent training targets (events are sorted by user, ts)."""
+    idx = np.flatnonzero(split == 0)
+    if len(idx) == 0:
+        return split
+    u = user[idx]
+    _, first, count = np.unique(u, return_index=True, return_counts=True)
+    rank = np.arange(len(u)) - np.repeat(first, count)  # 0 = oldest train target of the user
+    from_end = np.repeat(count, count) - 1 - rank       # 0 = most recent
+    split = split.copy()
+    split[idx[from_end >= cap]] = -1
+    return split
+
+
+def _events_table(ev: pa.Table, user_codes, item_codes, session, run_of_event) -> pa.Table:
+    meta = [c for c in ev.column_names if c not in ("user_id", "ts", "item_id", "interaction", "duration_s")]
+    cols = {
+        "user_id": ev["user_id"],
+        "user_idx": pa.array(user_codes.astype(np.int32)),
+        "ts": pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")),
+        "item_id": ev["item_id"],
+        "item_idx": pa.array(item_codes.astype(np.int32)),
+        "interaction": ev["interaction"],
+        "duration_s": ev["duration_s"] if "duration_s" in ev.column_names else pa.nulls(ev.num_rows, pa.float64()),
+        "session": pa.array(np.asarray(session, dtype=np.int64)),
+        "run": pa.array(np.asarray(run_of_event, dtype=np.int64)),
+    }
+    for c in meta:
+        cols[c] = ev[c]
+    return pa.table(cols)
+
+
+def _runs_table(runs, series_names: list[str]) -> pa.Table:
+    ser = np.asarray(runs.series)
+    names = np.array(series_names + [None], dtype=object)
+    return pa.table(
+        {
+            "run": pa.array(np.arange(len(runs.start), dtype=np.int64)),
+            "start": pa.array(np.asarray(runs.start, dtype=np.int64)),
+            "length": pa.array(np.asarray(runs.length, dtype=np.int32)),
+            "series_id": pa.array(names[np.where(ser >= 0, ser, len(series_names))].tolist(), pa.string()),
+            "first_season": pa.array(np.asarray(runs.first_season, dtype=np.int32)),
+            "first_episode": pa.array(np.asarray(runs.first_episode, dtype=np.int32)),
+            "last_season": pa.array(np.asarray(runs.last_season, dtype=np.int32)),
+            "last_episode": pa.array(np.asarray(runs.last_episode, dtype=np.int32)),
+            "total_duration_s": pa.array(np.asarray(runs.total_duration, dtype=np.float64)),
+            "first_ts": pa.array(np.asarray(runs.first_ts, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
+            "last_ts": pa.array(np.asarray(runs.last_ts, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def _examples_table(ex, sel, user_ids, item_codes, ts, n_candidates) -> pa.Table:
+    target_row = np.asarray(ex.target_row, dtype=np.int64)[sel]
+    users = np.asarray(ex.user, dtype=np.int64)[sel]
+    cands = np.ascontiguousarray(np.asarray(ex.candidates, dtype=np.int32)[sel])
+    offsets = pa.array(np.arange(0, len(sel) * n_candidates + 1, n_candidates, dtype=np.int32))
+    return pa.table(
+        {
+            "example_id": pa.array(target_row),  # the target's event row: stable across reruns
+            "user_idx": pa.array(users.astype(np.int32)),
+            "user_id": pa.array(np.array(user_ids, dtype=object)[users].tolist() if len(sel) else [], pa.string()),
+            "target_row": pa.array(target_row),
+            "target_item": pa.array(item_codes[target_row].astype(np.int32)),
+            "target_ts": pa.array(ts[target_row]).cast(pa.timestamp("us", tz="UTC")),
+            "hist_start": pa.array(np.asarray(ex.hist_start, dtype=np.int64)[sel]),
+            "hist_end": pa.array(np.asarray(ex.hist_end, dtype=np.int64)[sel]),
+            "candidates": pa.ListArray.from_arrays(offsets, pa.array(cands.reshape(-1))),
+            "label": pa.array(np.asarray(ex.label, dtype=np.int8)[sel]),
+            "discovery": pa.array(np.asarray(ex.discovery, dtype=bool)[sel]),
+        }
+    )
