@@ -122,6 +122,91 @@ def _sort_user_segments(perm, user, ts, tb, use_tb, run):
     return perm
 
 
+@njit(cache=True)
+def _sort_pairs(key, val, lo, hi, kbuf, vbuf, run):
+    # Stable sort of key[lo:hi] carrying val along: insertion-sorted runs, then
+    # bottom-up merges ping-ponging with (kbuf, vbuf). Contiguous, so cache-friendly.
+    for b in range(lo, hi, run):
+        e = min(b + run, hi)
+        for i in range(b + 1, e):
+            k = key[i]
+            v = val[i]
+            j = i - 1
+            while j >= b and key[j] > k:
+                key[j + 1] = key[j]
+                val[j + 1] = val[j]
+                j -= 1
+            key[j + 1] = k
+            val[j + 1] = v
+    sk, sv, dk, dv = key, val, kbuf, vbuf
+    in_buf = False
+    width = run
+    while width < hi - lo:
+        for a in range(lo, hi, 2 * width):
+            mid = min(a + width, hi)
+            end = min(a + 2 * width, hi)
+            i = a
+            j = mid
+            k = a
+            while i < mid and j < end:
+                if sk[j] < sk[i]:
+                    dk[k] = sk[j]
+                    dv[k] = sv[j]
+                    j += 1
+                else:
+                    dk[k] = sk[i]
+                    dv[k] = sv[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dk[k] = sk[i]
+                dv[k] = sv[i]
+                i += 1
+                k += 1
+            while j < end:
+                dk[k] = sk[j]
+                dv[k] = sv[j]
+                j += 1
+                k += 1
+        sk, sv, dk, dv = dk, dv, sk, sv
+        in_buf = not in_buf
+        width *= 2
+    if in_buf:
+        for k in range(lo, hi):
+            key[k] = kbuf[k]
+            val[k] = vbuf[k]
+
+
+@njit(cache=True)
+def _sort_user_segments_packed(perm, user, ts, tb, ts_min, tb_min, tb_span, run):
+    # Same result as _sort_user_segments when (ts, tb) packs into one int64 key
+    # (ts - ts_min) * tb_span + (tb - tb_min) < 2**62: keys are gathered into a
+    # contiguous array once, so the per-user sorts never chase perm into ts / tb.
+    n = perm.shape[0]
+    key = np.empty(n, np.int64)
+    for i in range(n):
+        r = perm[i]
+        key[i] = (ts[r] - ts_min) * tb_span + (tb[r] - tb_min)
+    kbuf = np.empty(0, np.int64)
+    vbuf = np.empty(0, np.int64)
+    lo = 0
+    while lo < n:
+        u = user[perm[lo]]
+        hi = lo + 1
+        is_sorted = True
+        while hi < n and user[perm[hi]] == u:
+            if key[hi] < key[hi - 1]:
+                is_sorted = False
+            hi += 1
+        if not is_sorted:
+            if hi - lo > run and kbuf.shape[0] == 0:
+                kbuf = np.empty(n, np.int64)
+                vbuf = np.empty(n, np.int64)
+            _sort_pairs(key, perm, lo, hi, kbuf, vbuf, run)
+        lo = hi
+    return perm
+
+
 def stable_order(user, ts, tiebreak=None) -> np.ndarray:
     """Permutation that sorts events by (user, ts, tiebreak), stable on equal keys.
 
@@ -152,6 +237,12 @@ def stable_order(user, ts, tiebreak=None) -> np.ndarray:
         perm = _counting_sort(user, np.int64(umin), np.int64(umax - umin + 1))
     else:  # sparse codes: a counting array would be larger than the data
         perm = np.argsort(user, kind="stable").astype(np.int64, copy=False)
+    ts_min, ts_max = int(ts.min()), int(ts.max())
+    tb_min, tb_max = (int(tb.min()), int(tb.max())) if use_tb else (0, 0)
+    tb_span = tb_max - tb_min + 1
+    if (ts_max - ts_min + 1) * tb_span < 2**62:
+        return _sort_user_segments_packed(perm, user, ts, tb if use_tb else np.zeros(n, np.int64),
+                                          np.int64(ts_min), np.int64(tb_min), np.int64(tb_span), _RUN)
     return _sort_user_segments(perm, user, ts, tb, use_tb, _RUN)
 
 

@@ -87,8 +87,30 @@ class DataConfig:
             raise ConfigError("min_history and max_train_per_user must be >= 0, session_gap_s > 0")
 
 
-# Every config class a recipe may feed. Later stages append theirs here.
-SECTIONS: list[type] = [DataConfig]
+@dataclass
+class EvalConfig:
+    data: str = "runs/data"
+    verbalizer: str = "template"
+    reasoner: str = "knn"
+    # named eval_split: `split` is DataConfig's split rule in the same flat recipe
+    eval_split: str = "test"
+    limit: int = 0  # 0 = every example of the split
+    # events of history shown to the verbalizer (most recent); the data keeps up to history_len
+    eval_history: int = 20
+    batch_size: int = 16
+    n_boot: int = 1000
+    out: str = "runs/eval"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in ("train", "valid", "test"):
+            raise ConfigError(f"eval_split={self.eval_split!r}: use train, valid or test")
+        if self.limit < 0 or self.eval_history < 1 or self.batch_size < 1:
+            raise ConfigError("limit must be >= 0, eval_history >= 1, batch_size >= 1")
+
+
+# Every config class a recipe may feed.
+SECTIONS: list[type] = [DataConfig, EvalConfig]
 
 
 def recipe_path(name_or_path: str) -> Path:

@@ -1,0 +1,90 @@
+"""The CLI, smoke-tested end to end in subprocesses (as a user types it)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"]]
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "minivz.cli", *args], capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"minivz {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_help(cmd):
+    p = run(*cmd, "--help")
+    assert "Usage" in p.stdout
+
+
+def test_import_and_help_load_no_torch():
+    code = ("import sys, minivz, minivz.cli, minivz.config, minivz.examples, minivz.dataset; "
+            "from typer.testing import CliRunner; CliRunner().invoke(minivz.cli.app, ['--help']); "
+            "bad = [m for m in ('torch', 'transformers', 'llama_cpp', 'trl') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dry_run_prints_resolved_config(tmp_path):
+    p = run("data", "prepare", "--recipe", "tiny-cpu", "--set", "history_len=7", "--out", str(tmp_path), "--dry-run")
+    assert "history_len: 7" in p.stdout and "source: movielens-100k" in p.stdout
+    assert not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "history_len=0"], "history_len"),
+        (["--set", "nope=1"], "unknown field"),
+        (["--map", "user_id"], "--map"),
+        (["--source", "movielens-100k", "--input", "x.csv"], "not both"),
+        (["--input", "/no/such/file.csv"], "no such file"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, needle):
+    p = run("data", "prepare", "--out", str(tmp_path), *args, check=False)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_own_csv_with_rejects_and_show(tmp_path):
+    log = tmp_path / "log.csv"
+    rows = ["uid,movie,when,what,secs"]
+    for u in range(3):
+        for i in range(6):
+            rows.append(f"u{u},m{(u + i) % 8},2024-01-0{1 + i}T10:00:00+02:00,play,{100 + i}")
+    rows += ["u9,m1,not-a-time,play,5", ",m2,2024-01-01T00:00:00Z,play,5", "u1,m3,2024-01-09T00:00:00Z,play,-3"]
+    log.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "data"
+    p = run("data", "prepare", "--input", str(log), "--map", "user_id=uid,item_id=movie,ts=when,interaction=what,duration_s=secs",
+            "--out", str(out), "--set", "n_candidates=3", "--set", "min_history=1")
+    assert "21" in p.stdout and "3" in p.stdout
+    man = json.loads((out / "manifest.json").read_text())["summary"]
+    assert man["n_read"] == 21 and man["n_rejected"] == 3 and man["n_events"] == 18
+    import pyarrow.parquet as pq
+
+    rej = pq.read_table(out / "rejects.parquet").to_pylist()
+    reasons = " ".join(r["reason"] for r in rej)
+    assert "ts" in reasons and "user_id" in reasons and "duration" in reasons
+    show = run("data", "show", str(out), "-n", "1")
+    assert "candidates:" in show.stdout and "<- target" in show.stdout
+
+
+def test_missing_column_is_one_clear_error(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("a,b\n1,2\n")
+    p = run("data", "prepare", "--input", str(log), "--out", str(tmp_path / "o"), check=False)
+    assert p.returncode == 1
+    assert "--map" in p.stderr and "user_id" in p.stderr
+
+
+def test_env_json():
+    info = json.loads(run("env", "--json").stdout)
+    assert info["cpu_cores"] >= 1 and "numba" in info
