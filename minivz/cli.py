@@ -3,6 +3,8 @@
     minivz data prepare --source movielens-100k --out data/ml100k
     minivz data prepare --input log.csv --map user_id=uid,item_id=movie,ts=time --out data/mine
     minivz data show data/ml100k --split test -n 2
+    minivz eval --data data/ml100k --verbalizer template --reasoner knn --limit 500 --out runs/tmpl-knn
+    minivz compare runs/tmpl-knn runs/tmpl-emb
     minivz env
 
 Importing this module imports no torch: each command imports what it needs.
@@ -166,6 +168,101 @@ def data_show(
         for j, item in enumerate(row["candidates"]):
             mark = "  <- target" if j == row["label"] else ""
             console.print(f"  {j}. {data.item_text(item)}{mark}", markup=False, highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", help="A directory written by `minivz data prepare`."),
+    verbalizer: str = typer.Option("template", "--verbalizer", help="template | zero-shot | action | rewrite[:k=v,...]"),
+    reasoner: str = typer.Option("knn", "--reasoner", help="popularity | knn | embedding | llamacpp | openai | hf [:k=v,...]"),
+    split: str = typer.Option("test", "--split", help="train | valid | test."),
+    limit: int = typer.Option(0, "--limit", help="Evaluate the first N examples (0 = all)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (resumes if it holds samples.jsonl)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name or YAML path."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set eval_history=10."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
+) -> None:
+    """Score a verbalizer + reasoner on examples; write metrics.json, samples.jsonl, audit.json.
+
+    Example: minivz eval --data data/ml100k --verbalizer template --reasoner embedding --limit 500 --out runs/tmpl-emb
+    """
+    from minivz.config import ConfigError, EvalConfig, dump_yaml, resolve
+
+    try:
+        cfg = resolve(EvalConfig, recipe=recipe, overrides=set_, data=str(data), verbalizer=verbalizer,
+                      reasoner=reasoner, eval_split=split, limit=limit, out=str(out))
+    except ConfigError as e:
+        _fail(str(e))
+    console = _console()
+    if dry_run:
+        console.print(dump_yaml(cfg), end="")
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from minivz.evaluate import evaluate
+
+    try:
+        with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("eval", total=None)
+            metrics = evaluate(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (FileNotFoundError, ImportError) as e:
+        _fail(str(e), code=1)
+    except ValueError as e:
+        _fail(str(e))
+    _print_metrics(console, metrics, out)
+
+
+def _print_metrics(console, m: dict, out: Path) -> None:
+    from rich.table import Table
+
+    run = m.get("run", {})
+    t = Table(title=f"{run.get('verbalizer')} / {run.get('reasoner')} on {run.get('split')} -> {out}")
+    for col in ("subset", "n", "Recall@1 [95% CI]", "Recall@5", "NDCG@10", "MRR", "valid"):
+        t.add_column(col, justify="right")
+    for sub in ("discovery", "all"):
+        s = m.get(sub)
+        if not s or not s["n"]:
+            continue
+        ci = s["recall@1_ci"]
+        t.add_row(sub, str(s["n"]), f"{s['recall@1']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", f"{s['recall@5']:.3f}",
+                  f"{s['ndcg@10']:.3f}", f"{s['mrr']:.3f}", f"{s['valid_rate']:.1%}")
+    fl = m.get("random_floor", {})
+    t.add_row("random", "", f"{fl.get('recall@1', 0):.3f}", f"{fl.get('recall@5', 0):.3f}",
+              f"{fl.get('ndcg@10', 0):.3f}", f"{fl.get('mrr', 0):.3f}", "")
+    console.print(t)
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run directories; the first is the baseline."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write compare.png/.md/.json here (default: first run)."),
+) -> None:
+    """Print runs side by side with relative change vs the first; write a PNG bar chart with CIs.
+
+    Example: minivz compare runs/tmpl-emb runs/zs-emb runs/action-emb --out runs/compare
+    """
+    from rich.table import Table
+
+    from minivz.report import HEADER, bar_chart, compare_runs, table_cells, to_markdown
+
+    try:
+        rows = compare_runs(runs)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    dest = out or runs[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    png = bar_chart(rows, dest / "compare.png")
+    (dest / "compare.md").write_text(to_markdown(rows))
+    (dest / "compare.json").write_text(json.dumps(rows, indent=2))
+    t = Table(title="minivz compare (relative change: paired bootstrap vs the first run)")
+    for col in HEADER:
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(*table_cells(r))
+    console = _console()
+    console.print(t)
+    console.print(f"wrote {png}, {dest / 'compare.md'}, {dest / 'compare.json'}")
 
 
 @app.command("env")

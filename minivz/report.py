@@ -1,0 +1,139 @@
+"""Side-by-side comparison of evaluation runs: table rows, Markdown, JSON and a PNG bar chart.
+
+    from minivz.report import compare_runs, bar_chart, to_markdown
+    rows = compare_runs(["runs/eval-template", "runs/eval-rewrite"])   # first run = baseline
+    bar_chart(rows, "compare.png"); print(to_markdown(rows))
+
+Relative change vs the first run uses a paired bootstrap over the examples both runs scored
+(same example ids), so its CI reflects the comparison, not two independent samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SUBSETS = ("discovery", "all")
+
+
+def _per_example_recall1(run: Path) -> dict[int, float]:
+    from minivz.metrics import rank_metrics
+
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    if not rows:
+        return {}
+    scores = np.array([[(-np.inf if s is None else s) for s in r["scores"]] for r in rows], dtype=float)
+    per = rank_metrics(scores, np.array([r["label"] for r in rows]), np.array([r["valid"] for r in rows]))
+    return {int(r["example_id"]): float(v) for r, v in zip(rows, per["recall@1"])}
+
+
+def _discovery_ids(run: Path) -> set[int]:
+    ids = set()
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r["discovery"]:
+                ids.add(int(r["example_id"]))
+    return ids
+
+
+def compare_runs(runs: list[str | Path], labels: list[str] | None = None, n_boot: int = 1000) -> list[dict]:
+    """One row per run: Recall@1 (+CI) for discovery and all examples, relative change vs runs[0]."""
+    from minivz.metrics import relative_change_ci
+
+    paths = [Path(r) for r in runs]
+    for p in paths:
+        if not (p / "metrics.json").exists():
+            raise FileNotFoundError(f"{p}: no metrics.json; run `minivz eval ... --out {p}` first")
+    base = _per_example_recall1(paths[0]) if (paths[0] / "samples.jsonl").exists() else {}
+    base_disc = _discovery_ids(paths[0]) if base else set()
+    rows = []
+    for i, p in enumerate(paths):
+        m = json.loads((p / "metrics.json").read_text())
+        run = m.get("run", {})
+        row = {
+            "run": str(p),
+            "label": labels[i] if labels else f"{run.get('verbalizer', '?')} / {run.get('reasoner', '?')}",
+            "n": m["all"]["n"],
+        }
+        for sub in SUBSETS:
+            s = m.get(sub) or {}
+            row[f"{sub}_recall@1"] = s.get("recall@1")
+            row[f"{sub}_recall@1_ci"] = s.get("recall@1_ci")
+            row[f"{sub}_n"] = s.get("n")
+        row["random_recall@1"] = m.get("random_floor", {}).get("recall@1")
+        if i > 0 and base and (p / "samples.jsonl").exists():
+            cur = _per_example_recall1(p)
+            for sub in SUBSETS:
+                common = sorted(k for k in cur if k in base and (sub == "all" or k in base_disc))
+                if common:
+                    rc = relative_change_ci([cur[k] for k in common], [base[k] for k in common], n_boot=n_boot)
+                    row[f"{sub}_rel"] = rc["value"]
+                    row[f"{sub}_rel_ci"] = rc["ci"]
+                    row[f"{sub}_paired_n"] = len(common)
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, ci=None, pct=False) -> str:
+    if v is None:
+        return "—"
+    if pct:
+        s = f"{v:+.1%}"
+        return s + (f" [{ci[0]:+.0%}, {ci[1]:+.0%}]" if ci and ci[0] is not None else "")
+    s = f"{v:.3f}"
+    return s + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
+
+
+def table_cells(row: dict) -> list[str]:
+    return [
+        row["label"],
+        str(row["n"]),
+        _fmt(row.get("discovery_recall@1"), row.get("discovery_recall@1_ci")),
+        _fmt(row.get("discovery_rel"), row.get("discovery_rel_ci"), pct=True),
+        _fmt(row.get("all_recall@1"), row.get("all_recall@1_ci")),
+        _fmt(row.get("all_rel"), row.get("all_rel_ci"), pct=True),
+    ]
+
+
+HEADER = ["system", "n", "Discovery R@1 [95% CI]", "vs first", "All R@1 [95% CI]", "vs first"]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    if rows and rows[0].get("random_recall@1") is not None:
+        lines.append(f"\nRandom floor Recall@1 = {rows[0]['random_recall@1']:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: list[dict], path: str | Path, title: str = "Recall@1 (95% CI)") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    x = np.arange(len(rows))
+    w = 0.38
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows) + 2), 4.2))
+    for k, (sub, color) in enumerate((("discovery", "#c0504d"), ("all", "#4f81bd"))):
+        vals = np.array([r.get(f"{sub}_recall@1") or 0.0 for r in rows])
+        cis = [r.get(f"{sub}_recall@1_ci") or [None, None] for r in rows]
+        lo = np.array([v - (c[0] if c[0] is not None else v) for v, c in zip(vals, cis)])
+        hi = np.array([(c[1] if c[1] is not None else v) - v for v, c in zip(vals, cis)])
+        ax.bar(x + (k - 0.5) * w, vals, w, yerr=[lo, hi], capsize=3, color=color, label=sub)
+    floor = rows[0].get("random_recall@1") if rows else None
+    if floor:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="random")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("Recall@1")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
