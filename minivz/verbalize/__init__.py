@@ -1,0 +1,98 @@
+"""Verbalizers: turn a user's interaction history into text for an LLM recommender.
+
+    from minivz.verbalize import make_verbalizer
+    v = make_verbalizer("template")                       # or "zero-shot:max_new_tokens=64", "action",
+    texts = v.verbalize(histories)                        # "rewrite:model=runs/x/checkpoints/step_000200"
+    v.stats, v.metadata                                   # counters (malformed outputs, truncations, ...)
+
+``histories`` is ``list[list[event dict]]``, oldest event first (see ``minivz.dataset``); the result
+has one string per history. Importing this package loads no model and no torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, ZeroShotVerbalizer, action_grammar,
+                                  parse_decisions, render_actions)
+from minivz.verbalize.prompt import available_prompts, load_prompt
+from minivz.verbalize.template import TemplateVerbalizer, display_title, template_line, template_text
+
+__all__ = ["Verbalizer", "VERBALIZERS", "make_verbalizer", "parse_spec", "template_line", "template_text",
+           "display_title", "TemplateVerbalizer", "ZeroShotVerbalizer", "ActionVerbalizer",
+           "RewriteVerbalizer", "action_grammar", "parse_decisions", "render_actions", "load_prompt",
+           "available_prompts"]
+
+
+@runtime_checkable
+class Verbalizer(Protocol):
+    name: str
+    stats: dict
+
+    def verbalize(self, histories: list[list[dict]]) -> list[str]: ...
+
+
+VERBALIZERS: dict[str, Callable[..., Verbalizer]] = {
+    "template": TemplateVerbalizer,
+    "zero-shot": ZeroShotVerbalizer,
+    "action": ActionVerbalizer,
+    "rewrite": RewriteVerbalizer,
+}
+
+# Arguments that take objects, not text: allowed as keyword arguments, not in a spec string.
+_OBJECT_ARGS = {"generator", "stats", "name"}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"rewrite:model=/x,temperature=0.7"`` -> ``("rewrite", {"model": "/x", "temperature": "0.7"})``."""
+    name, _, rest = spec.strip().partition(":")
+    kwargs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"bad verbalizer option {part!r} in {spec!r}: expected key=value")
+        kwargs[key.strip()] = value.strip()
+    return name.strip(), kwargs
+
+
+def _coerce(value: str, annotation: Any, key: str) -> Any:
+    """Turn a spec string into the type the factory's annotation asks for."""
+    if value.lower() in ("none", "null", ""):
+        return None
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    for typ in options:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        elif typ in (int, float):
+            try:
+                return typ(value)
+            except ValueError:
+                pass
+        elif typ is str:
+            return value
+    raise ValueError(f"{key}={value!r} is not a valid {annotation}")
+
+
+def make_verbalizer(spec: str, **objects: Any) -> Verbalizer:
+    """Build a verbalizer from ``name`` or ``name:key=value,...``; ``objects`` pass non-text
+    arguments (e.g. ``generator=`` to share one loaded model). Unknown names or keys raise
+    ``ValueError`` listing the valid ones."""
+    name, raw = parse_spec(spec)
+    if name not in VERBALIZERS:
+        raise ValueError(f"unknown verbalizer {name!r}; valid: {', '.join(VERBALIZERS)}")
+    factory = VERBALIZERS[name]
+    hints = typing.get_type_hints(factory.__init__)
+    params = [p for p in inspect.signature(factory).parameters if p not in ("self", "kwargs")]
+    text_keys = [p for p in params if p not in _OBJECT_ARGS]
+    for key in list(raw) + list(objects):
+        if key not in params or (key in raw and key in _OBJECT_ARGS):
+            raise ValueError(f"unknown option {key!r} for verbalizer {name!r}; valid: {', '.join(text_keys)}")
+    kwargs = {k: _coerce(v, hints.get(k, str), k) for k, v in raw.items()}
+    return factory(**kwargs, **objects)
