@@ -265,6 +265,65 @@ def compare_cmd(
     console.print(f"wrote {png}, {dest / 'compare.md'}, {dest / 'compare.json'}")
 
 
+@app.command("recipe")
+def recipe_cmd(
+    name: str = typer.Argument(..., help="A recipe (tiny-cpu, paper-8b, paper-32b, or a YAML path), or `list`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<recipe>)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set max_steps=5."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, resolved config and hardware; run nothing."),
+) -> None:
+    """Run the whole pipeline from one recipe; completed stages are skipped, so a rerun resumes.
+
+    Example: minivz recipe tiny-cpu            (minivz recipe list shows the recipes)
+    """
+    from minivz.config import ConfigError, dump_yaml
+
+    console = _console()
+    if name == "list":
+        from rich.table import Table
+
+        from minivz.pipeline import list_recipes
+
+        t = Table(title="minivz recipes")
+        t.add_column("recipe")
+        t.add_column("what it is")
+        for n, desc in list_recipes():
+            t.add_row(n, desc)
+        console.print(t)
+        return
+    from minivz.pipeline import Pipeline, plan
+
+    try:
+        p = plan(name, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    if dry_run:
+        from rich.table import Table
+
+        t = Table(title=f"minivz recipe {name}: plan ({p['description']})")
+        t.add_column("stage")
+        t.add_column("hardware")
+        t.add_column("status")
+        for st in p["stages"]:
+            t.add_row(st["stage"], st["hardware"], "skip" if st["skipped"] else "run")
+        console.print(t)
+        for section, cfg in p["configs"].items():
+            console.print(f"# {section}", style="bold")
+            console.print(dump_yaml(cfg), end="", markup=False, highlight=False)
+        if "verbalizer" in p["configs"]:
+            from minivz.train.cli import memory_estimate_text
+
+            console.print(memory_estimate_text(p["configs"]["verbalizer"]), markup=False, highlight=False)
+        return
+    pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
+    t0 = __import__("time").perf_counter()
+    pipe.run()
+    md = pipe.out / "results.md"
+    if md.exists():
+        console.print(md.read_text(), markup=False, highlight=False)
+    console.print(f"wall time {__import__('time').perf_counter() - t0:.0f} s; results in {pipe.out}")
+
+
 @app.command("env")
 def env(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Print versions of minivz's stack and the hardware it sees.

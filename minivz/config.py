@@ -109,8 +109,21 @@ class EvalConfig:
             raise ConfigError("limit must be >= 0, eval_history >= 1, batch_size >= 1")
 
 
-# Every config class a recipe may feed.
+# Every config class a recipe may feed. The stage modules below append theirs on import;
+# _register_all imports them (light modules: dataclasses only, no torch).
 SECTIONS: list[type] = [DataConfig, EvalConfig]
+_SECTION_MODULES = ("minivz.train.config", "minivz.train.reasoner_config", "minivz.pipeline")
+
+
+def _register_all() -> None:
+    import importlib
+
+    for mod in _SECTION_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -131,6 +144,7 @@ def load_recipe(name_or_path: str | None) -> dict[str, Any]:
     import yaml
 
     path = recipe_path(name_or_path)
+    _register_all()
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a flat mapping of field: value, got {type(data).__name__}")
@@ -188,6 +202,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 
 def resolve(cls: type, recipe: str | None = None, overrides: list[str] | None = None, **explicit: Any):
     """Build ``cls`` from defaults < recipe < explicit keyword args < ``--set`` overrides."""
+    _register_all()
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for k, v in load_recipe(recipe).items():

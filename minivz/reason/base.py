@@ -1,0 +1,247 @@
+"""The reasoner protocol, item statistics for classical baselines, and the backend registry.
+
+A reasoner reads queries (a verbalized history + C candidate items) and scores the candidates:
+
+    queries: list[Query]           Query.candidates has C texts, Query.candidate_ids C int32 codes
+    predict(queries) -> list[Prediction]   Prediction.scores: float64 (C,), higher = more likely next
+
+Backends are built from a spec string, ``name`` or ``name:key=value,key=value``:
+
+    make_reasoner("popularity", item_stats=stats)
+    make_reasoner("llamacpp:n_ctx=2048,norm=sum")
+    make_reasoner("openai:url=http://127.0.0.1:8080/v1,model=x,timeout=30")
+
+This module imports only numpy (scipy lazily); each backend imports its heavy packages when built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Query:
+    context: str  # the verbalized user history (text)
+    candidates: list[str]  # candidate item texts, e.g. "Toy Story (1995)"; len C
+    candidate_ids: np.ndarray  # int32 item codes of the candidates; (C,)
+    history_ids: np.ndarray = field(  # int32 item codes of the raw history, oldest first
+        default_factory=lambda: np.zeros(0, dtype=np.int32)
+    )
+
+    def __post_init__(self) -> None:
+        self.candidate_ids = np.asarray(self.candidate_ids, dtype=np.int32)
+        self.history_ids = np.asarray(self.history_ids, dtype=np.int32)
+        if len(self.candidates) != len(self.candidate_ids):
+            raise ValueError(
+                f"Query has {len(self.candidates)} candidate texts but {len(self.candidate_ids)} "
+                "candidate_ids; pass one id per candidate text"
+            )
+        if not self.candidates:
+            raise ValueError("Query needs at least one candidate")
+
+
+@dataclass
+class Prediction:
+    scores: np.ndarray  # float64 (C,), higher = more likely next item
+    choice: int  # index into candidates, -1 when the backend gave no valid answer
+    valid: bool
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray) -> "Prediction":
+        """A prediction whose choice is the best score (first index on ties)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return cls(scores=scores, choice=int(np.argmax(scores)), valid=True)
+
+
+@runtime_checkable
+class Reasoner(Protocol):
+    name: str
+
+    def predict(self, queries: list[Query]) -> list[Prediction]: ...
+
+
+class ReasonerError(RuntimeError):
+    """A backend failed in a way that retrying this call will not fix (server down, bad request)."""
+
+
+@dataclass
+class ItemStats:
+    """Training-set item statistics for the classical baselines (popularity, item-kNN).
+
+    counts: float64 (n_items,), interactions per item code in the training events.
+    cooc:   (n_items, n_items) symmetric matrix, cooc[i, j] = number of users whose training history
+            holds both i and j (the diagonal is the number of distinct users of i). A
+            scipy.sparse CSR matrix when scipy is installed, else a dense numpy array.
+    """
+
+    n_items: int
+    counts: np.ndarray
+    cooc: Any
+
+    @classmethod
+    def from_sequences(cls, user_item_sequences: list[np.ndarray], n_items: int) -> "ItemStats":
+        """Build stats from per-user training item sequences (int codes in [0, n_items))."""
+        seqs = [np.asarray(s, dtype=np.int64).ravel() for s in user_item_sequences]
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= n_items):
+            raise ValueError(
+                f"item codes must lie in [0, {n_items}); got range [{flat.min()}, {flat.max()}]"
+            )
+        counts = np.bincount(flat, minlength=n_items).astype(np.float64)
+        # Binary user x item incidence X; co-occurrence = X^T X counts users, not repeats, so one
+        # binge-watcher does not dominate an item pair.
+        uniq = [np.unique(s) for s in seqs]
+        rows = np.repeat(np.arange(len(seqs)), [len(u) for u in uniq])
+        cols = np.concatenate(uniq) if uniq else flat
+        try:
+            import scipy.sparse as sp
+        except ImportError:  # dense fallback: fine for catalogs of a few thousand items
+            x = np.zeros((len(seqs), n_items), dtype=np.float64)
+            x[rows, cols] = 1.0
+            cooc = x.T @ x
+        else:
+            x = sp.csr_matrix(
+                (np.ones(len(rows)), (rows, cols)), shape=(len(seqs), n_items), dtype=np.float64
+            )
+            cooc = (x.T @ x).tocsr()
+        return cls(n_items=n_items, counts=counts, cooc=cooc)
+
+    def cooc_dense_rows(self, items: np.ndarray) -> np.ndarray:
+        """Rows of the co-occurrence matrix as a dense float64 array, (len(items), n_items)."""
+        rows = self.cooc[np.asarray(items, dtype=np.int64)]
+        return rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows, dtype=np.float64)
+
+    def cooc_diagonal(self) -> np.ndarray:
+        d = self.cooc.diagonal()
+        return np.asarray(d, dtype=np.float64).ravel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec parsing and the registry
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"name:k=v,k2=v2"`` -> ``("name", {"k": "v", "k2": "v2"})``. Values stay strings.
+
+    A value may contain ":" or "=" (URLs, paths); it may not contain ",".
+    """
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"empty reasoner name in spec {spec!r}; valid names: {', '.join(REASONERS)}")
+    options: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))) if rest else ():
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"bad option {part!r} in reasoner spec {spec!r}; write key=value")
+        key = key.strip()
+        if key in options:
+            raise ValueError(f"option {key!r} given twice in reasoner spec {spec!r}")
+        options[key] = value.strip()
+    return name, options
+
+
+def _coerce(value: str, default: Any, key: str) -> Any:
+    """Convert a spec string to the type of the parameter's default (bool/int/float; else str)."""
+    if not isinstance(value, str):
+        return value
+    if isinstance(default, bool):
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"option {key}={value!r} must be true or false")
+    for typ in (int, float):
+        if isinstance(default, typ):
+            try:
+                return typ(value)
+            except ValueError:
+                raise ValueError(f"option {key}={value!r} must be a {typ.__name__}") from None
+    return value
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Reasoner]:
+    """A plain factory that imports ``minivz.reason.<module>`` only when called."""
+
+    def factory(**options: Any) -> Reasoner:
+        target = getattr(importlib.import_module(f"minivz.reason.{module}"), attr)
+        return target(**options)
+
+    factory.__name__ = f"make_{module}"
+    factory.__qualname__ = factory.__name__
+    factory.__doc__ = f"Build minivz.reason.{module}.{attr} (imported on first use)."
+    factory.target = (f"minivz.reason.{module}", attr)  # type: ignore[attr-defined]
+    return factory
+
+
+REASONERS: dict[str, Callable[..., Reasoner]] = {
+    "popularity": _lazy("popularity", "PopularityReasoner"),
+    "knn": _lazy("knn", "ItemKNNReasoner"),
+    "embedding": _lazy("embedding", "EmbeddingReasoner"),
+    "llamacpp": _lazy("llamacpp", "LlamaCppReasoner"),
+    "openai": _lazy("openai", "OpenAIReasoner"),
+    "hf": _lazy("hf", "HFReasoner"),
+}
+
+
+def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
+    target = getattr(factory, "target", None)
+    if target is not None:  # a lazy factory: its real signature is the backend class's
+        factory = getattr(importlib.import_module(target[0]), target[1])
+    return inspect.signature(factory)
+
+
+def make_reasoner(spec: str, *, item_stats: ItemStats | None = None) -> Reasoner:
+    """Build a reasoner from ``name`` or ``name:key=value,...`` (see module docstring).
+
+    Option values are converted to the type of the backend's default for that option. Unknown names
+    or options raise ValueError listing the valid ones. ``item_stats`` goes to backends that take it.
+    """
+    name, options = parse_spec(spec)
+    if name not in REASONERS:
+        raise ValueError(f"unknown reasoner {name!r}; valid names: {', '.join(sorted(REASONERS))}")
+    factory = REASONERS[name]
+    params = _signature_of(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k != "item_stats"]
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in params or key == "item_stats":
+            if takes_any:
+                kwargs[key] = value
+                continue
+            raise ValueError(
+                f"unknown option {key!r} for reasoner {name!r}; valid options: "
+                f"{', '.join(valid) if valid else '(none)'}"
+            )
+        default = params[key].default
+        kwargs[key] = _coerce(value, None if default is inspect.Parameter.empty else default, key)
+    if "item_stats" in params:
+        kwargs["item_stats"] = item_stats
+    return factory(**kwargs)
+
+
+def require_item_stats(item_stats: ItemStats | None, name: str) -> ItemStats:
+    if item_stats is None:
+        raise ValueError(
+            f"reasoner {name!r} needs training item statistics: "
+            f"make_reasoner({name!r}, item_stats=ItemStats.from_sequences(train_sequences, n_items))"
+        )
+    return item_stats
+
+
+def package_dir(package: str, install_hint: str) -> str:
+    """Directory of an installed package, found without importing it (some model packages import
+    optional plugins in their __init__)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {package!r} is not installed; install it with `{install_hint}`")
+    return list(spec.submodule_search_locations)[0]

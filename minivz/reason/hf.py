@@ -1,0 +1,155 @@
+"""Log-likelihood reasoner on a transformers causal LM (torch): trained checkpoints, HF model dirs.
+
+    make_reasoner("hf:model=runs/reasoner/checkpoints/step_000200")
+    make_reasoner("hf:model=/path/model_dir,norm=sum,device=cuda,dtype=bfloat16")
+
+Same scoring as the llamacpp backend (see minivz.reason.llamacpp): per query the prompt is run once
+with ``use_cache=True``; its KV cache is then expanded to the C candidates
+(``DynamicCache.batch_repeat_interleave``) and all candidates' tokens except their last are run in
+ONE batch on top of it, right-padded:
+
+    prefix (1, P)        -> logits[0, -1] predicts every candidate's first token; cache (1, ., P, .)
+    cands  (C, Lmax - 1) -> logits (C, Lmax - 1, V), row j predicts token j + 1; cache expanded to C
+
+Right padding is harmless: causal attention never lets a real token see the pads after it.
+``score_naive`` runs each prompt+candidate from scratch (the reference for tests). Loads local
+files only (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from minivz.reason.base import Prediction, Query
+from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
+from minivz.reason.scoring import check_norm, reduce_logprobs, token_logprobs
+
+INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
+
+
+class HFReasoner:
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str = "",
+        norm: str = "mean",
+        prompt: str = DEFAULT_SCORING_PROMPT,
+        chat_template: bool = True,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_length: int = 0,
+    ) -> None:
+        if not model:
+            raise ValueError("the hf reasoner needs a model directory: hf:model=/path/to/model_dir")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise ImportError(f"the hf reasoner needs torch and transformers ({e}); install with `{INSTALL}`") from e
+        if not hasattr(torch, dtype):
+            raise ValueError(f"dtype={dtype!r} is not a torch dtype; try float32 or bfloat16")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no per-load progress bars in eval logs
+        self._torch = torch
+        self.norm = check_norm(norm)
+        self.template = load_prompt(prompt)
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model, local_files_only=True, dtype=getattr(torch, dtype))
+            .to(device)
+            .eval()
+        )
+        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.use_chat_template = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.n_truncated = 0
+
+    # -- text and tokens ------------------------------------------------------------------------
+
+    def tokenize_prompt(self, context: str) -> list[int]:
+        messages = self.template.messages(context=context)
+        if self.use_chat_template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer(render_plain(messages), add_special_tokens=False)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + ids
+
+    def tokenize_candidate(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prepare(self, query: Query) -> tuple[list[int], list[list[int]]]:
+        cands = [self.tokenize_candidate(c) for c in query.candidates]
+        longest = max((len(c) for c in cands), default=1)
+        context, cut = fit_context(
+            query.context, lambda ctx: len(self.tokenize_prompt(ctx)) + longest - 1 <= self.max_length
+        )
+        self.n_truncated += cut
+        return self.tokenize_prompt(context), cands
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _scores(self, last: np.ndarray, rows: list[np.ndarray], cands: list[list[int]]) -> np.ndarray:
+        out = np.empty(len(cands), dtype=np.float64)
+        for k, cand in enumerate(cands):
+            if not cand:
+                out[k] = -np.inf
+                continue
+            logits = np.vstack([last[None, :], rows[k][: len(cand) - 1]])
+            out[k] = reduce_logprobs(token_logprobs(logits, np.asarray(cand)), self.norm)
+        return out
+
+    def score_shared(self, prefix: list[int], cands: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        n, width = len(prefix), max((len(c) for c in cands), default=1) - 1
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            last = out.logits[0, -1].float().cpu().numpy()
+            if width <= 0:  # every candidate is one token: the prefix logits are all we need
+                return self._scores(last, [np.zeros((0, len(last)))] * len(cands), cands)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(cands))  # (1, h, P, d) -> (C, h, P, d); used once
+            ids = torch.full((len(cands), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(cands), n + width), dtype=torch.long)
+            mask[:, :n] = 1
+            for k, cand in enumerate(cands):
+                body = cand[:-1]
+                ids[k, : len(body)] = torch.tensor(body, dtype=torch.long)
+                mask[k, n : n + len(body)] = 1
+            pos = torch.arange(n, n + width).unsqueeze(0).expand(len(cands), -1)
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits.float().cpu().numpy()  # (C, width, V)
+        return self._scores(last, list(logits), cands)
+
+    def score_naive(self, prefix: list[int], cands: list[list[int]]) -> np.ndarray:
+        """Reference: each prompt+candidate run from scratch, no cache."""
+        torch = self._torch
+        out = np.empty(len(cands), dtype=np.float64)
+        n = len(prefix)
+        with torch.inference_mode():
+            for k, cand in enumerate(cands):
+                if not cand:
+                    out[k] = -np.inf
+                    continue
+                ids = torch.tensor([prefix + cand[:-1]], device=self.device)
+                logits = self.model(input_ids=ids, use_cache=False).logits[0, n - 1 :].float().cpu().numpy()
+                out[k] = reduce_logprobs(token_logprobs(logits, np.asarray(cand)), self.norm)
+        return out
+
+    def predict(self, queries: list[Query]) -> list[Prediction]:
+        out = []
+        for q in queries:
+            prefix, cands = self.prepare(q)
+            out.append(Prediction.from_scores(self.score_shared(prefix, cands)))
+        return out

