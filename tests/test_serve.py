@@ -1,0 +1,218 @@
+"""The HTTP service end to end: a real uvicorn subprocess on 127.0.0.1, the real SmolLM2 GGUF.
+
+    pytest tests/test_serve.py                 # ~1-2 min on 2 CPU cores
+    pytest tests/test_serve.py -m "not slow"   # skips the 50-client and GGUF-verbalizer tests
+
+Every server is started on a free loopback port and terminated in its fixture's finalizer.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("llama_cpp")
+
+from minivz.serve import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, is_loopback  # noqa: E402
+
+HISTORY = [
+    {"ts": "1997-12-04T15:55:00Z", "item": "Toy Story", "year": 1995, "interaction": "rate", "rating": 4,
+     "genres": ["Animation", "Comedy"]},
+    {"ts": 881250949, "item": "Heat", "year": 1995, "interaction": "rate", "rating": 5.0,
+     "genres": ["Action", "Crime"]},
+    {"ts": "1997-12-06 10:00", "item": 1234, "interaction": "play", "duration_s": 5400},
+]
+CANDIDATES = ["Casino (1995)", "Jumanji (1995)", "GoldenEye (1995)", "Babe (1995)"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(*args: str, timeout: float = 180.0):
+    from minivz.reason.llamacpp import default_gguf
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "minivz.serve", "--reasoner", default_gguf(), "--host", "127.0.0.1",
+           "--port", str(port), "--n-ctx", "1024", "--n-threads", "2", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).json().get("loaded"):
+                return proc, url
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not come up in {timeout}s:\n{proc.stdout.read()}")
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = _start_server("--verbalizer", "template")
+    yield proc, url
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return server[1]
+
+
+def _post(url: str, body, **kw):
+    return httpx.post(f"{url}/v1/recommend", json=body, timeout=120, **kw)
+
+
+def test_recommend_ranks_every_candidate(url):
+    r = _post(url, {"history": HISTORY, "candidates": CANDIDATES, "k": len(CANDIDATES)})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    ranking = out["ranking"]
+    assert sorted(x["candidate"] for x in ranking) == sorted(CANDIDATES)
+    scores = [x["score"] for x in ranking]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    assert [x["rank"] for x in ranking] == list(range(1, len(CANDIDATES) + 1))
+    lines = out["verbalization"].splitlines()  # template: one line per event, oldest first
+    assert len(lines) == 3 and "Toy Story (1995)" in lines[0] and "1234" in lines[2]
+    t = out["timings"]
+    assert t["total_ms"] >= t["rank_ms"] > 0 and t["verbalize_ms"] >= 0
+
+
+def test_top_k_ids_and_empty_history(url):
+    r = _post(url, {"history": [], "candidates": [7, 8, "Heat (1995)"], "k": 2})
+    assert r.status_code == 200, r.text
+    ranking = r.json()["ranking"]
+    assert len(ranking) == 2 and {type(x["candidate"]) for x in ranking} <= {int, str}
+    assert r.json()["verbalization"] == ""
+
+
+def test_same_request_same_scores(url):
+    body = {"history": HISTORY, "candidates": CANDIDATES, "k": 4}
+    a, b = _post(url, body).json()["ranking"], _post(url, body).json()["ranking"]
+    assert a == b  # the shared-prefix KV cache must not leak state between requests
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"history": [], "candidates": ["a"],', b""])
+def test_bad_json_is_400(url, content):
+    r = httpx.post(f"{url}/v1/recommend", content=content, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert "detail" in r.json()
+
+
+@pytest.mark.parametrize("body", [
+    {"history": HISTORY, "candidates": CANDIDATES, "k": "3"},                           # k as string
+    {"history": HISTORY, "candidates": CANDIDATES, "k": 0},                             # k out of bounds
+    {"history": "Toy Story", "candidates": CANDIDATES},                                 # not a list
+    {"history": [{**HISTORY[0], "rating": "5"}], "candidates": CANDIDATES},             # rating as string
+    {"history": [{**HISTORY[0], "rating": 11}], "candidates": CANDIDATES},              # rating out of bounds
+    {"history": [{"item": "Heat"}], "candidates": CANDIDATES},                          # missing ts
+    {"history": [{**HISTORY[0], "ts": "yesterday"}], "candidates": CANDIDATES},         # bad timestamp
+    {"history": HISTORY, "candidates": [True, False]},                                  # bools are not ids
+    {"history": HISTORY, "candidates": []},                                             # no candidates
+    {"history": HISTORY, "candidates": ["Heat", "Heat"]},                               # duplicates
+    {"history": HISTORY, "candidates": ["x" * 301]},                                    # title too long
+    {"history": HISTORY},                                                               # missing field
+    [1, 2, 3],                                                                          # not an object
+])
+def test_wrong_types_are_422(url, body):
+    r = _post(url, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    {"history": HISTORY, "candidates": CANDIDATES, "user": "u1"},
+    {"history": [{**HISTORY[0], "colour": "red"}], "candidates": CANDIDATES},
+])
+def test_unknown_fields_are_422(url, body):
+    r = _post(url, body)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "extra_forbidden"
+
+
+def test_oversize_history_and_candidates_are_422(url):
+    ev = {"ts": 0, "item": "x"}
+    assert _post(url, {"history": [ev] * (MAX_HISTORY + 1), "candidates": ["a"]}).status_code == 422
+    cands = [f"c{i}" for i in range(MAX_CANDIDATES + 1)]
+    assert _post(url, {"history": [ev], "candidates": cands}).status_code == 422
+
+
+def test_oversize_body_is_413(url):
+    big = json.dumps({"history": [], "candidates": ["a"], "pad": "x" * MAX_BODY_BYTES}).encode()
+    r = httpx.post(f"{url}/v1/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+    def chunks():  # no Content-Length: the limit must hold for a streamed body too
+        for _ in range(MAX_BODY_BYTES // 8192 + 2):
+            yield b" " * 8192
+
+    r = httpx.post(f"{url}/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_and_openapi(url, server):
+    h = httpx.get(f"{url}/health").json()
+    assert h["loaded"] is True and h["status"] == "ok" and h["reasoner"].endswith(".gguf")
+    assert h["verbalizer"] == "template" and h["uptime_s"] >= 0
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert "/v1/recommend" in spec["paths"] and "RecommendRequest" in spec["components"]["schemas"]
+    assert httpx.get(f"{url}/docs").status_code == 200
+    assert server[0].poll() is None  # all the bad requests above did not kill it
+
+
+@pytest.mark.slow
+def test_50_concurrent_clients(url, server):
+    def one(i: int) -> int:
+        body = {"history": HISTORY[: 1 + i % 3], "candidates": CANDIDATES[: 2 + i % 3], "k": 2}
+        return _post(url, body).status_code
+
+    with ThreadPoolExecutor(max_workers=50) as pool:  # bounded: 50 clients, loopback only
+        codes = list(pool.map(one, range(50)))
+    assert codes == [200] * 50
+    h = httpx.get(f"{url}/health").json()
+    assert h["errors"] == 0 and h["queued"] == 0 and server[0].poll() is None
+
+
+@pytest.mark.slow
+def test_gguf_rewrite_verbalizer():
+    from minivz.reason.llamacpp import default_gguf
+
+    proc, url = _start_server("--verbalizer", default_gguf(), "--max-new-tokens", "16")
+    try:
+        r = _post(url, {"history": HISTORY, "candidates": CANDIDATES[:3], "k": 3})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["verbalization"].strip() and out["timings"]["verbalize_ms"] > 0
+        assert len(out["ranking"]) == 3
+        assert httpx.get(f"{url}/health").json()["verbalizer"].endswith(".gguf")
+    finally:
+        _stop(proc)
+
+
+def test_is_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.com")
