@@ -72,7 +72,7 @@ class LlamaCppGenerator:
     supports_grammar = True
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
-                 n_threads: int | None = None, verbose: bool = False) -> None:
+                 n_threads: int | None = None, n_gpu_layers: int = 0, verbose: bool = False) -> None:
         # llama.cpp's CPU backend uses OpenMP; its default busy-wait turns a shared or oversubscribed
         # CPU into a crawl (measured on 2 shared cores: 64 tokens in 31 s spinning vs 1.9 s passive).
         # Only a default: export OMP_WAIT_POLICY=active on a dedicated machine. It must be set before
@@ -89,7 +89,7 @@ class LlamaCppGenerator:
         self.n_ctx = int(n_ctx)
         self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 8))
         self._llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                          n_threads_batch=self.n_threads, verbose=verbose, seed=0)
+                          n_threads_batch=self.n_threads, n_gpu_layers=n_gpu_layers, verbose=verbose, seed=0)
         self._grammars: dict[str, object] = {}
 
     def close(self) -> None:

@@ -147,12 +147,6 @@ def _gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def _takes(cls, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(cls).parameters
-
-
 class Engine:
     """The loaded verbalizer + reasoner; every method runs on the single worker thread."""
 
@@ -176,10 +170,6 @@ class Engine:
                       "CMAKE_ARGS='-DGGML_CUDA=on' pip install llama-cpp-python==0.3.36", file=sys.stderr)
             else:
                 self.device = f"gpu ({cfg.n_gpu_layers} layers offloaded)"
-            for cls in (LlamaCppReasoner,) + ((self._generator_cls(),) if cfg.verbalizer.endswith(".gguf") else ()):
-                if not _takes(cls, "n_gpu_layers"):
-                    raise RuntimeError(f"{cls.__module__}.{cls.__name__} takes no n_gpu_layers yet; "
-                                       "serve on CPU (--n-gpu-layers 0) or add it to that backend")
             gpu = {"n_gpu_layers": cfg.n_gpu_layers}
         self.reasoner = LlamaCppReasoner(model=cfg.reasoner, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, **gpu)
         if cfg.verbalizer.endswith(".gguf"):

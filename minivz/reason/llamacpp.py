@@ -79,6 +79,7 @@ class LlamaCppReasoner:
         chat_template: bool = True,
         batch_candidates: bool = True,
         max_candidates: int = 16,
+        n_gpu_layers: int = 0,
         verbose: bool = False,
     ) -> None:
         self._lib = lib = import_llama_cpp()
@@ -94,8 +95,11 @@ class LlamaCppReasoner:
         # Llama gives us the model, tokenizer and chat template; its own context is kept tiny because
         # we decode in a context of our own with one sequence per candidate (n_seq_max) sharing the
         # prompt's KV cells (kv_unified: llama_memory_seq_cp only tags cells, it copies nothing).
+        # n_gpu_layers: layers offloaded to the GPU (-1 = all) when llama-cpp-python was built with
+        # CUDA/Metal; a CPU-only build ignores it, so callers that need the GPU check
+        # llama_supports_gpu_offload() first (minivz serve does).
         self.llm = lib.Llama(model_path=self.model_path, n_ctx=64, n_batch=64, logits_all=False,
-                             verbose=verbose)
+                             n_gpu_layers=n_gpu_layers, verbose=verbose)
         self.n_vocab = self.llm.n_vocab()
         self.batch_candidates = batch_candidates
         self.max_candidates = max_candidates
