@@ -346,6 +346,18 @@ def env(json_out: bool = typer.Option(False, "--json", help="Print JSON instead 
     _console().print(t)
 
 
+def _register_model_commands() -> None:
+    """Commands whose modules are light to import (they import torch/llama.cpp inside the command)."""
+    from minivz.export import export_command
+    from minivz.serve import serve_command
+
+    app.command("export")(export_command)
+    app.command("serve")(serve_command)
+
+
+_register_model_commands()
+
+
 def main() -> None:
     app()
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"]]
+COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"], ["eval"], ["compare"], ["recipe"],
+            ["export"], ["serve"]]
 
 
 def run(*args, check=True):
