@@ -310,10 +310,14 @@ def recipe_cmd(
         for section, cfg in p["configs"].items():
             console.print(f"# {section}", style="bold")
             console.print(dump_yaml(cfg), end="", markup=False, highlight=False)
-        if "verbalizer" in p["configs"]:
-            from minivz.train.cli import memory_estimate_text
+        from minivz.train.memory import estimate_memory
 
-            console.print(memory_estimate_text(p["configs"]["verbalizer"]), markup=False, highlight=False)
+        try:
+            est = estimate_memory(p["configs"]["verbalizer"])
+            console.print(f"# verbalizer training memory estimate: {est['total_gib']} GiB ({est['device']}, "
+                          f"{est['precision']}; {est['how']})", markup=False, highlight=False)
+        except (ValueError, ImportError) as e:
+            console.print(f"# memory estimate unavailable: {e}", markup=False)
         return
     pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
     t0 = __import__("time").perf_counter()
@@ -350,7 +354,12 @@ def _register_model_commands() -> None:
     """Commands whose modules are light to import (they import torch/llama.cpp inside the command)."""
     from minivz.export import export_command
     from minivz.serve import serve_command
+    from minivz.train.cli import plot_command, train_app
+    from minivz.train.reasoner import train_reasoner_command
 
+    train_app.command("reasoner")(train_reasoner_command)
+    app.add_typer(train_app, name="train")
+    app.command("plot")(plot_command)
     app.command("export")(export_command)
     app.command("serve")(serve_command)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"], ["eval"], ["compare"], ["recipe"],
-            ["export"], ["serve"]]
+            ["export"], ["serve"], ["train"], ["train", "verbalizer"], ["train", "reasoner"], ["plot"]]
 
 
 def run(*args, check=True):
