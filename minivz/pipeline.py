@@ -159,10 +159,36 @@ class Pipeline:
             self._eval(v, v, oracle, limit)
         return {"rows": sorted(self.rows)}
 
+    def launch_command(self, verb: str, out: Path, extra: list[str] | None = None) -> list[str]:
+        """``accelerate launch`` argv for a training stage on a multi-GPU node (DeepSpeed ZeRO-3
+        from the recipe's accelerate_config); the same minivz command runs in every process."""
+        p = self.cfg["pipeline"]
+        if not p.accelerate_config:
+            raise ConfigError("hardware=multi-gpu needs accelerate_config (e.g. recipes/accelerate/zero3.yaml)")
+        argv = ["accelerate", "launch", "--config_file", p.accelerate_config, "--num_processes",
+                str(p.num_processes), "-m", "minivz.cli", "train", verb, "--recipe", self.recipe,
+                "--data", str(self.data_dir), "--out", str(out)]
+        for o in self.overrides + (extra or []):
+            argv += ["--set", o]
+        return argv
+
+    def _launch(self, argv: list[str]) -> dict:
+        import shutil
+        import subprocess
+
+        if shutil.which(argv[0]) is None:
+            raise ImportError("multi-GPU stages run through accelerate: pip install accelerate deepspeed")
+        self.say("  $ " + " ".join(argv))
+        subprocess.run(argv, check=True)
+        return {"launched": argv}
+
     def stage_verbalizer(self) -> dict:
+        out = self.out / "verbalizer"
+        if self.cfg["pipeline"].hardware == "multi-gpu":
+            return self._launch(self.launch_command("verbalizer", out))
         from minivz.train.grpo import train_verbalizer
 
-        return train_verbalizer(self.cfg["verbalizer"], self.data_dir, self.out / "verbalizer")
+        return train_verbalizer(self.cfg["verbalizer"], self.data_dir, out)
 
     @property
     def rewrite_spec(self) -> str:
@@ -181,7 +207,10 @@ class Pipeline:
         for row, verb in (("reasoner-only", "template"), ("two-stage", self.rewrite_spec)):
             cfg = dataclasses.replace(self.cfg["reasoner"], reasoner_verbalizer=verb)
             run = self.out / f"reasoner-{'template' if verb == 'template' else 'rewrite'}"
-            info[row] = train_reasoner(cfg, self.data_dir, run)
+            if self.cfg["pipeline"].hardware == "multi-gpu":
+                info[row] = self._launch(self.launch_command("reasoner", run, [f"reasoner_verbalizer={verb}"]))
+            else:
+                info[row] = train_reasoner(cfg, self.data_dir, run)
             limit = self.cfg["pipeline"].eval_limit if verb == "template" else self.cfg["pipeline"].llm_eval_limit
             self._eval(row, verb, f"hf:model={run / 'final' / 'merged'}", limit)
         return info

@@ -15,13 +15,8 @@ import numpy as np
 import pytest
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, resolve
-from minivz.train.reasoner import (
-    accuracy_reward,
-    build_sft_rows,
-    named_candidate,
-    select_examples,
-    verbalize_split,
-)
+from minivz.train.reasoner import accuracy_reward, build_sft_rows, named_candidate
+from minivz.verbalize.cache import select_examples, verbalize_split
 from minivz.train.reasoner_config import ReasonerTrainConfig
 
 CHAT_TEMPLATE = (
@@ -155,12 +150,10 @@ def test_verbalize_split_caches_and_resumes(data, tmp_path):
 
 
 def test_cached_verbalizer_serves_the_cache(data, tmp_path):
-    from minivz.train.reasoner import register_cached_verbalizer
     from minivz.verbalize import make_verbalizer
 
     path = tmp_path / "valid.jsonl"
     rows = verbalize_split(data, "template", "valid", 4, 5, path)
-    register_cached_verbalizer()
     v = make_verbalizer(f"cached:path={path}")
     hists = data.histories(data.examples("valid", limit=4), max_events=5)
     assert v.verbalize(hists) == [r["verbalization"] for r in rows]

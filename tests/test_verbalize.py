@@ -85,13 +85,13 @@ def test_template_verbalizer():
 # -- registry ------------------------------------------------------------------------------------
 
 def test_registry_and_spec_parsing():
-    assert set(VERBALIZERS) == {"template", "zero-shot", "action", "rewrite"}
+    assert set(VERBALIZERS) == {"cached", "template", "zero-shot", "action", "rewrite"}
     assert parse_spec("rewrite:model=/a/b,temperature=0.7") == ("rewrite", {"model": "/a/b", "temperature": "0.7"})
     v = make_verbalizer("rewrite:temperature=0.7,max_new_tokens=16,seed=none,n_threads=1,model=m.gguf",
                         generator=FakeGenerator())
     assert (v.temperature, v.max_new_tokens, v.seed, v.n_threads, v.model) == (0.7, 16, None, 1, "m.gguf")
     assert make_verbalizer("action:grammar=false", generator=FakeGenerator()).grammar is False
-    with pytest.raises(ValueError, match="valid: template, zero-shot, action, rewrite"):
+    with pytest.raises(ValueError, match="valid: cached, template, zero-shot, action, rewrite"):
         make_verbalizer("nope")
     with pytest.raises(ValueError, match=r"unknown option 'adapter'.*valid: model"):
         make_verbalizer("zero-shot:adapter=x")  # a trained model is `rewrite`, not zero-shot

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, ZeroShotVerbalizer, action_grammar,
                                   parse_decisions, render_actions)
+from minivz.verbalize.cache import CachedVerbalizer
 from minivz.verbalize.prompt import available_prompts, load_prompt
 from minivz.verbalize.template import TemplateVerbalizer, display_title, template_line, template_text
 
@@ -36,6 +37,7 @@ class Verbalizer(Protocol):
 
 
 VERBALIZERS: dict[str, Callable[..., Verbalizer]] = {
+    "cached": CachedVerbalizer,
     "template": TemplateVerbalizer,
     "zero-shot": ZeroShotVerbalizer,
     "action": ActionVerbalizer,

@@ -1,0 +1,103 @@
+"""``minivz train verbalizer`` and ``minivz plot`` (wired into minivz.cli by the lead).
+
+    minivz train verbalizer --recipe tiny-cpu --data runs/tiny-cpu/data --out runs/tiny-cpu/verbalizer
+    minivz train verbalizer --recipe paper-8b --dry-run          # config + memory estimate, no torch
+    minivz plot runs/tiny-cpu/verbalizer                          # RUN/plots/*.png
+
+Until wired: python -c "from minivz.train.cli import train_app; train_app()" verbalizer --help
+Importing this module imports no torch; usage errors exit 2 with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+train_app = typer.Typer(help="Train models: the GRPO verbalizer.", no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False)
+
+
+@train_app.callback()
+def _group() -> None:
+    """Train models: the GRPO verbalizer."""  # a callback keeps `verbalizer` a subcommand
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@train_app.command("verbalizer")
+def verbalizer_command(
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (tiny-cpu, paper-8b) or YAML path."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set max_steps=20."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data dir (minivz data prepare)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (resumed if it has checkpoints)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and a memory estimate; "
+                                 "load nothing."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from RUN/checkpoints/step_* "
+                                "(default); --no-resume deletes the run's checkpoints and logs first."),
+) -> None:
+    """GRPO-train the verbalizer policy against a frozen oracle reasoner.
+
+    Example: minivz train verbalizer --recipe tiny-cpu --data runs/tiny-cpu/data --out runs/tiny-cpu/verbalizer
+    """
+    from minivz.config import ConfigError, dump_yaml, resolve
+    from minivz.train.config import VerbalizerTrainConfig
+
+    try:
+        cfg = resolve(VerbalizerTrainConfig, recipe=recipe, overrides=set_)
+    except ConfigError as e:
+        _fail(str(e))
+    if dry_run:
+        from minivz.train.memory import estimate_memory
+
+        typer.echo(dump_yaml(cfg), nl=False)
+        try:
+            est = estimate_memory(cfg)
+        except (ValueError, ImportError) as e:
+            typer.echo(f"# memory estimate: unavailable ({e})")
+            return
+        typer.echo(f"# memory estimate ({est['device']}, {est['precision']}; "
+                   f"{est['params'] / 1e9:.2f}B params, {est['lora_params'] / 1e6:.1f}M LoRA params, "
+                   f"architecture from {est['architecture_from']}):")
+        for k, v in est.items():
+            if k.endswith("_gib") and k != "total_gib":
+                typer.echo(f"#   {k[:-4]:<12} {v:8.2f} GiB")
+        typer.echo(f"#   {'total':<12} {est['total_gib']:8.1f} GiB")
+        typer.echo(f"# how: {est['how']}")
+        return
+    if data is None or out is None:
+        _fail("--data DIR and --out RUN are required (or --dry-run)")
+    if not (data / "manifest.json").is_file():
+        _fail(f"--data {data}: not a prepared data dir; create it with: minivz data prepare --recipe "
+              f"{recipe or 'tiny-cpu'} --out {data}")
+    from minivz.train.grpo import passive_omp, train_verbalizer
+
+    passive_omp()  # before torch is imported (see its docstring: 9x faster generation on shared cores)
+    try:
+        summary = train_verbalizer(cfg, data, out, resume=resume)
+    except ImportError as e:
+        _fail(str(e), code=1)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def plot_command(run: Path = typer.Argument(..., help="A run directory with metrics.jsonl.")) -> None:
+    """Write PNG curves (rewards, compression ratio, seconds per step) to RUN/plots/.
+
+    Example: minivz plot runs/tiny-cpu/verbalizer
+    """
+    from minivz.plot import plot_run, summarize_run
+
+    try:
+        paths = plot_run(run)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except ImportError as e:
+        _fail(str(e), code=1)
+    for p in paths:
+        typer.echo(str(p))
+    typer.echo(json.dumps(summarize_run(run), indent=2))

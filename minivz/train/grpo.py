@@ -1,0 +1,427 @@
+"""GRPO training of the verbalizer (stage 1 of the paper) with TRL's ``GRPOTrainer``.
+
+    from minivz.config import resolve
+    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.train.grpo import train_verbalizer
+    cfg = resolve(VerbalizerTrainConfig, recipe="tiny-cpu")
+    summary = train_verbalizer(cfg, data_dir="runs/tiny-cpu/data", out="runs/tiny-cpu/verbalizer")
+
+What flows through one optimizer step (one process):
+    P = prompts_per_step prompts (train examples: chat messages of ``verbalizer_rewrite_v1`` -- the
+        prompt ``rewrite:model=RUN/final/merged`` uses at inference -- filled with the template text
+        of the most recent ``train_history`` events, oldest cut first to fit ``max_prompt_length``)
+    -> policy samples G = num_generations completions each: B*G = generation_batch_size texts
+    -> rewards (minivz.train.rewards): accuracy from the frozen oracle reading each text, length
+       plateau on chars(text) / chars(template); (B*G,) each, None = excluded
+    -> TRL: total = sum_k w_k r_k, group advantages (r - mean_g) / (std_g + 1e-4), policy-gradient
+       loss on the LoRA weights.
+
+The run directory is the contract:
+    RUN/config.yaml     the resolved VerbalizerTrainConfig       RUN/env.json   versions, hardware
+    RUN/trl_args.json   the GRPOConfig TRL actually ran with
+    RUN/metrics.jsonl   one line per step: step, reward/accuracy/length means, compression ratio,
+                        step/oracle seconds, excluded samples, TRL's loss/kl/grad_norm on log steps
+    RUN/samples.jsonl   one line per completion: step, example_id, history (template text),
+                        verbalization, rewards, advantage (minivz.kernels.group_advantages)
+    RUN/checkpoints/step_000050/   TRL checkpoints (LoRA adapter, optimizer, RNG, trainer state)
+    RUN/final/          LoRA adapter + tokenizer;  RUN/final/merged/  merged HF model dir
+
+A killed run resumes from its latest ``checkpoints/step_*`` when started again with the same
+``out`` (``resume=False`` starts over); lines of metrics/samples past that step are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minivz.config import dump_yaml
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# -- the prompt dataset ------------------------------------------------------------------------------
+
+
+def policy_verbalizer(variant: str, train_history: int):
+    """The inference-time verbalizer whose prompt the policy is trained on (no model is loaded)."""
+    from minivz.verbalize.llm import ActionVerbalizer, RewriteVerbalizer
+
+    cls = RewriteVerbalizer if variant == "rewrite" else ActionVerbalizer
+    return cls(max_events=train_history)
+
+
+def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
+    """One dict per train example with the policy prompt and the columns the rewards read.
+
+    ``tokenizer`` (the policy's) fits the history into ``max_prompt_length`` tokens, dropping the
+    oldest events (as ``RewriteVerbalizer`` does at inference); None = no fitting.
+    """
+    from minivz.evaluate import build_queries
+    from minivz.verbalize.prompt import fit_lines
+    from minivz.verbalize.template import template_text
+
+    ex = data.examples("train")
+    n = min(cfg.train_examples, ex.num_rows)
+    rng = np.random.default_rng(cfg.seed)
+    ex = ex.take(np.sort(rng.choice(ex.num_rows, size=n, replace=False)))  # a seeded sample, all users
+    hists = data.histories(ex, max_events=cfg.train_history)
+    hist_ids = data.history_ids(ex, max_events=cfg.train_history)
+    verb = policy_verbalizer(cfg.variant, cfg.train_history)
+    count = None
+    budget = cfg.max_prompt_length
+    if tokenizer is not None:
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        empty = tokenizer.apply_chat_template(verb._messages([]), tokenize=False, add_generation_prompt=True)
+        budget = cfg.max_prompt_length - count(empty)
+    queries = build_queries(data, ex, [""] * n, hist_ids)  # candidate texts and ids, as eval builds them
+    rows = []
+    for row, hist, ids, q in zip(ex.to_pylist(), hists, hist_ids, queries):
+        if count is not None:
+            lines = [verb._line(i, e) for i, e in enumerate(hist, 1)]
+            kept = fit_lines(lines, budget, count)
+            hist, ids = hist[len(hist) - kept:], ids[len(ids) - kept:]
+        if not hist:
+            continue
+        text = template_text(hist)
+        rows.append({
+            # verb._messages is exactly what verbalize() sends for these events
+            "prompt": verb._messages(hist),
+            "example_id": int(row["example_id"]),
+            "history_text": text,
+            "template_chars": len(text),
+            "n_events": len(hist),
+            "history_ids": [int(i) for i in ids],
+            "candidates": list(q.candidates),
+            "candidate_ids": [int(i) for i in q.candidate_ids],
+            "label": int(row["label"]),
+            "events_json": json.dumps([{k: e.get(k) for k in ("title", "year", "genres", "series_id", "season",
+                                                              "episode")} for e in hist], default=str),
+        })
+    return rows
+
+
+# -- run directory helpers ------------------------------------------------------------------------------
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    ckpts = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*")
+             if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return max(ckpts)[1] if ckpts else None
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Keep lines with step <= max_step (a resumed run redoes the steps after its checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= max_step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            break  # a line cut by a kill: drop it and everything after
+    path.write_text("".join(x + "\n" for x in keep))
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def step_advantages(total: np.ndarray, group_size: int) -> np.ndarray:
+    """TRL's advantages from logged totals (NaN = excluded: left out of its group's mean/std and
+    given advantage 0, as TRL does), computed with ``minivz.kernels.group_advantages``."""
+    from minivz.kernels import group_advantages
+
+    adv = np.zeros_like(total)
+    for s in range(0, len(total) - len(total) % group_size, group_size):
+        g = total[s:s + group_size]
+        ok = np.isfinite(g)
+        if ok.sum() >= 2:
+            adv[s:s + group_size][ok] = group_advantages(g[ok], int(ok.sum()))
+    return adv
+
+
+# -- callbacks ----------------------------------------------------------------------------------------
+
+
+def _callbacks():
+    """TrainerCallback subclasses, defined on first use (transformers is imported lazily)."""
+    from transformers import TrainerCallback
+
+    class RunLogger(TrainerCallback):
+        """metrics.jsonl and samples.jsonl from the reward state, one flush per optimizer step."""
+
+        def __init__(self, run: Path, state, weights: dict[str, float], group_size: int,
+                     histories: dict[int, str]) -> None:
+            self.run, self.rstate, self.weights, self.g = run, state, weights, group_size
+            self.histories = histories
+            self.t_step = time.perf_counter()
+            self.pending: dict | None = None
+            self.last: dict = {}
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t_step = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            st = self.rstate.flush()
+            n = st.n
+            acc = np.array([np.nan if v is None else v for v in st.accuracy] or [np.nan] * n, dtype=float)
+            ln = np.array([np.nan if v is None else v for v in st.length] or [np.nan] * n, dtype=float)
+            w_a, w_l = self.weights.get("accuracy", 0.0), self.weights.get("length", 0.0)
+            total = np.where(np.isnan(acc) & np.isnan(ln), np.nan,
+                             w_a * np.nan_to_num(acc) + w_l * np.nan_to_num(ln)) if n else np.zeros(0)
+            adv = step_advantages(total, self.g) if n else np.zeros(0)
+            rec = {
+                "step": int(state.global_step),
+                "reward": _nan_to_none(np.nanmean(total)) if np.isfinite(total).any() else None,
+                "accuracy": _nan_to_none(np.nanmean(acc)) if np.isfinite(acc).any() else None,
+                "length": _nan_to_none(np.nanmean(ln)) if np.isfinite(ln).any() else None,
+                "compression_ratio": _nan_to_none(float(np.mean(st.ratio))) if st.ratio else None,
+                "step_seconds": round(now - self.t_step, 3),
+                "oracle_seconds": round(st.oracle_seconds, 3),
+                "reward_seconds": round(st.reward_seconds, 3),
+                "completions": n,
+                "excluded": st.excluded,
+                "oracle_errors": st.oracle_errors,
+                "oracle_invalid": st.oracle_invalid,
+            }
+            if st.last_error:
+                rec["oracle_last_error"] = st.last_error
+            self.t_step = now
+            with (self.run / "samples.jsonl").open("a") as f:
+                for i in range(n):
+                    eid = st.example_id[i] if i < len(st.example_id) else -1
+                    f.write(json.dumps({
+                        "step": rec["step"], "example_id": eid, "history": self.histories.get(eid, ""),
+                        "verbalization": st.verbalization[i] if i < len(st.verbalization) else "",
+                        "rewards": {"accuracy": _nan_to_none(acc[i]), "length": _nan_to_none(ln[i]),
+                                    "total": _nan_to_none(total[i])},
+                        "compression_ratio": st.ratio[i] if i < len(st.ratio) else None,
+                        "advantage": float(adv[i]), "excluded": bool(np.isnan(total[i])),
+                    }) + "\n")
+            self.last = rec
+            if control.should_log:  # TRL's loss / kl / grad_norm arrive in on_log right after
+                self.pending = rec
+            else:
+                self._write(rec)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.pending is None or not logs:
+                return
+            for k, v in logs.items():
+                if k not in self.pending and isinstance(v, (int, float)) and k != "epoch":
+                    self.pending[k] = v
+            self._write(self.pending)
+            self.pending = None
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.pending is not None:
+                self._write(self.pending)
+                self.pending = None
+
+        def _write(self, rec: dict) -> None:
+            with (self.run / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    class StepCheckpoints(TrainerCallback):
+        """TRL saves ``checkpoint-N``; the run contract names them ``step_00000N``. Keeps the newest
+        ``keep`` (TRL's own rotation only knows its naming, so it is not used)."""
+
+        def __init__(self, ckpt_dir: Path, keep: int) -> None:
+            self.dir, self.keep = ckpt_dir, keep
+
+        def on_save(self, args, state, control, **kw):
+            src = self.dir / f"checkpoint-{state.global_step}"
+            dst = self.dir / f"step_{state.global_step:06d}"
+            if src.is_dir():
+                if dst.exists():
+                    shutil.rmtree(dst)
+                src.rename(dst)
+            steps = sorted((int(m.group(1)), p) for p in self.dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
+            for _s, p in steps[:-self.keep]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    class LiveProgress(TrainerCallback):
+        """A rich progress bar with the live reward; one plain line per step when not a TTY."""
+
+        def __init__(self, logger: RunLogger) -> None:
+            from rich.console import Console
+
+            self.logger = logger
+            self.console = Console(stderr=True)
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if self.console.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.description}"), console=self.console)
+                self.bar.start()
+                self.task = self.bar.add_task("", total=args.max_steps, completed=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            r = self.logger.last
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            desc = (f"reward {fmt(r.get('reward'))}  acc {fmt(r.get('accuracy'))}  len {fmt(r.get('length'))}  "
+                    f"ratio {fmt(r.get('compression_ratio'))}  {r.get('step_seconds', 0):.1f}s/step"
+                    + (f"  excluded {r['excluded']}" if r.get("excluded") else ""))
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, description=desc)
+            else:
+                print(f"step {state.global_step}/{args.max_steps}  {desc}", file=sys.stderr, flush=True)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.stop()
+
+    return RunLogger, StepCheckpoints, LiveProgress
+
+
+# -- training ---
+
+
+def passive_omp() -> bool:
+    """Default OpenMP threads to sleep, not spin, while waiting (``OMP_WAIT_POLICY=PASSIVE``).
+
+    torch's CPU ops run on OpenMP; its default busy-wait makes the many small ops of token-by-token
+    generation crawl on a shared or oversubscribed CPU. Measured on 2 shared cores, SmolLM2-135M,
+    4 x 64 sampled tokens: 87.6 s spinning vs 9.8 s passive (8.9 s with 1 thread). Only a default
+    (export OMP_WAIT_POLICY=active on a dedicated box), and only effective before torch is first
+    imported: returns False when it came too late.
+    """
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return "torch" not in sys.modules
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+
+def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any = None,
+                     resume: bool = True, progress: bool = True) -> dict:
+    """Train (or resume) the verbalizer policy with GRPO; returns a summary dict.
+
+    ``oracle``: a ready Reasoner object (tests); default ``make_reasoner(cfg.oracle, ...)``.
+    """
+    passive_omp()
+    from minivz.train.policy import load_policy, resolve_backend, save_final
+
+    backend = resolve_backend(cfg.backend)  # first: may import unsloth before trl/transformers/peft
+
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from minivz.dataset import PreparedData
+    from minivz.envinfo import collect
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+    from minivz.train.rewards import RewardState, build_reward_funcs
+
+    run = Path(out)
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    env = collect()
+    env.update({"train_backend": backend, "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
+    (run / "env.json").write_text(json.dumps(env, indent=2))
+
+    ckpt = latest_checkpoint(run) if resume else None
+    if not resume:  # starting over: old step_* dirs would mix into rotation and a later resume
+        old = [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
+        if old:
+            print(f"resume=False: deleting {len(old)} old checkpoints in {run / 'checkpoints'}", file=sys.stderr)
+        for p in old:
+            shutil.rmtree(p)
+    if ckpt is None:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (run / name).unlink(missing_ok=True)
+    else:
+        step = int(_STEP_DIR.match(ckpt.name).group(1))
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_jsonl(run / name, step)
+        print(f"resuming from {ckpt} (step {step})", file=sys.stderr)
+
+    torch.manual_seed(cfg.seed)
+    data = PreparedData.load(data_dir)
+    model, tokenizer = load_policy(cfg, backend)
+    rows = build_prompt_rows(cfg, data, tokenizer)
+    if not rows:
+        raise ValueError(f"{data_dir}: no train examples with a history; check `minivz data prepare`")
+    dataset = Dataset.from_list(rows)
+
+    if oracle is None:
+        oracle = make_reasoner(cfg.oracle, item_stats=item_stats_for(data))
+    rstate = RewardState(oracle, accuracy=cfg.accuracy_reward, lo=cfg.length_lo, hi=cfg.length_hi,
+                         softness=cfg.length_softness, variant=cfg.variant, max_retries=cfg.max_oracle_retries)
+    funcs, weights = build_reward_funcs(["accuracy", "length"], rstate, [cfg.w_accuracy, cfg.w_length])
+
+    on_gpu = torch.cuda.is_available()
+    args = GRPOConfig(
+        output_dir=str(run / "checkpoints"),
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.max_completion_length,
+        reward_weights=weights,
+        # TRL's own group advantages: (r - mean_g) / (std_g + 1e-4), which tests/test_advantages_trl.py
+        # proves equal to minivz.kernels.group_advantages (used for samples.jsonl).
+        scale_rewards="group",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=None,  # StepCheckpoints rotates step_* dirs
+        logging_steps=cfg.logging_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,  # LiveProgress draws the bar
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+    (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+
+    RunLogger, StepCheckpoints, LiveProgress = _callbacks()
+    logger = RunLogger(run, rstate, dict(zip([f.__name__ for f in funcs], weights)), cfg.num_generations,
+                       {r["example_id"]: r["history_text"] for r in rows})
+    callbacks = [logger, StepCheckpoints(run / "checkpoints", cfg.save_total_limit)]
+    if progress:
+        callbacks.append(LiveProgress(logger))
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # metrics.jsonl + LiveProgress replace its dict dumps
+
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    seconds = time.perf_counter() - t0
+    paths = save_final(trainer.model, tokenizer, run / "final", backend)
+    return {
+        "run": str(run),
+        "backend": backend,
+        "steps": int(trainer.state.global_step),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "seconds": round(seconds, 1),
+        "prompts": len(rows),
+        "completions": rstate.totals["completions"],
+        "excluded": rstate.totals["excluded"],
+        **paths,
+    }

