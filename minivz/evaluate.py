@@ -78,7 +78,7 @@ def build_queries(data, examples, texts: list[str], history_ids: list[np.ndarray
 def item_stats_for(data):
     from minivz.reason.base import ItemStats
 
-    return ItemStats.from_sequences(data.train_sequences(), data.n_items)
+    return ItemStats.from_sequences(data.train_sequences(), data.n_items, titles=data.items["title"].to_pylist())
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None) -> dict:

@@ -408,3 +408,25 @@ def test_openai_against_real_llama_cpp_server(tmp_path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_mention_oracle_reads_titles_from_the_text():
+    """Scores come from the titles NAMED in the text (ids of the raw history are ignored)."""
+    from minivz.reason import ItemStats, Query, make_reasoner
+
+    # users: {0,1} x3, {2,3} x3 -> 0~1 and 2~3 co-occur; titles resolve case-insensitively, year optional
+    seqs = [np.array([0, 1])] * 3 + [np.array([2, 3])] * 3
+    stats = ItemStats.from_sequences(seqs, 4, titles=["Alien", "Aliens", "Heat Wave", "Cool Runnings"])
+    oracle = make_reasoner("mention", item_stats=stats)
+    cands = np.array([1, 3], dtype=np.int32)
+    ids = np.array([2], dtype=np.int32)  # would point to item 3 if the oracle read ids
+    p_alien, p_heat, p_none = oracle.predict([
+        Query("The user loved ALIEN (1979).", ["Aliens", "Cool Runnings"], cands, ids),
+        Query("Watched heat wave twice", ["Aliens", "Cool Runnings"], cands, ids),
+        Query("No titles here at all", ["Aliens", "Cool Runnings"], cands, ids),
+    ])
+    assert p_alien.choice == 0 and p_alien.scores[0] > p_alien.scores[1]
+    assert p_heat.choice == 1
+    assert np.all(p_none.scores == 0) and oracle.n_unresolved == 1
+    with pytest.raises(ValueError, match="titles"):
+        make_reasoner("mention", item_stats=ItemStats.from_sequences(seqs, 4))

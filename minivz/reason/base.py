@@ -82,9 +82,12 @@ class ItemStats:
     n_items: int
     counts: np.ndarray
     cooc: Any
+    # catalog titles by item code: the `mention` oracle resolves titles named in a text with them
+    titles: list[str] | None = None
 
     @classmethod
-    def from_sequences(cls, user_item_sequences: list[np.ndarray], n_items: int) -> "ItemStats":
+    def from_sequences(cls, user_item_sequences: list[np.ndarray], n_items: int,
+                       titles: list[str] | None = None) -> "ItemStats":
         """Build stats from per-user training item sequences (int codes in [0, n_items))."""
         seqs = [np.asarray(s, dtype=np.int64).ravel() for s in user_item_sequences]
         flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
@@ -109,7 +112,7 @@ class ItemStats:
                 (np.ones(len(rows)), (rows, cols)), shape=(len(seqs), n_items), dtype=np.float64
             )
             cooc = (x.T @ x).tocsr()
-        return cls(n_items=n_items, counts=counts, cooc=cooc)
+        return cls(n_items=n_items, counts=counts, cooc=cooc, titles=titles)
 
     def cooc_dense_rows(self, items: np.ndarray) -> np.ndarray:
         """Rows of the co-occurrence matrix as a dense float64 array, (len(items), n_items)."""
@@ -183,6 +186,7 @@ def _lazy(module: str, attr: str) -> Callable[..., Reasoner]:
 REASONERS: dict[str, Callable[..., Reasoner]] = {
     "popularity": _lazy("popularity", "PopularityReasoner"),
     "knn": _lazy("knn", "ItemKNNReasoner"),
+    "mention": _lazy("mention", "MentionReasoner"),
     "embedding": _lazy("embedding", "EmbeddingReasoner"),
     "llamacpp": _lazy("llamacpp", "LlamaCppReasoner"),
     "openai": _lazy("openai", "OpenAIReasoner"),

@@ -49,6 +49,9 @@ def default_gguf() -> str:
 
 
 def import_llama_cpp():
+    # llama.cpp's OpenMP threads busy-wait by default: on a shared or oversubscribed CPU that is a
+    # crawl (see minivz.generate). Only a default, and only effective before llama_cpp loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import llama_cpp
     except ImportError as e:
