@@ -130,7 +130,7 @@ def read_jsonl(path):
     (["length_lo=0.8", "length_hi=0.2"], "length_lo"),
     (["temperature=0"], "temperature"),
     (["variant=action", "max_completion_length=64"], "max_completion_length=148"),
-    (["load_in_4bit=true", "backend=peft"], "unsloth"),
+    (["vllm_mode=remote"], "vllm_mode"),
     (["w_accuracy=0", "w_length=0"], "not both 0"),
 ])
 def test_config_errors_say_how_to_fix(override, needle):

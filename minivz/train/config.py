@@ -32,7 +32,8 @@ class VerbalizerTrainConfig:
     # peft: transformers + peft LoRA (CPU path); unsloth: FastLanguageModel (4-bit LoRA, GPU path);
     # auto: unsloth when it is installed and CUDA is present, else peft.
     backend: str = "auto"
-    load_in_4bit: bool = False  # unsloth backend only (bitsandbytes 4-bit base weights)
+    # 4-bit NF4 base weights (bitsandbytes, CUDA only): through Unsloth, or QLoRA through peft.
+    load_in_4bit: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -71,6 +72,9 @@ class VerbalizerTrainConfig:
     max_completion_length: int = 128
     save_steps: int = 50
     save_total_limit: int = 3
+    # Rollouts through vLLM (TRL's GRPOConfig.use_vllm): the multi-GPU recipe; CUDA + vllm only.
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
     logging_steps: int = 1
     seed: int = 0
 
@@ -125,9 +129,8 @@ class VerbalizerTrainConfig:
             raise ConfigError(f"variant=action writes one ~7-token decision line per event: "
                               f"max_completion_length={self.max_completion_length} < 7 * train_history + 8 = "
                               f"{need}; try --set max_completion_length={need}")
-        if self.load_in_4bit and self.backend == "peft":
-            raise ConfigError("load_in_4bit=true needs the unsloth backend (bitsandbytes 4-bit on CUDA); "
-                              "use --set backend=unsloth, or --set load_in_4bit=false for peft")
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"vllm_mode={self.vllm_mode!r}: use colocate (same GPUs) or server (trl vllm-serve)")
 
     @property
     def generation_batch_size(self) -> int:

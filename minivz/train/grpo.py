@@ -311,6 +311,16 @@ def passive_omp() -> bool:
 # -- training -----------------------------------------------------------------------------------------
 
 
+def _vllm_args(cfg, on_gpu: bool) -> dict:
+    """TRL's own vLLM rollouts (colocated with training, or a `trl vllm-serve` server)."""
+    if not cfg.use_vllm:
+        return {}
+    if not on_gpu:
+        raise ImportError("use_vllm=true needs CUDA and vllm (pip install vllm==0.33.0); "
+                          "on CPU use --set use_vllm=false")
+    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+
+
 def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any = None,
                      resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) the verbalizer policy with GRPO; returns a summary dict.
@@ -397,6 +407,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         disable_tqdm=True,  # LiveProgress draws the bar
         log_completions=False,
         dataloader_num_workers=0,
+        **_vllm_args(cfg, on_gpu),
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
