@@ -1,0 +1,60 @@
+"""`minivz recipe` end to end: a shortened tiny-cpu run through every stage, then its table.
+
+Real MovieLens-100K, real SmolLM2-135M (verbalizer policy and reasoner), real GRPO / SFT steps,
+real GGUF export: only the sizes are cut (2 GRPO steps, 2 SFT steps, a handful of test examples).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("trl", reason="pip install -e '.[train]'")
+pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python==0.3.36")
+pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
+
+SHORT = [
+    "max_train_per_user=2", "eval_history=5", "eval_limit=20", "llm_eval_limit=3",
+    "baseline_verbalizers=template,zero-shot,action",
+    "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_completion_length=16",
+    "per_device_train_batch_size=4", "reasoner_max_steps=2", "reasoner_train_examples=8", "reasoner_history=5",
+    "reasoner_save_steps=1", "export_quant=q8_0",
+]
+ROWS = {"template", "zero-shot", "action", "rewrite", "reasoner-only", "two-stage", "popularity", "knn"}
+
+
+def test_plan_and_dry_run_need_no_models(tmp_path):
+    from minivz.pipeline import STAGES, Pipeline, plan
+
+    p = plan("paper-32b")
+    assert [s["stage"] for s in p["stages"]] == list(STAGES)
+    argv = Pipeline("paper-32b", tmp_path).launch_command("verbalizer", tmp_path / "v")
+    assert argv[:4] == ["accelerate", "launch", "--config_file", "recipes/accelerate/zero3.yaml"]
+    assert "--num_processes" in argv and argv[argv.index("-m") + 1] == "minivz.cli"
+    for recipe in ("tiny-cpu", "paper-8b", "paper-32b"):
+        out = subprocess.run([sys.executable, "-m", "minivz.cli", "recipe", recipe, "--dry-run"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "memory estimate" in out.stdout and "policy_model" in out.stdout
+
+
+@pytest.mark.slow
+def test_tiny_cpu_end_to_end_and_resume(tmp_path):
+    from minivz.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    report = Pipeline("tiny-cpu", out, SHORT, say=print).run()
+    assert [r["stage"] for r in report] == ["data", "baselines", "verbalizer", "rewrite", "reasoner", "export", "table"]
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["label"] for r in rows} == ROWS
+    for r in rows:
+        assert 0.0 <= r["all_recall@1"] <= 1.0 and len(r["all_recall@1_ci"]) == 2
+        assert "discovery_recall@1" in r
+        if r["label"] != "template":
+            assert "all_rel" in r  # relative change vs template, paired on the same examples
+    md = (out / "results.md").read_text()
+    assert "| template |" in md and "| two-stage |" in md and (out / "results.png").stat().st_size > 0
+    assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
+    # a rerun resumes: every stage is already complete, nothing runs again
+    assert Pipeline("tiny-cpu", out, SHORT, say=print).run() == []
