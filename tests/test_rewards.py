@@ -75,8 +75,11 @@ def test_rank_accuracy_is_dense():
     assert accuracy_from_prediction(np.array([0.1, 0.9, 0.5]), 1, 1, "rank") == 1.0
     assert accuracy_from_prediction(np.array([0.1, 0.9, 0.5]), 1, 2, "rank") == 0.5
     assert accuracy_from_prediction(np.array([0.1, 0.9, 0.5]), 1, 0, "rank") == pytest.approx(1 / 3)
-    # ties count in the target's favour
-    assert accuracy_from_prediction(np.array([0.5, 0.5, 0.1]), 0, 1, "rank") == 1.0
+    # ties: expected value under random tie-breaking, as minivz.metrics scores an evaluation
+    assert accuracy_from_prediction(np.array([0.5, 0.5, 0.1]), 0, 1, "rank") == pytest.approx(0.75)
+    # a text giving the oracle nothing (all tied) earns the random floor, never full marks
+    assert accuracy_from_prediction(np.zeros(10), 0, 0, "binary") == pytest.approx(0.1)
+    assert accuracy_from_prediction(np.zeros(10), 0, 3, "rank") == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)
     state = RewardState(MentionOracle(), accuracy="rank")
     completions, kw = batch(["Fargo (1996)", "Heat (1995)"], labels=[1, 1])
     r = accuracy_reward(completions, state=state, **kw)

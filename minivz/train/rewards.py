@@ -59,15 +59,17 @@ def render_verbalization(text: str, variant: str, events_json: str | None = None
 
 
 def accuracy_from_prediction(scores: np.ndarray, choice: int, label: int, mode: str) -> float:
-    """binary: 1.0 if the top choice is the target; rank: 1 / rank of the target (ties count in its
-    favour: rank = 1 + number of candidates scored strictly higher)."""
-    if mode == "binary":
-        return float(choice == label)
+    """binary: Recall@1 of the target; rank: 1/rank (MRR). Both are the expected value under random
+    tie-breaking, exactly as minivz.metrics scores an evaluation: a text that gives the oracle nothing
+    to go on (every candidate tied) earns the random floor (1/C, H_C/C), not full marks -- counting
+    ties in the target's favour let a policy collect 1.0 by naming no title at all."""
+    from minivz.metrics import rank_metrics
+
     s = np.asarray(scores, dtype=np.float64)
-    target = s[label]
-    if not np.isfinite(target):
+    if not np.isfinite(s[label]):
         return 0.0
-    return 1.0 / (1.0 + float(np.sum(s > target)))
+    per = rank_metrics(s[None, :], np.array([label]))
+    return float(per["recall@1" if mode == "binary" else "mrr"][0])
 
 
 @dataclass
