@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--history", type=int, default=20)
-    ap.add_argument("--verbalizers", default="template,zero-shot,action")
+    ap.add_argument("--verbalizers", default="template;zero-shot;action",
+                    help="';'-separated verbalizer specs, e.g. 'template;rewrite:model=RUN/final/merged'")
     ap.add_argument("--reasoners", default="embedding,llamacpp,mention")
     args = ap.parse_args()
     if not (args.data / "manifest.json").exists():
@@ -41,18 +42,19 @@ def main() -> None:
         evaluate(EvalConfig(data=str(args.data), verbalizer="template", reasoner=name, limit=args.limit,
                             eval_history=args.history, out=str(out)))
         runs.append((name, out))
-    for verb in args.verbalizers.split(","):
-        cache = args.out / "verbalized" / f"{verb}.jsonl"
+    for verb in args.verbalizers.split(";"):
+        short = verb.split(":")[0]  # "rewrite:model=RUN/final/merged" -> "rewrite"
+        cache = args.out / "verbalized" / f"{short}.jsonl"
         t0 = time.perf_counter()
         verbalize_split(data, verb, "test", args.limit, args.history, cache, batch_size=4, progress=True)
-        timing[f"verbalize {verb}"] = round(time.perf_counter() - t0, 1)
+        timing[f"verbalize {short}"] = round(time.perf_counter() - t0, 1)
         for reasoner in args.reasoners.split(","):
-            out = args.out / "eval" / f"{verb}--{reasoner}"
+            out = args.out / "eval" / f"{short}--{reasoner}"
             t0 = time.perf_counter()
             evaluate(EvalConfig(data=str(args.data), verbalizer=f"cached:path={cache}", reasoner=reasoner,
                                 limit=args.limit, eval_history=args.history, out=str(out)))
-            timing[f"score {verb} / {reasoner}"] = round(time.perf_counter() - t0, 1)
-            runs.append((f"{verb} / {reasoner}", out))
+            timing[f"score {short} / {reasoner}"] = round(time.perf_counter() - t0, 1)
+            runs.append((f"{short} / {reasoner}", out))
     order = sorted(runs, key=lambda r: (not r[0].startswith("template /"), r[0]))
     rows = compare_runs([p for _, p in order], labels=[n for n, _ in order])
     (args.out / "table.json").write_text(json.dumps({"rows": rows, "seconds": timing}, indent=2))

@@ -104,7 +104,7 @@ def test_spec_errors(stats):
         make_reasoner("llamacpp:n_ctx=big")
     with pytest.raises(ValueError, match="item_stats"):
         make_reasoner("popularity")
-    assert set(REASONERS) == {"popularity", "knn", "embedding", "llamacpp", "openai", "hf"}
+    assert set(REASONERS) == {"popularity", "knn", "mention", "embedding", "llamacpp", "openai", "hf"}
 
 
 def test_query_validation():
