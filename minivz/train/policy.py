@@ -103,30 +103,17 @@ def hf_dir_from_gguf(spec: str, cache_dir: Path = CACHE_DIR) -> Path:
     """De-quantize a GGUF into a float32 HF model dir, once; later calls return the cached dir."""
     src = gguf_path(spec)
     st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
+    # "v2": caches converted through minivz.export.gguf_to_hf (repaired tokenizer)
+    key = hashlib.sha1(f"v2:{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
     out = cache_dir / f"{src.stem}-{key}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from minivz.export import gguf_to_hf
 
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained; its weights are
-    # plain float32 tensors by now, so rebuild an unflagged model from its config and copy them.
-    cfg = loaded.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=False)
-    if getattr(cfg, "tie_word_embeddings", False):
-        model.tie_weights()
-    model.generation_config = loaded.generation_config
-    fix_special_tokens(tok, model)
-    tok.clean_up_tokenization_spaces = False  # BPE: the cleanup would strip spaces before punctuation
+    # gguf_to_hf repairs what transformers' GGUF loader breaks in SmolLM2's tokenizer (eos, the
+    # digit-splitting pre-tokenizer) and drops the "quantized" flag that blocks save_pretrained.
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    gguf_to_hf(src, tmp)
     tmp.rename(out)  # atomic: a killed conversion leaves no half-written cache
     return out
 
