@@ -114,6 +114,19 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
 # -- run directory helpers ------------------------------------------------------------------------------
 
 
+def rotate_checkpoints(ckpt_dir: Path, step: int, keep: int) -> None:
+    """Rename TRL's ``checkpoint-N`` to ``step_%06d`` (the run-dir contract) and keep the newest ``keep``."""
+    src = ckpt_dir / f"checkpoint-{step}"
+    dst = ckpt_dir / f"step_{step:06d}"
+    if src.is_dir():
+        if dst.exists():
+            shutil.rmtree(dst)
+        src.rename(dst)
+    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
+    for _s, p in steps[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     ckpts = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*")
              if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
@@ -243,15 +256,7 @@ def _callbacks():
             self.dir, self.keep = ckpt_dir, keep
 
         def on_save(self, args, state, control, **kw):
-            src = self.dir / f"checkpoint-{state.global_step}"
-            dst = self.dir / f"step_{state.global_step:06d}"
-            if src.is_dir():
-                if dst.exists():
-                    shutil.rmtree(dst)
-                src.rename(dst)
-            steps = sorted((int(m.group(1)), p) for p in self.dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
-            for _s, p in steps[:-self.keep]:
-                shutil.rmtree(p, ignore_errors=True)
+            rotate_checkpoints(self.dir, state.global_step, self.keep)
 
     class LiveProgress(TrainerCallback):
         """A rich progress bar with the live reward; one plain line per step when not a TTY."""

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -216,15 +215,9 @@ def _callbacks():
                 control.should_save = True
 
         def on_save(self, args, state, control, **kw):
-            src = self.dir / f"checkpoint-{state.global_step}"
-            dst = self.dir / f"step_{state.global_step:06d}"
-            if src.is_dir():
-                if dst.exists():
-                    shutil.rmtree(dst)
-                src.rename(dst)
-            steps = sorted((int(m.group(1)), p) for p in self.dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
-            for _s, p in steps[:-self.keep]:
-                shutil.rmtree(p, ignore_errors=True)
+            from minivz.train.grpo import rotate_checkpoints
+
+            rotate_checkpoints(self.dir, state.global_step, self.keep)
 
     return MetricsLogger, StepCheckpoints
 
