@@ -155,6 +155,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
         "tie_rule": data.manifest.get("tie_rule"),
         "split_rule": data.manifest.get("split_rule"),
         "eval_history": cfg.eval_history,
+        # the examples these metrics cover (samples.jsonl may hold more, from an earlier larger --limit)
+        "example_ids": sorted(int(r["example_id"]) for r in rows),
         "seconds_verbalize_this_session": round(t_verb, 3),
         "seconds_reason_this_session": round(t_reason, 3),
         "verbalizer_stats": getattr(verbalizer, "stats", {}),

@@ -18,10 +18,22 @@ import numpy as np
 SUBSETS = ("discovery", "all")
 
 
+def _covered(run: Path) -> set[int] | None:
+    """Example ids metrics.json was computed on (None: every sample, for runs written before this)."""
+    ids = json.loads((run / "metrics.json").read_text()).get("run", {}).get("example_ids")
+    return set(ids) if ids is not None else None
+
+
+def _samples(run: Path) -> list[dict]:
+    keep = _covered(run)
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    return [r for r in rows if keep is None or int(r["example_id"]) in keep]
+
+
 def _per_example_recall1(run: Path) -> dict[int, float]:
     from minivz.metrics import rank_metrics
 
-    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    rows = _samples(run)
     if not rows:
         return {}
     scores = np.array([[(-np.inf if s is None else s) for s in r["scores"]] for r in rows], dtype=float)
@@ -30,13 +42,7 @@ def _per_example_recall1(run: Path) -> dict[int, float]:
 
 
 def _discovery_ids(run: Path) -> set[int]:
-    ids = set()
-    for line in (run / "samples.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            if r["discovery"]:
-                ids.add(int(r["example_id"]))
-    return ids
+    return {int(r["example_id"]) for r in _samples(run) if r["discovery"]}
 
 
 def compare_runs(runs: list[str | Path], labels: list[str] | None = None, n_boot: int = 1000) -> list[dict]:
