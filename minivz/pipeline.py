@@ -192,7 +192,9 @@ class Pipeline:
 
     @property
     def rewrite_spec(self) -> str:
-        return f"rewrite:model={self.out / 'verbalizer' / 'final' / 'merged'}"
+        # generate as long as the policy was trained to (max_completion_length), not the verbalizer's default
+        v = self.cfg["verbalizer"]
+        return f"rewrite:model={self.out / 'verbalizer' / 'final' / 'merged'},max_new_tokens={v.max_completion_length}"
 
     def stage_rewrite(self) -> dict:
         self._eval("rewrite", self.rewrite_spec, self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
