@@ -24,7 +24,7 @@ import numpy as np
 
 from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
-from minivz.reason.scoring import check_norm, reduce_logprobs, token_logprobs
+from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
 
@@ -148,8 +148,4 @@ class HFReasoner:
         return out
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
-        out = []
-        for q in queries:
-            prefix, cands = self.prepare(q)
-            out.append(Prediction.from_scores(self.score_shared(prefix, cands)))
-        return out
+        return predict_by_likelihood(self, queries)

