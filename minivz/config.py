@@ -18,7 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# recipes/ at the repository root (editable install, source checkout) or minivz/recipes inside an
+# installed wheel (pyproject maps the package minivz.recipes to the recipes/ folder).
+_HERE = Path(__file__).resolve().parent
+RECIPES_DIR = next((d for d in (_HERE.parent / "recipes", _HERE / "recipes") if d.is_dir()), _HERE.parent / "recipes")
+
+
+def packaged_path(path: str) -> str:
+    """A path as written in a recipe (``recipes/accelerate/zero3.yaml``): as given when it exists
+    from the working directory, else the same file inside the installed recipes folder."""
+    if Path(path).exists() or not path.startswith("recipes/"):
+        return path
+    cand = RECIPES_DIR / path[len("recipes/"):]
+    return str(cand) if cand.exists() else path
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, resolve
+from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
 
 
 @dataclass
@@ -165,7 +165,7 @@ class Pipeline:
         p = self.cfg["pipeline"]
         if not p.accelerate_config:
             raise ConfigError("hardware=multi-gpu needs accelerate_config (e.g. recipes/accelerate/zero3.yaml)")
-        argv = ["accelerate", "launch", "--config_file", p.accelerate_config, "--num_processes",
+        argv = ["accelerate", "launch", "--config_file", packaged_path(p.accelerate_config), "--num_processes",
                 str(p.num_processes), "-m", "minivz.cli", "train", verb, "--recipe", self.recipe,
                 "--data", str(self.data_dir), "--out", str(out)]
         for o in self.overrides + (extra or []):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minivz.config import ConfigError, DataConfig, load_recipe, parse_overrides, resolve
+from minivz.config import RECIPES_DIR, ConfigError, DataConfig, load_recipe, packaged_path, parse_overrides, resolve
 
 
 def test_defaults_recipe_override_precedence():
@@ -51,3 +51,16 @@ def test_recipe_typo_is_an_error(tmp_path):
 
 def test_parse_overrides():
     assert parse_overrides(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
+
+
+def test_recipe_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    # A recipe names `recipes/accelerate/zero3.yaml`; run from elsewhere (or from an installed
+    # wheel), the same file is found inside the recipes folder minivz ships.
+    monkeypatch.chdir(tmp_path)
+    got = packaged_path("recipes/accelerate/zero3.yaml")
+    assert got == str(RECIPES_DIR / "accelerate" / "zero3.yaml")
+    assert load_recipe("paper-32b")["accelerate_config"] == "recipes/accelerate/zero3.yaml"
+    assert packaged_path("recipes/nope.yaml") == "recipes/nope.yaml"  # missing: left as given, for the error
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("x: 1\n")
+    assert packaged_path("recipes/mine.yaml") == "recipes/mine.yaml"  # the user's own file wins
