@@ -37,7 +37,7 @@ class PipelineConfig:
     eval_limit: int = 0
     llm_eval_limit: int = 200
     baseline_verbalizers: list[str] = field(default_factory=lambda: ["template", "zero-shot", "action"])
-    # engine for the trained reasoner in evaluation: hf (torch) or llamacpp (after export)
+    # GGUF quantization of the exported verbalizer and reasoner (stage export)
     export_quant: str = "q8_0"
     skip_stages: list[str] = field(default_factory=list)
     # hardware each stage needs, shown by --dry-run: cpu | gpu | multi-gpu
