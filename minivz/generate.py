@@ -150,7 +150,7 @@ class HFGenerator:
             if adapter is None:
                 raise ValueError("HFGenerator needs model_dir, or adapter= whose adapter_config.json "
                                  "names a local base model")
-            model_dir = _adapter_base(adapter)
+            model_dir = adapter_base(adapter)
         if str(model_dir).endswith(".gguf") and Path(model_dir).is_file():
             # transformers de-quantizes a GGUF into torch weights (needs the `gguf` package).
             model_dir, gguf_file = str(Path(model_dir).parent), Path(model_dir).name
@@ -210,7 +210,7 @@ class HFGenerator:
         return out
 
 
-def _adapter_base(adapter: str | os.PathLike) -> str:
+def adapter_base(adapter: str | os.PathLike) -> str:
     import json
 
     cfg = Path(adapter) / "adapter_config.json"

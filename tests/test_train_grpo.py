@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP crawls on shared cores
 
@@ -398,3 +399,30 @@ def test_unsloth_backend_on_gpu(tmp_path, ml_data, tiny_policy):
             f"s = train_verbalizer(cfg, '{ml_data}', '{tmp_path / 'run'}', progress=False);"
             "assert s['backend'] == 'unsloth' and s['steps'] == 2, s")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_heldout_curve_evaluates_base_and_each_checkpoint(tmp_path, ml_data, tiny_policy):
+    from minivz.train.curve import heldout_curve
+    from minivz.train.grpo import train_verbalizer
+
+    run = tmp_path / "run"
+    train_verbalizer(tiny_cfg(tiny_policy), ml_data, run, oracle=OverlapOracle(), progress=False)
+    said = []
+    rows = heldout_curve(run, ml_data, split="valid", limit=4, oracle="mention", say=said.append)
+    assert [r["step"] for r in rows] == [0, 1, 2] and len(said) == 3
+    assert all(r["n"] == 4 and 0 <= r["recall@1"] <= 1 and r["mrr_ci"][0] <= r["mrr"] <= r["mrr_ci"][1]
+               for r in rows)
+    assert read_jsonl(run / "heldout.jsonl") == json.loads(json.dumps(rows))
+    assert (run / "plots" / "heldout.png").stat().st_size > 0
+    ids = [[s["example_id"] for s in read_jsonl(Path(r["eval_dir"]) / "samples.jsonl")] for r in rows]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 4  # one fixed held-out set
+    cfgs = [(Path(r["eval_dir"]) / "config.yaml").read_text() for r in rows]
+    assert "adapter=" not in cfgs[0] and str(tiny_policy) in cfgs[0]  # step 0 = the base policy
+    assert "step_000001" in cfgs[1] and "max_new_tokens=24" in cfgs[1]  # the run's completion budget
+
+    with pytest.raises(FileNotFoundError, match="config.yaml not found"):
+        heldout_curve(tmp_path / "nothing", ml_data)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text("variant: rewrite\n")
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        heldout_curve(tmp_path / "empty", ml_data)

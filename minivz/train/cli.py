@@ -16,13 +16,14 @@ from typing import List, Optional
 
 import typer
 
-train_app = typer.Typer(help="Train models: the GRPO verbalizer.", no_args_is_help=True, add_completion=False,
+train_app = typer.Typer(help="Train models: the GRPO verbalizer, the reasoner; held-out curves.",
+                        no_args_is_help=True, add_completion=False,
                         pretty_exceptions_enable=False)
 
 
 @train_app.callback()
 def _group() -> None:
-    """Train models: the GRPO verbalizer."""  # a callback keeps `verbalizer` a subcommand
+    """Train models: the GRPO verbalizer, the reasoner; held-out curves."""  # a callback keeps `verbalizer` a subcommand
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -101,3 +102,35 @@ def plot_command(run: Path = typer.Argument(..., help="A run directory with metr
     for p in paths:
         typer.echo(str(p))
     typer.echo(json.dumps(summarize_run(run), indent=2))
+
+
+@train_app.command("curve")
+def curve_command(
+    run: Path = typer.Argument(..., help="A `minivz train verbalizer` run directory."),
+    data: Path = typer.Option(..., "--data", help="Prepared data dir the run was trained on."),
+    split: str = typer.Option("valid", "--split", help="Held-out split: valid (default) or test."),
+    limit: int = typer.Option(60, "--limit", help="Held-out examples per point (the same ones every time)."),
+    oracle: Optional[str] = typer.Option(None, "--oracle", help="Reasoner spec; default: the run's oracle."),
+) -> None:
+    """Held-out reward curve: the base policy and every kept checkpoint, evaluated on the same
+    held-out examples under the run's oracle (RUN/heldout.jsonl, RUN/plots/heldout.png).
+
+    Example: minivz train curve runs/tiny-cpu/verbalizer --data runs/tiny-cpu/data --limit 60
+    """
+    if split not in ("valid", "test"):
+        _fail(f"--split {split}: use valid or test (train examples are what the policy saw)")
+    if limit < 1:
+        _fail(f"--limit {limit}: need at least 1 example per point")
+    if not (data / "manifest.json").is_file():
+        _fail(f"--data {data}: not a prepared data dir (minivz data prepare)")
+    from minivz.train.curve import heldout_curve
+    from minivz.train.grpo import passive_omp
+
+    passive_omp()
+    try:
+        rows = heldout_curve(run, data, split=split, limit=limit, oracle=oracle, say=typer.echo)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except ImportError as e:
+        _fail(str(e), code=1)
+    typer.echo(f"wrote {run / 'heldout.jsonl'} and {run / 'plots' / 'heldout.png'} ({len(rows)} points)")
