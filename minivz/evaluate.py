@@ -81,6 +81,26 @@ def item_stats_for(data):
     return ItemStats.from_sequences(data.train_sequences(), data.n_items, titles=data.items["title"].to_pylist())
 
 
+# What makes two evaluations' samples the same kind of thing; limit, batch size, n_boot may change
+# between a run and its resumption (a larger --limit extends the run).
+_SAMPLE_KEYS = ("data", "verbalizer", "reasoner", "eval_split", "eval_history", "seed")
+
+
+def _check_same_run(out: Path, cfg: EvalConfig) -> None:
+    """Refuse to resume ``out`` with settings that would mix two kinds of samples in one file."""
+    import yaml
+
+    old_path, samples = out / "config.yaml", out / "samples.jsonl"
+    if not (old_path.is_file() and samples.is_file() and samples.stat().st_size):
+        return
+    old = yaml.safe_load(old_path.read_text()) or {}
+    diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in _SAMPLE_KEYS
+            if k in old and str(old[k]) != str(getattr(cfg, k))]
+    if diff:
+        raise ValueError(f"{out} holds samples of another evaluation ({'; '.join(diff)}); resuming would mix "
+                         f"them. Use a new --out, or delete {samples} to start over.")
+
+
 def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     """Run (or resume) one evaluation; returns the metrics dict also written to metrics.json."""
     from minivz.audit import audit_verbalizations
@@ -93,6 +113,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, cfg)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     (out / "env.json").write_text(json.dumps(collect(), indent=2))
     data = PreparedData.load(cfg.data)

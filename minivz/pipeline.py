@@ -154,9 +154,9 @@ class Pipeline:
         p, oracle = self.cfg["pipeline"], self.cfg["verbalizer"].oracle
         for name in ("popularity", "knn"):
             self._eval(name, "template", name, p.eval_limit)
-        for v in p.baseline_verbalizers:
-            limit = p.eval_limit if v == "template" else p.llm_eval_limit
-            self._eval(v, v, oracle, limit)
+        for spec in p.baseline_verbalizers:
+            row = spec.split(":", 1)[0]  # "zero-shot:max_new_tokens=64" is the zero-shot row
+            self._eval(row, spec, oracle, p.eval_limit if row == "template" else p.llm_eval_limit)
         return {"rows": sorted(self.rows)}
 
     def launch_command(self, verb: str, out: Path, extra: list[str] | None = None) -> list[str]:

@@ -47,3 +47,13 @@ def test_eval_resumes_after_a_kill(data_dir, tmp_path):
     ids = [json.loads(x)["example_id"] for x in samples.read_text().splitlines() if x.strip().endswith("}")]
     assert len(ids) >= 40 and len(set(ids)) == 40
     assert again["all"]["recall@1"] == pytest.approx(full["all"]["recall@1"])
+
+
+def test_resuming_with_other_settings_is_refused(data_dir, tmp_path):
+    out = tmp_path / "run"
+    evaluate(EvalConfig(data=str(data_dir), reasoner="knn", limit=10, out=str(out), n_boot=50))
+    with pytest.raises(ValueError, match=r"reasoner: 'knn' -> 'popularity'.*new --out"):
+        evaluate(EvalConfig(data=str(data_dir), reasoner="popularity", limit=10, out=str(out), n_boot=50))
+    # a larger limit extends the same evaluation
+    more = evaluate(EvalConfig(data=str(data_dir), reasoner="knn", limit=20, out=str(out), n_boot=50))
+    assert more["all"]["n"] == 20

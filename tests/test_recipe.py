@@ -16,7 +16,7 @@ pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
 
 SHORT = [
     "max_train_per_user=2", "eval_history=5", "eval_limit=20", "llm_eval_limit=3",
-    "baseline_verbalizers=template,zero-shot,action",
+    "baseline_verbalizers=template,zero-shot:max_new_tokens=16,action",  # row "zero-shot"
     "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_completion_length=16",
     "per_device_train_batch_size=4", "reasoner_max_steps=2", "reasoner_train_examples=8", "reasoner_history=5",
     "reasoner_save_steps=1", "export_quant=q8_0",
