@@ -196,8 +196,20 @@ class Pipeline:
         v = self.cfg["verbalizer"]
         return f"rewrite:model={self.out / 'verbalizer' / 'final' / 'merged'},max_new_tokens={v.max_completion_length}"
 
+    @property
+    def rewrite_texts(self) -> str:
+        """The trained verbalizer's text for the evaluated test rows, generated once
+        (RUN/verbalized/rewrite-test.jsonl) and read by both the rewrite and the two-stage row."""
+        from minivz.dataset import PreparedData
+        from minivz.verbalize.cache import verbalize_split
+
+        path = self.out / "verbalized" / "rewrite-test.jsonl"
+        verbalize_split(PreparedData.load(self.data_dir), self.rewrite_spec, "test", self.cfg["pipeline"].llm_eval_limit,
+                        self.cfg["eval"].eval_history, path)
+        return f"cached:path={path}"
+
     def stage_rewrite(self) -> dict:
-        self._eval("rewrite", self.rewrite_spec, self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
+        self._eval("rewrite", self.rewrite_texts, self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
         return {"row": "rewrite"}
 
     def stage_reasoner(self) -> dict:
@@ -213,8 +225,10 @@ class Pipeline:
                 info[row] = self._launch(self.launch_command("reasoner", run, [f"reasoner_verbalizer={verb}"]))
             else:
                 info[row] = train_reasoner(cfg, self.data_dir, run)
-            limit = self.cfg["pipeline"].eval_limit if verb == "template" else self.cfg["pipeline"].llm_eval_limit
-            self._eval(row, verb, f"hf:model={run / 'final' / 'merged'}", limit)
+            # both rows on the same llm_eval_limit test rows: the trained reasoner is an LLM scorer
+            # (slow on CPU), and reasoner-only vs two-stage is a paired comparison
+            self._eval(row, "template" if verb == "template" else self.rewrite_texts,
+                       f"hf:model={run / 'final' / 'merged'}", self.cfg["pipeline"].llm_eval_limit)
         return info
 
     def stage_export(self) -> dict:

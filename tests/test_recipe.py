@@ -18,7 +18,7 @@ SHORT = [
     "max_train_per_user=2", "eval_history=5", "eval_limit=20", "llm_eval_limit=3",
     "baseline_verbalizers=template,zero-shot:max_new_tokens=16,action",  # row "zero-shot"
     "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_completion_length=16",
-    "per_device_train_batch_size=4", "reasoner_max_steps=2", "reasoner_train_examples=8", "reasoner_history=5",
+    "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "reasoner_max_steps=2", "reasoner_train_examples=8", "reasoner_history=5",
     "reasoner_save_steps=1", "export_quant=q8_0",
 ]
 ROWS = {"template", "zero-shot", "action", "rewrite", "reasoner-only", "two-stage", "popularity", "knn"}
@@ -53,6 +53,11 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
         assert "discovery_recall@1" in r
         if r["label"] != "template":
             assert "all_rel" in r  # relative change vs template, paired on the same examples
+    n = {r["label"]: r["all_n"] for r in rows}
+    assert n["template"] == n["popularity"] == 20  # eval_limit
+    assert n["zero-shot"] == n["rewrite"] == n["reasoner-only"] == n["two-stage"] == 3  # llm_eval_limit
+    cached = (out / "verbalized" / "rewrite-test.jsonl").read_text().splitlines()
+    assert len(cached) == 3  # the trained verbalizer's test text, generated once for two rows
     md = (out / "results.md").read_text()
     assert "| template |" in md and "| two-stage |" in md and (out / "results.png").stat().st_size > 0
     assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
