@@ -13,7 +13,8 @@ max_completion_length, C = max_completion_length, N = generation_batch_size:
     lora          LoRA params x 16 bytes (fp32 weight + grad + Adam m and v)
     activations   gradient checkpointing: 2*B*T*h*L (one saved input per layer) + 34*B*T*h (one
                   layer recomputed; Korthikanti et al. 2022, flash attention, 16-bit);
-                  without: 34*B*T*h*L
+                  without: 34*B*T*h*L; on CPU (no flash attention) each layer adds 5*heads*T^2*B
+                  (measured, SmolLM2-135M, B=8, T=576, fp32: peak RSS 16.7 GB)
     logits        B*C*vocab*4*2 (fp32 logits and log-softmax of the completion tokens)
     kv_cache      N*T*L*2*kv_heads*head_dim*2 (generation of the whole group batch at once)
     overhead      1 GiB (CUDA context, allocator slack); 0.5 GiB on CPU
@@ -140,10 +141,13 @@ def estimate_memory(cfg, cuda: bool | None = None) -> dict:
     b, c = cfg.per_device_train_batch_size, cfg.max_completion_length
     t = cfg.max_prompt_length + c
     bth = b * t * arch.hidden
+    # CPU attention (SDPA math path) materializes the T x T scores and softmax per head: the
+    # 5*a*T^2*B term of Korthikanti et al. that flash attention removes on the GPU.
+    layer = 34 * bth + (0 if cuda else 5 * arch.heads * t * t * b)
     if cfg.gradient_checkpointing:
-        acts = (2 * bth * arch.layers + 34 * bth) * act_bytes / 2
+        acts = (2 * bth * arch.layers + layer) * act_bytes / 2
     else:
-        acts = 34 * bth * arch.layers * act_bytes / 2
+        acts = layer * arch.layers * act_bytes / 2
     parts = {
         "weights_gib": weights / GIB,
         "lora_gib": arch.lora_params(cfg.lora_r) * 16 / GIB,
