@@ -14,7 +14,7 @@ max_completion_length, C = max_completion_length, N = generation_batch_size:
     activations   gradient checkpointing: 2*B*T*h*L (one saved input per layer) + 34*B*T*h (one
                   layer recomputed; Korthikanti et al. 2022, flash attention, 16-bit);
                   without: 34*B*T*h*L; on CPU (no flash attention) each layer adds 5*heads*T^2*B
-                  (measured, SmolLM2-135M, B=8, T=576, fp32: peak RSS 16.7 GB)
+                  (measured, SmolLM2-135M, B=8, T=576, fp32: peak RSS 15.9 GiB)
     logits        B*C*vocab*4*2 (fp32 logits and log-softmax of the completion tokens)
     kv_cache      N*T*L*2*kv_heads*head_dim*2 (generation of the whole group batch at once)
     overhead      1 GiB (CUDA context, allocator slack); 0.5 GiB on CPU
