@@ -44,15 +44,21 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write one PNG per figure in FIGURES; returns their paths."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); a clear error when it is missing."""
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("minivz plot needs matplotlib: pip install 'matplotlib>=3.8'") from e
+        raise ImportError("minivz plots need matplotlib: pip install 'matplotlib>=3.8'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write one PNG per figure in FIGURES; returns their paths."""
+    plt = pyplot()
     run = Path(run)
     rows = read_metrics(run)
     if not rows:
@@ -109,3 +115,27 @@ def summarize_run(run: str | Path, n: int = 10) -> dict:
     keys = ["reward", "accuracy", "length", "compression_ratio", "step_seconds", "oracle_seconds"]
     return {"steps": len(rows), "n": n, "first": {k: mean(first, k) for k in keys},
             "last": {k: mean(last, k) for k in keys}, "excluded": sum(r.get("excluded", 0) for r in rows)}
+
+
+def plot_heldout(rows: list[dict], path: str | Path) -> Path:
+    """The held-out curve (``minivz train curve``): Recall@1 and MRR with 95% CIs per GRPO step.
+    ``rows``: dicts with step, n, split, oracle, recall@1(_ci), mrr(_ci), as in RUN/heldout.jsonl."""
+    plt = pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    for key, label in (("mrr", "MRR (= mean rank reward)"), ("recall@1", "Recall@1")):
+        vals = [r[key] for r in rows]
+        lo = [r[key] - r[f"{key}_ci"][0] for r in rows]
+        hi = [r[f"{key}_ci"][1] - r[key] for r in rows]
+        ax.errorbar(steps, vals, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    ax.set_xlabel("GRPO step (0 = base policy)")
+    ax.set_ylabel(f"held-out ({rows[0]['split']}, n={rows[0]['n']}), 95% CI")
+    ax.set_title(f"held-out curve, oracle {rows[0]['oracle']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

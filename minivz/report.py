@@ -116,11 +116,9 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def bar_chart(rows: list[dict], path: str | Path, title: str = "Recall@1 (95% CI)") -> Path:
-    import matplotlib
+    from minivz.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     x = np.arange(len(rows))
     w = 0.38

@@ -17,20 +17,17 @@ only evaluates new checkpoints). Writes ``RUN/heldout.jsonl`` (step, n, Recall@1
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Callable
-
-_STEP = re.compile(r"step_(\d+)$")
 
 
 def _points(run: Path) -> list[tuple[int, Path | None]]:
     """(step, adapter dir) for the base policy (None) and each kept checkpoint, by step."""
-    ckpts = run / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in (ckpts.iterdir() if ckpts.is_dir() else [])
-                   if p.is_dir() and (m := _STEP.match(p.name)) and (p / "adapter_config.json").is_file())
+    from minivz.train.grpo import step_checkpoints
+
+    found = [(s, p) for s, p in step_checkpoints(run / "checkpoints") if (p / "adapter_config.json").is_file()]
     if not found:
-        raise FileNotFoundError(f"{ckpts}: no checkpoints with a LoRA adapter (adapter_config.json); "
+        raise FileNotFoundError(f"{run / 'checkpoints'}: no checkpoints with a LoRA adapter (adapter_config.json); "
                                 "train with `minivz train verbalizer` first")
     return [(0, None)] + found
 
@@ -38,60 +35,34 @@ def _points(run: Path) -> list[tuple[int, Path | None]]:
 def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit: int = 60,
                   oracle: str | None = None, say: Callable[[str], None] = print) -> list[dict]:
     """Evaluate step 0 and every checkpoint of ``run`` on the same held-out examples."""
-    import yaml
-
-    from minivz.config import EvalConfig
+    from minivz.config import EvalConfig, resolve
     from minivz.evaluate import evaluate
     from minivz.generate import adapter_base
+    from minivz.plot import plot_heldout
+    from minivz.train.config import VerbalizerTrainConfig
 
     run = Path(run)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: is {run} a `minivz train verbalizer` run directory?")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    if cfg.get("variant", "rewrite") != "rewrite":
-        raise ValueError(f"{run}: variant={cfg.get('variant')!r}; the held-out curve covers rewrite runs")
+    cfg = resolve(VerbalizerTrainConfig, recipe=str(cfg_path))  # the run's own settings, validated
+    if cfg.variant != "rewrite":
+        raise ValueError(f"{run}: variant={cfg.variant!r}; the held-out curve covers rewrite runs")
     points = _points(run)
     base = adapter_base(points[1][1])  # the base the adapters were trained on (the policy's HF dir)
-    gen = f"backend=hf,max_new_tokens={int(cfg.get('max_completion_length', 128))}"
-    oracle = oracle or cfg.get("oracle", "embedding")
+    gen = f"backend=hf,max_new_tokens={cfg.max_completion_length}"
+    oracle = oracle or cfg.oracle
     rows = []
     for step, adapter in points:
         spec = f"rewrite:model={base},{gen}" if adapter is None else f"rewrite:adapter={adapter},{gen}"
         out = run / "heldout" / f"step_{step:06d}"
-        ecfg = EvalConfig(data=str(data), verbalizer=spec, reasoner=oracle, eval_split=split, limit=limit,
-                          eval_history=int(cfg.get("train_history", 20)), out=str(out),
-                          seed=int(cfg.get("seed", 0)))
-        m = evaluate(ecfg)["all"]
+        m = evaluate(EvalConfig(data=str(data), verbalizer=spec, reasoner=oracle, eval_split=split, limit=limit,
+                                eval_history=cfg.train_history, out=str(out), seed=cfg.seed))["all"]
         row = {"step": step, "n": m["n"], "split": split, "oracle": oracle,
                **{k: m[k] for k in ("recall@1", "recall@1_ci", "mrr", "mrr_ci")}, "eval_dir": str(out)}
         rows.append(row)
         say(f"  step {step:>4}: R@1 {row['recall@1']:.3f} [{row['recall@1_ci'][0]:.3f}, "
             f"{row['recall@1_ci'][1]:.3f}]  MRR {row['mrr']:.3f} (n={row['n']})")
     (run / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _plot(rows, run / "plots" / "heldout.png")
+    plot_heldout(rows, run / "plots" / "heldout.png")
     return rows
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    for key, label in (("mrr", "MRR (= mean rank reward)"), ("recall@1", "Recall@1")):
-        vals = [r[key] for r in rows]
-        lo = [r[key] - r[f"{key}_ci"][0] for r in rows]
-        hi = [r[f"{key}_ci"][1] - r[key] for r in rows]
-        ax.errorbar(steps, vals, yerr=[lo, hi], marker="o", capsize=3, label=label)
-    ax.set_xlabel("GRPO step (0 = base policy)")
-    ax.set_ylabel(f"held-out ({rows[0]['split']}, n={rows[0]['n']}), 95% CI")
-    ax.set_title(f"held-out curve, oracle {rows[0]['oracle']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

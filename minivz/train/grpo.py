@@ -122,15 +122,22 @@ def rotate_checkpoints(ckpt_dir: Path, step: int, keep: int) -> None:
         if dst.exists():
             shutil.rmtree(dst)
         src.rename(dst)
-    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
-    for _s, p in steps[:-keep]:
+    for _s, p in step_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    ckpts = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*")
-             if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
-    return max(ckpts)[1] if ckpts else None
+def step_checkpoints(ckpt_dir: Path, resumable: bool = False) -> list[tuple[int, Path]]:
+    """``(step, dir)`` of the run-contract checkpoints ``step_NNNNNN`` in ``ckpt_dir``, oldest first;
+    ``resumable=True`` keeps only those a trainer can resume from (trainer_state.json written)."""
+    found = (((int(m.group(1)), p) for p in ckpt_dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
+             if ckpt_dir.is_dir() else ())
+    return sorted((s, p) for s, p in found if not resumable or (p / "trainer_state.json").is_file())
+
+
+def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
+    """``(step, dir)`` of the newest resumable checkpoint in ``ckpt_dir``, or None."""
+    ckpts = step_checkpoints(ckpt_dir, resumable=True)
+    return ckpts[-1] if ckpts else None
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:
@@ -355,7 +362,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     env.update({"train_backend": backend, "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
     (run / "env.json").write_text(json.dumps(env, indent=2))
 
-    ckpt = latest_checkpoint(run) if resume else None
+    step, ckpt = (latest_checkpoint(run / "checkpoints") if resume else None) or (0, None)
     if not resume:  # starting over: old step_* dirs would mix into rotation and a later resume
         old = [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
         if old:
@@ -366,7 +373,6 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         for name in ("metrics.jsonl", "samples.jsonl"):
             (run / name).unlink(missing_ok=True)
     else:
-        step = int(_STEP_DIR.match(ckpt.name).group(1))
         for name in ("metrics.jsonl", "samples.jsonl"):
             _truncate_jsonl(run / name, step)
         print(f"resuming from {ckpt} (step {step})", file=sys.stderr)

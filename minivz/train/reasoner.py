@@ -49,9 +49,9 @@ import numpy as np
 import typer
 
 from minivz.config import dump_yaml
+from minivz.train.grpo import latest_checkpoint, rotate_checkpoints
 from minivz.verbalize.cache import verbalize_split
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 CACHE_VERBALIZER = "cached"
 
 
@@ -145,12 +145,6 @@ def accuracy_reward(completions, target, candidates, **kwargs) -> list[float]:
 # -- run directory helpers -------------------------------------------------------------------------------
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    ckpts = [(int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
-             if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
-    return max(ckpts)[1] if ckpts else None
-
-
 def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
     """Drop this stage's lines past ``max_step`` (a resumed run redoes those steps) and any later stage."""
     if not path.exists():
@@ -215,8 +209,6 @@ def _callbacks():
                 control.should_save = True
 
         def on_save(self, args, state, control, **kw):
-            from minivz.train.grpo import rotate_checkpoints
-
             rotate_checkpoints(self.dir, state.global_step, self.keep)
 
     return MetricsLogger, StepCheckpoints
@@ -264,11 +256,11 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = run / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_dir) if resume else None
+    step, ckpt = (latest_checkpoint(ckpt_dir) if resume else None) or (0, None)
     if ckpt is None:
         (run / "metrics.jsonl").unlink(missing_ok=True)
     else:
-        _truncate_metrics(run / "metrics.jsonl", "sft", int(_STEP_DIR.match(ckpt.name).group(1)))
+        _truncate_metrics(run / "metrics.jsonl", "sft", step)
         print(f"resuming SFT from {ckpt}", file=sys.stderr)
     on_gpu = torch.cuda.is_available()
     args = SFTConfig(
@@ -334,8 +326,8 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
 
     ckpt_dir = run / "grpo" / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = latest_checkpoint(ckpt_dir) if resume else None
-    _truncate_metrics(run / "metrics.jsonl", "grpo", int(_STEP_DIR.match(ckpt.name).group(1)) if ckpt else 0)
+    step, ckpt = (latest_checkpoint(ckpt_dir) if resume else None) or (0, None)
+    _truncate_metrics(run / "metrics.jsonl", "grpo", step)
     on_gpu = torch.cuda.is_available()
     g = cfg.reasoner_grpo_generations
     args = GRPOConfig(
