@@ -20,6 +20,7 @@ from minivz.dataset import PreparedData
 from minivz.evaluate import evaluate
 from minivz.examples import prepare
 from minivz.report import bar_chart, compare_runs, to_markdown
+from minivz.verbalize import parse_spec
 from minivz.verbalize.cache import verbalize_split
 
 
@@ -43,7 +44,7 @@ def main() -> None:
                             eval_history=args.history, out=str(out)))
         runs.append((name, out))
     for verb in args.verbalizers.split(";"):
-        short = verb.split(":")[0]  # "rewrite:model=RUN/final/merged" -> "rewrite"
+        short, _ = parse_spec(verb)  # "rewrite:model=RUN/final/merged" -> "rewrite"
         cache = args.out / "verbalized" / f"{short}.jsonl"
         t0 = time.perf_counter()
         verbalize_split(data, verb, "test", args.limit, args.history, cache, batch_size=4, progress=True)

@@ -4,8 +4,8 @@
 
 Under the `mention` oracle a completion earns more than the random floor only by naming catalog
 titles, so the share of completions that name at least one title (and how many distinct ones)
-is the behaviour the reward should grow. Reads RUN/samples.jsonl (every completion of every step)
-and RUN/metrics.jsonl; titles are found with minivz.audit.TitleMatcher, as in the audit.
+is the behaviour the reward should grow. Reads RUN/samples.jsonl (every completion of every step,
+with its rewards); titles are found with minivz.audit.TitleMatcher, as in the audit.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
+from minivz.verbalize import parse_spec
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Pipeline:
         for name in ("popularity", "knn"):
             self._eval(name, "template", name, p.eval_limit)
         for spec in p.baseline_verbalizers:
-            row = spec.split(":", 1)[0]  # "zero-shot:max_new_tokens=64" is the zero-shot row
+            row, _ = parse_spec(spec)  # "zero-shot:max_new_tokens=64" is the zero-shot row
             self._eval(row, spec, oracle, p.eval_limit if row == "template" else p.llm_eval_limit)
         return {"rows": sorted(self.rows)}
 
@@ -196,10 +197,10 @@ class Pipeline:
         v = self.cfg["verbalizer"]
         return f"rewrite:model={self.out / 'verbalizer' / 'final' / 'merged'},max_new_tokens={v.max_completion_length}"
 
-    @property
     def rewrite_texts(self) -> str:
-        """The trained verbalizer's text for the evaluated test rows, generated once
-        (RUN/verbalized/rewrite-test.jsonl) and read by both the rewrite and the two-stage row."""
+        """Generate (or resume) the trained verbalizer's text for the evaluated test rows into
+        RUN/verbalized/rewrite-test.jsonl, once for both the rewrite and the two-stage row; returns
+        the ``cached`` verbalizer spec that reads it."""
         from minivz.dataset import PreparedData
         from minivz.verbalize.cache import verbalize_split
 
@@ -209,7 +210,7 @@ class Pipeline:
         return f"cached:path={path}"
 
     def stage_rewrite(self) -> dict:
-        self._eval("rewrite", self.rewrite_texts, self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
+        self._eval("rewrite", self.rewrite_texts(), self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
         return {"row": "rewrite"}
 
     def stage_reasoner(self) -> dict:
@@ -227,7 +228,7 @@ class Pipeline:
                 info[row] = train_reasoner(cfg, self.data_dir, run)
             # both rows on the same llm_eval_limit test rows: the trained reasoner is an LLM scorer
             # (slow on CPU), and reasoner-only vs two-stage is a paired comparison
-            self._eval(row, "template" if verb == "template" else self.rewrite_texts,
+            self._eval(row, "template" if verb == "template" else self.rewrite_texts(),
                        f"hf:model={run / 'final' / 'merged'}", self.cfg["pipeline"].llm_eval_limit)
         return info
 
