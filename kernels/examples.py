@@ -34,12 +34,13 @@ class Examples(NamedTuple):
     hist_end: np.ndarray  # int64 (E,)
     candidates: np.ndarray  # int32 (E, n_candidates) target + negatives, shuffled
     label: np.ndarray  # int8 (E,) column of the target in candidates
-    discovery: np.ndarray  # bool (E,) target item absent from the user's rows before hist_end
+    discovery: np.ndarray  # bool (E,) target's TITLE absent from the user's rows before hist_end
     split: np.ndarray  # int8 (E,) 0 train, 1 valid, 2 test
     user: np.ndarray  # int64 (E,)
     n_targets: int  # events with split >= 0
     n_skipped_short_history: int  # targets with fewer than min_history history rows
     n_skipped_no_negatives: int  # targets with fewer than n_candidates - 1 eligible items
+    item_discovery: np.ndarray  # bool (E,) target ITEM absent from the user's rows before hist_end
 
 
 @njit(cache=True)
@@ -83,7 +84,7 @@ def _below(x, n):
 
 @njit(cache=True)
 def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularity, cumw, positive,
-           seed_lo, seed_hi, min_history, max_tries):
+           seed_lo, seed_hi, min_history, max_tries, title, n_titles):
     n = user.shape[0]
     n_cand = n_neg + 1
     e_max = 0
@@ -96,6 +97,7 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
     cands = np.empty((e_max, n_cand), np.int32)
     label = np.empty(e_max, np.int8)
     discovery = np.empty(e_max, np.bool_)
+    item_discovery = np.empty(e_max, np.bool_)
     out_split = np.empty(e_max, np.int8)
     out_user = np.empty(e_max, np.int64)
 
@@ -103,6 +105,10 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
     # iff stamp[x] == us and first_pos[x] < L.
     stamp = np.full(n_items, -1, np.int64)
     first_pos = np.empty(n_items, np.int64)
+    # the same for titles (an episode's title is its series): title x occurs in rows [us, L)
+    # iff t_stamp[x] == us and t_first[x] < L
+    t_stamp = np.full(n_titles, -1, np.int64)
+    t_first = np.empty(n_titles, np.int64)
     chosen = np.full(n_items, -1, np.int64)  # == target row once drawn for that example
     n_pool = n_items
     if popularity:
@@ -126,6 +132,10 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
             if stamp[x] != us:
                 stamp[x] = us
                 first_pos[x] = r
+            g = title[x]
+            if t_stamp[g] != us:
+                t_stamp[g] = us
+                t_first[g] = r
         p = us  # rows [us, p) are counted in n_excluded
         n_excluded = 0  # distinct pool items among rows [us, p)
         g_start = us
@@ -214,13 +224,14 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
             target_row[e] = t
             hist_start[e] = hs
             hist_end[e] = he
-            discovery[e] = first_pos[target] >= he
+            item_discovery[e] = first_pos[target] >= he
+            discovery[e] = t_first[title[target]] >= he
             out_split[e] = split[t]
             out_user[e] = user[t]
             e += 1
         us = ue
     return (target_row[:e], hist_start[:e], hist_end[:e], cands[:e], label[:e], discovery[:e],
-            out_split[:e], out_user[:e], n_targets, n_short, n_noneg)
+            out_split[:e], out_user[:e], n_targets, n_short, n_noneg, item_discovery[:e])
 
 
 def build_examples(
@@ -237,6 +248,7 @@ def build_examples(
     seed: int = 0,
     tie_rule: str = "strict",
     min_history: int = 1,
+    title_of_item=None,
 ) -> Examples:
     """Build next-item examples, one per event with split >= 0.
 
@@ -256,13 +268,18 @@ def build_examples(
             "order": history = the rows before the target in sorted order; ties are
             broken by the sort's tiebreak.
         min_history: targets with fewer history rows are skipped and counted.
+        title_of_item: int code per item of its title, shape (n_items,): an episode's title is
+            its series, so the next episode of a show in progress is not a discovery. None = every
+            item is its own title (MovieLens).
 
     Negatives are distinct, differ from the target, and are never items the user
     interacted with before the target (nor, for "strict", tied with it). A target with
     fewer eligible items than needed is skipped and counted in n_skipped_no_negatives.
 
     Returns:
-        Examples with E rows; candidates has shape (E, n_candidates).
+        Examples with E rows; candidates has shape (E, n_candidates). ``discovery``: the user never
+        interacted with the target's title before (the paper's Discovery); ``item_discovery``: nor
+        with the target item itself.
     """
     user = as_int(user, "user")
     n = user.shape[0]
@@ -308,16 +325,26 @@ def build_examples(
             raise ValueError("item_weights is only used with negatives='popularity'; drop it or set negatives")
         cumw = np.zeros(1, np.float64)
         positive = np.zeros(1, np.bool_)
+    if title_of_item is None:
+        title = np.arange(n_items, dtype=np.int64)
+    else:
+        title = as_int(title_of_item, "title_of_item")
+        if title.shape[0] != n_items:
+            raise ValueError(f"title_of_item has length {title.shape[0]}; pass one title code per item "
+                             f"(n_items={n_items})")
+        if n_items and title.min() < 0:
+            raise ValueError("title_of_item codes must be >= 0")
+    n_titles = int(title.max()) + 1 if n_items else 1
     seed = int(seed)
     n_neg = n_candidates - 1
     out = _build(user, ts, item, split, np.int64(n_items), np.int64(history_len), np.int64(n_neg),
                  tie_rule == "strict", popularity, cumw, positive,
                  np.int64(seed & 0xFFFFFFFF), np.int64((seed >> 32) & 0xFFFFFFFF),
-                 np.int64(min_history), np.int64(16 * n_neg + 64))
-    arrays = list(out[:8])
+                 np.int64(min_history), np.int64(16 * n_neg + 64), title, np.int64(n_titles))
+    arrays = list(out[:8]) + [out[11]]
     if arrays[0].shape[0] < int(out[8]):  # some targets skipped: release the n_targets-sized buffers
         arrays = [a.copy() for a in arrays]
-    return Examples(*arrays, int(out[8]), int(out[9]), int(out[10]))
+    return Examples(*arrays[:8], int(out[8]), int(out[9]), int(out[10]), arrays[8])
 
 
 def _as_pos_int(v, name: str, lo: int) -> int:

@@ -5,6 +5,7 @@
     minivz data show data/ml100k --split test -n 2
     minivz eval --data data/ml100k --verbalizer template --reasoner knn --limit 500 --out runs/tmpl-knn
     minivz compare runs/tmpl-knn runs/tmpl-emb
+    minivz headroom --data data/ml100k --reasoner mention --split valid
     minivz env
 
 Importing this module imports no torch: each command imports what it needs.
@@ -231,6 +232,38 @@ def _print_metrics(console, m: dict, out: Path) -> None:
     t.add_row("random", "", f"{fl.get('recall@1', 0):.3f}", f"{fl.get('recall@5', 0):.3f}",
               f"{fl.get('ndcg@10', 0):.3f}", f"{fl.get('mrr', 0):.3f}", "")
     console.print(t)
+
+
+@app.command("headroom")
+def headroom_cmd(
+    data: Path = typer.Option(..., "--data", help="A directory written by `minivz data prepare`."),
+    reasoner: str = typer.Option("mention", "--reasoner", help="The oracle you will train against (a reasoner spec)."),
+    split: str = typer.Option("valid", "--split", help="Choose on valid; report the chosen rule on test."),
+    limit: int = typer.Option(500, "--limit", help="Evaluate the first N examples (0 = all)."),
+    history: int = typer.Option(20, "--history", help="Events of history shown to every verbalizer."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="';'-separated rule specs (default: recent-k, clean, "
+                                        "series, titles, ...)."),
+    out: Path = typer.Option(Path("runs/headroom"), "--out", help="Where the runs and headroom.md/json go."),
+) -> None:
+    """Is anything better than the template for this oracle? Score the rule verbalizers against it first.
+
+    Example: minivz headroom --data data/ml100k --reasoner mention --split valid --limit 500 --history 20
+    """
+    from minivz.config import ConfigError
+    from minivz.headroom import headroom
+    from minivz.verbalize.rules import DEFAULT_RULES
+
+    specs = [r.strip() for r in rules.split(";") if r.strip()] if rules else list(DEFAULT_RULES)
+    if split not in ("train", "valid", "test"):
+        _fail(f"--split {split!r}: use valid (to choose) or test (to report)")
+    try:
+        report = headroom(data, reasoner, out, split=split, limit=limit, history=history, rules=specs,
+                          say=typer.echo)
+    except (FileNotFoundError, ImportError) as e:
+        _fail(str(e), code=1)
+    except (ValueError, ConfigError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out / 'headroom.md'} and {out / 'headroom.json'} (best: {report['best']})")
 
 
 @app.command("compare")

@@ -202,8 +202,8 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             raise ValueError(value)
         if tp in (int, float):
             return tp(value)
-        if origin is list:
-            return [x.strip() for x in value.split(",") if x.strip()]
+        if origin is list:  # "a,b" or, when the items hold commas themselves, "a:x=1,y=2;b"
+            return [x.strip() for x in value.split(";" if ";" in value else ",") if x.strip()]
         if origin is dict:
             pairs = [x for x in value.split(",") if x.strip()]
             return dict(p.split("=", 1) if "=" in p else (p, "") for p in pairs)

@@ -6,7 +6,7 @@
 
 Steps: ingest (canonical Arrow tables + rejects) -> dense user/item codes ->
 ``stable_order`` -> ``sessionize`` -> ``aggregate_series`` -> split assignment ->
-``build_examples`` -> Parquet. The output directory layout (schema version 1):
+``build_examples`` -> Parquet. The output directory layout (schema version 2):
 
     manifest.json      config, counts, the tie rule and split used, timings
     events.parquet     sorted by (user, ts, item): user_id, user_idx:int32, ts:timestamp[us,UTC],
@@ -20,7 +20,9 @@ Steps: ingest (canonical Arrow tables + rejects) -> dense user/item codes ->
                        example_id:int64, user_idx:int32, user_id, target_row:int64 (row in events),
                        target_item:int32 (item_idx), target_ts, hist_start/hist_end:int64 (rows
                        [hist_start, hist_end) of events, oldest first), candidates:list<int32>
-                       (item_idx, target at position `label`), label:int8, discovery:bool
+                       (item_idx, target at position `label`), label:int8, discovery:bool (the
+                       user never interacted with the target's title -- for an episode, its
+                       series -- before), item_discovery:bool (nor with the target item itself)
     rejects.parquet    source, row, reason, raw — every input row that was not kept
 """
 
@@ -39,7 +41,7 @@ import pyarrow.parquet as pq
 
 from minivz.config import DataConfig, to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: discovery is per title, item_discovery added
 SPLITS = ("train", "valid", "test")
 Progress = Callable[[str], None]
 
@@ -230,6 +232,8 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         seed=cfg.seed,
         tie_rule=cfg.tie_rule,
         min_history=cfg.min_history,
+        # an episode's title is its series: the next episode of a show in progress is no discovery
+        title_of_item=np.where(ser_codes_cat >= 0, n_items + ser_codes_cat, np.arange(n_items)),
     )
     secs["build_examples"] = time.perf_counter() - t0
 
@@ -351,5 +355,6 @@ def _examples_table(ex, sel, user_ids, item_codes, ts, n_candidates) -> pa.Table
             "candidates": pa.ListArray.from_arrays(offsets, pa.array(cands.reshape(-1))),
             "label": pa.array(np.asarray(ex.label, dtype=np.int8)[sel]),
             "discovery": pa.array(np.asarray(ex.discovery, dtype=bool)[sel]),
+            "item_discovery": pa.array(np.asarray(ex.item_discovery, dtype=bool)[sel]),
         }
     )

@@ -175,3 +175,17 @@ def relative_change_ci(per_example, per_example_baseline, *, n_boot: int = 1000,
     val = relative_change(a.mean(), b.mean())
     nan2none = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
     return {"value": nan2none(val), "ci": [nan2none(lo), nan2none(hi)]}
+
+
+def paired_difference_ci(per_example, per_example_baseline, *, n_boot: int = 1000, seed: int = 0,
+                         alpha: float = 0.05) -> dict:
+    """Difference of means (system - baseline) over the *same* examples with a paired bootstrap CI,
+    e.g. +0.042 [+0.014, +0.070] Recall@1 of a rule over the template. ``{"value", "ci": [lo, hi]}``."""
+    a = np.asarray(per_example, dtype=np.float64)
+    b = np.asarray(per_example_baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need two (E,) arrays over the same examples, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        return {"value": None, "ci": [None, None]}
+    lo, hi = bootstrap_ci(a - b, n_boot=n_boot, seed=seed, alpha=alpha)
+    return {"value": float((a - b).mean()), "ci": [lo, hi]}

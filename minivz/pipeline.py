@@ -6,16 +6,25 @@
 Stages, each writing into one run directory and skipped when already complete (its
 ``stages/<name>.json`` marker exists), so a rerun resumes where a kill stopped it:
 
-    data        log -> examples                                  RUN/data
-    baselines   popularity, item-kNN, and the verbalizers         RUN/eval/<row>
-                {template, zero-shot, action} under the frozen oracle
-    verbalizer  GRPO training of the rewrite verbalizer           RUN/verbalizer
-    rewrite     the trained verbalizer under the same oracle      RUN/eval/rewrite
-    reasoner    stage 2: SFT of the reasoner on template input    RUN/reasoner-template
-                (reasoner only) and on the trained verbalizer's   RUN/reasoner-two-stage
-                output (two-stage), each evaluated on test        RUN/eval/reasoner-*
-    export      GGUF of the trained verbalizer and reasoner       RUN/export/
-    table       the final table: JSON, Markdown, PNG              RUN/results.{json,md,png}
+    data        log -> examples                                      RUN/data
+    baselines   the headroom check on VALID users (template and the  RUN/headroom/
+                rule verbalizers under the frozen oracle; the best
+                rule is chosen there), then on TEST users: template,  RUN/eval/<row>
+                the chosen rule, the LLM baselines (zero-shot, the
+                untrained policy), popularity and item-kNN
+    verbalizer  GRPO training of the verbalizer policy                RUN/verbalizer
+    learned     the trained verbalizer under the same oracle, on the  RUN/eval/learned
+                same test users as the template
+    reasoner    stage 2, all on the same test users: the template     RUN/eval/base-template
+                read by the UNTRAINED base reasoner (the paper's
+                reference), the reasoner trained on template text     RUN/reasoner-template
+                ("reasoner only") and on the learned verbalizer's     RUN/reasoner-learned
+                text ("two-stage")                                     RUN/eval/reasoner-*
+    export      GGUF of the trained verbalizer and reasoner           RUN/export/
+    table       the final tables: JSON, Markdown, PNG                 RUN/results.{json,md,png}
+
+Stage 1 rows are compared with the template under the oracle; stage 2 rows with the template read
+by the untrained reasoner -- the baselines the paper's relative numbers use.
 """
 
 from __future__ import annotations
@@ -28,16 +37,31 @@ from typing import Callable
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
 from minivz.verbalize import parse_spec
+from minivz.verbalize.rules import DEFAULT_RULES
+
+
+# The paper's relative gains over its baselines (Qwen3-8B, Discovery Recall@1), printed beside ours.
+PAPER_GAINS = {"zero-shot": 0.053, "action": 0.107, "rewrite": 0.125, "reasoner-only": 0.428, "two-stage": 0.929}
 
 
 @dataclass
 class PipelineConfig:
     """What `minivz recipe` runs beyond each stage's own config."""
 
-    # examples per evaluation row; LLM-generated rows are slow on CPU, so they get their own cap
+    # test examples per stage-1 row (template, rules, learned verbalizer, popularity, kNN; 0 = all);
+    # rows whose verbalizer is an untrained LLM (zero-shot, the policy at step 0) get llm_eval_limit
     eval_limit: int = 0
     llm_eval_limit: int = 200
-    baseline_verbalizers: list[str] = field(default_factory=lambda: ["template", "zero-shot", "action"])
+    # test examples of the stage-2 rows (an LLM reasoner scores every one: the slow part on a CPU)
+    stage2_limit: int = 200
+    # LLM baselines under the oracle (the template is always a row); "" for none
+    baseline_verbalizers: list[str] = field(default_factory=lambda: ["zero-shot"])
+    # evaluate the policy before training (step 0) as a row: what GRPO started from
+    policy_step0_row: bool = True
+    # the headroom check: these rule verbalizers under the oracle on the first headroom_limit VALID
+    # examples (0 = all); the best one is the rule row on test
+    headroom_rules: list[str] = field(default_factory=lambda: list(DEFAULT_RULES))
+    headroom_limit: int = 0
     # GGUF quantization of the exported verbalizer and reasoner (stage export)
     export_quant: str = "q8_0"
     skip_stages: list[str] = field(default_factory=list)
@@ -56,11 +80,15 @@ class PipelineConfig:
             raise ConfigError(f"export_quant={self.export_quant!r}: use f16, q8_0 or q4_k_m")
         if self.hardware not in ("cpu", "gpu", "multi-gpu"):
             raise ConfigError(f"hardware={self.hardware!r}: use cpu, gpu or multi-gpu")
-        if self.eval_limit < 0 or self.llm_eval_limit < 0 or self.num_processes < 1:
-            raise ConfigError("eval_limit and llm_eval_limit must be >= 0, num_processes >= 1")
+        if min(self.eval_limit, self.llm_eval_limit, self.stage2_limit, self.headroom_limit) < 0 or self.num_processes < 1:
+            raise ConfigError("eval_limit, llm_eval_limit, stage2_limit and headroom_limit must be >= 0, "
+                              "num_processes >= 1")
+        if not self.headroom_rules:
+            raise ConfigError("headroom_rules is empty: the recipe needs rules to compare the learned verbalizer "
+                              "with; try --set headroom_rules=recent:recent=3,recent:recent=5")
 
 
-STAGES = ("data", "baselines", "verbalizer", "rewrite", "reasoner", "export", "table")
+STAGES = ("data", "baselines", "verbalizer", "learned", "reasoner", "export", "table")
 if PipelineConfig not in SECTIONS:
     SECTIONS.append(PipelineConfig)
 
@@ -81,11 +109,11 @@ def _configs(recipe: str, overrides: list[str] | None):
 STAGE_HARDWARE = {
     "cpu": {s: "CPU (2 cores are enough)" for s in STAGES},
     "gpu": {"data": "CPU", "baselines": "CPU + the oracle endpoint", "verbalizer": "1 GPU, 24 GB (Unsloth 4-bit LoRA)",
-            "rewrite": "1 GPU or CPU", "reasoner": "1 GPU, 24 GB", "export": "CPU, RAM >= 2x model size",
+            "learned": "1 GPU or CPU", "reasoner": "1 GPU, 24 GB", "export": "CPU, RAM >= 2x model size",
             "table": "CPU"},
     "multi-gpu": {"data": "CPU", "baselines": "CPU + the oracle endpoint",
                   "verbalizer": "N GPUs: accelerate + DeepSpeed ZeRO-3, vLLM rollouts",
-                  "rewrite": "GPUs (vLLM)", "reasoner": "N GPUs: accelerate + DeepSpeed ZeRO-3",
+                  "learned": "GPUs (vLLM)", "reasoner": "N GPUs: accelerate + DeepSpeed ZeRO-3",
                   "export": "CPU, RAM >= 2x model size", "table": "CPU"},
 }
 
@@ -111,7 +139,6 @@ class Pipeline:
         self.overrides = overrides or []
         self.cfg = _configs(recipe, overrides)
         self.say = say or print
-        self.rows: dict[str, Path] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _marker(self, stage: str) -> Path:
@@ -128,21 +155,33 @@ class Pipeline:
     def data_dir(self) -> Path:
         return self.out / "data"
 
-    def _eval(self, row: str, verbalizer: str, reasoner: str, limit: int) -> Path:
+    def _eval(self, row: str, verbalizer: str, reasoner: str, limit: int, history: int | None = None) -> Path:
+        """One ``minivz eval`` run on the first ``limit`` test examples (resumable, skipped when done)."""
         from minivz.evaluate import evaluate
 
         out = self.out / "eval" / row
         if not (out / "metrics.json").exists() or not (out / "done").exists():
             ev = self.cfg["eval"]
             cfg = EvalConfig(data=str(self.data_dir), verbalizer=verbalizer, reasoner=reasoner,
-                             eval_split="test", limit=limit, eval_history=ev.eval_history,
+                             eval_split="test", limit=limit, eval_history=history or ev.eval_history,
                              batch_size=ev.batch_size, n_boot=ev.n_boot, out=str(out), seed=ev.seed)
             t0 = time.perf_counter()
             m = evaluate(cfg)
             (out / "done").write_text(f"{time.perf_counter() - t0:.1f}\n")
             self.say(f"  {row}: all R@1 {m['all']['recall@1']:.3f} (n={m['all']['n']})")
-        self.rows[row] = out
         return out
+
+    @property
+    def oracle(self) -> str:
+        return self.cfg["verbalizer"].oracle
+
+    @property
+    def best_rule(self) -> str:
+        """The rule the headroom check chose on valid users (stage baselines)."""
+        path = self.out / "headroom" / "headroom.json"
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing: run the baselines stage first")
+        return json.loads(path.read_text())["best"]
 
     # -- stages -----------------------------------------------------------------------------
     def stage_data(self) -> dict:
@@ -152,13 +191,23 @@ class Pipeline:
         return s.to_json()
 
     def stage_baselines(self) -> dict:
-        p, oracle = self.cfg["pipeline"], self.cfg["verbalizer"].oracle
+        from minivz.headroom import headroom
+
+        p, ev = self.cfg["pipeline"], self.cfg["eval"]
+        # choose the rule on VALID users: the test split is only reported, never tuned on
+        report = headroom(self.data_dir, self.oracle, self.out / "headroom", split="valid", limit=p.headroom_limit,
+                          history=ev.eval_history, rules=p.headroom_rules, n_boot=ev.n_boot, seed=ev.seed,
+                          say=self.say)
+        rows = {"template": self._eval("template", "template", self.oracle, p.eval_limit),
+                "best-rule": self._eval("best-rule", report["best"], self.oracle, p.eval_limit)}
         for name in ("popularity", "knn"):
-            self._eval(name, "template", name, p.eval_limit)
+            rows[name] = self._eval(name, "template", name, p.eval_limit)
         for spec in p.baseline_verbalizers:
             row, _ = parse_spec(spec)  # "zero-shot:max_new_tokens=64" is the zero-shot row
-            self._eval(row, spec, oracle, p.eval_limit if row == "template" else p.llm_eval_limit)
-        return {"rows": sorted(self.rows)}
+            rows[row] = self._eval(row, spec, self.oracle, p.llm_eval_limit)
+        if p.policy_step0_row:
+            rows["policy-step0"] = self._eval("policy-step0", self.policy_spec(None), self.oracle, p.llm_eval_limit)
+        return {"rows": sorted(rows), "best_rule": report["best"], "headroom": str(self.out / "headroom")}
 
     def launch_command(self, verb: str, out: Path, extra: list[str] | None = None) -> list[str]:
         """``accelerate launch`` argv for a training stage on a multi-GPU node (DeepSpeed ZeRO-3
@@ -191,45 +240,58 @@ class Pipeline:
 
         return train_verbalizer(self.cfg["verbalizer"], self.data_dir, out)
 
-    @property
-    def rewrite_spec(self) -> str:
-        # generate as long as the policy was trained to (max_completion_length), not the verbalizer's default
+    def policy_spec(self, model: str | Path | None) -> str:
+        """The verbalizer spec of the policy as trained (its variant, prompt and completion budget,
+        greedy): ``model=None`` is the untrained base policy, else a merged model dir."""
         v = self.cfg["verbalizer"]
-        return f"rewrite:model={self.out / 'verbalizer' / 'final' / 'merged'},max_new_tokens={v.max_completion_length}"
+        if model is None:
+            from minivz.train.policy import policy_source
 
-    def rewrite_texts(self) -> str:
-        """Generate (or resume) the trained verbalizer's text for the evaluated test rows into
-        RUN/verbalized/rewrite-test.jsonl, once for both the rewrite and the two-stage row; returns
-        the ``cached`` verbalizer spec that reads it."""
+            model = policy_source(v)
+        backend = ",backend=hf" if not str(model).endswith(".gguf") else ""
+        render = f",render={v.select_render}" if v.variant == "select" else ""
+        return f"{v.variant}:model={model}{backend}{render},max_new_tokens={v.max_completion_length}"
+
+    @property
+    def learned_spec(self) -> str:
+        return self.policy_spec(self.out / "verbalizer" / "final" / "merged")
+
+    def learned_texts(self, limit: int, history: int) -> str:
+        """Generate (or resume) the trained verbalizer's text for the first ``limit`` test examples
+        into RUN/verbalized/learned-test-h<history>.jsonl, once for every row that reads it;
+        returns the ``cached`` verbalizer spec that serves it."""
         from minivz.dataset import PreparedData
         from minivz.verbalize.cache import verbalize_split
 
-        path = self.out / "verbalized" / "rewrite-test.jsonl"
-        verbalize_split(PreparedData.load(self.data_dir), self.rewrite_spec, "test", self.cfg["pipeline"].llm_eval_limit,
-                        self.cfg["eval"].eval_history, path)
+        path = self.out / "verbalized" / f"learned-test-h{history}.jsonl"
+        verbalize_split(PreparedData.load(self.data_dir), self.learned_spec, "test", limit, history, path)
         return f"cached:path={path}"
 
-    def stage_rewrite(self) -> dict:
-        self._eval("rewrite", self.rewrite_texts(), self.cfg["verbalizer"].oracle, self.cfg["pipeline"].llm_eval_limit)
-        return {"row": "rewrite"}
+    def stage_learned(self) -> dict:
+        p, ev = self.cfg["pipeline"], self.cfg["eval"]
+        self._eval("learned", self.learned_texts(p.eval_limit, ev.eval_history), self.oracle, p.eval_limit)
+        return {"row": "learned", "verbalizer": self.learned_spec}
 
     def stage_reasoner(self) -> dict:
         import dataclasses
 
-        from minivz.train.reasoner import train_reasoner
+        from minivz.train.reasoner import base_model_source, train_reasoner
 
-        info = {}
-        for row, verb in (("reasoner-only", "template"), ("two-stage", self.rewrite_spec)):
-            cfg = dataclasses.replace(self.cfg["reasoner"], reasoner_verbalizer=verb)
-            run = self.out / f"reasoner-{'template' if verb == 'template' else 'rewrite'}"
-            if self.cfg["pipeline"].hardware == "multi-gpu":
+        p, rc = self.cfg["pipeline"], self.cfg["reasoner"]
+        h = rc.reasoner_history
+        info: dict = {}
+        # the paper's reference: the template read by the untrained base reasoner
+        self._eval("base-template", "template", f"hf:model={base_model_source(rc)}", p.stage2_limit, h)
+        for row, verb in (("reasoner-only", "template"), ("two-stage", self.learned_spec)):
+            cfg = dataclasses.replace(rc, reasoner_verbalizer=verb)
+            run = self.out / f"reasoner-{'template' if verb == 'template' else 'learned'}"
+            if p.hardware == "multi-gpu":
                 info[row] = self._launch(self.launch_command("reasoner", run, [f"reasoner_verbalizer={verb}"]))
             else:
                 info[row] = train_reasoner(cfg, self.data_dir, run)
-            # both rows on the same llm_eval_limit test rows: the trained reasoner is an LLM scorer
-            # (slow on CPU), and reasoner-only vs two-stage is a paired comparison
-            self._eval(row, "template" if verb == "template" else self.rewrite_texts(),
-                       f"hf:model={run / 'final' / 'merged'}", self.cfg["pipeline"].llm_eval_limit)
+            # every stage-2 row on the same stage2_limit test examples (paired), the LLM reasoner scoring
+            text = "template" if verb == "template" else self.learned_texts(p.stage2_limit, h)
+            self._eval(row, text, f"hf:model={run / 'final' / 'merged'}", p.stage2_limit, h)
         return info
 
     def stage_export(self) -> dict:
@@ -238,25 +300,46 @@ class Pipeline:
         q = self.cfg["pipeline"].export_quant
         return {
             "verbalizer": export_gguf(self.out / "verbalizer" / "final" / "merged", self.out / "export" / "verbalizer", q),
-            "reasoner": export_gguf(self.out / "reasoner-rewrite" / "final" / "merged", self.out / "export" / "reasoner", q),
+            "reasoner": export_gguf(self.out / "reasoner-learned" / "final" / "merged", self.out / "export" / "reasoner", q),
         }
 
     def stage_table(self) -> dict:
-        from minivz.report import bar_chart, compare_runs, to_markdown
+        from minivz.report import bar_chart, compare_runs
 
-        order = ["template", "zero-shot", "action", "rewrite", "reasoner-only", "two-stage", "popularity", "knn"]
-        present = [r for r in order if (self.out / "eval" / r / "metrics.json").exists()]
-        if "template" not in present:
+        if not (self.out / "eval" / "template" / "metrics.json").exists():
             raise RuntimeError("the table needs the template row (stage baselines) as its reference")
-        rows = compare_runs([self.out / "eval" / r for r in present], labels=present)
-        (self.out / "results.json").write_text(json.dumps(rows, indent=2))
-        oracle = self.cfg["verbalizer"].oracle
-        head = (f"# minivz recipe {self.recipe}\n\nRows template..rewrite: verbalizer under the frozen oracle "
-                f"`{oracle}`; reasoner-only / two-stage: the trained reasoner on template / rewrite input; "
-                "popularity and item-kNN read ids only. Relative change vs template: paired bootstrap 95% CI.\n\n")
-        (self.out / "results.md").write_text(head + to_markdown(rows))
-        bar_chart(rows, self.out / "results.png", title=f"minivz recipe {self.recipe}: Recall@1 (95% CI)")
-        return {"rows": present}
+        v, rc, ev = self.cfg["verbalizer"], self.cfg["reasoner"], self.cfg["eval"]
+        rule = self.best_rule
+        zero_shot = [parse_spec(s)[0] for s in self.cfg["pipeline"].baseline_verbalizers]
+        labels1 = {"template": "template", "best-rule": f"best rule on valid: {rule}",
+                   **{z: f"{z} (untrained LLM)" for z in zero_shot},
+                   "policy-step0": f"{v.variant} policy before GRPO (step 0)",
+                   "learned": f"{v.variant} policy after GRPO ({v.max_steps} steps)",
+                   "popularity": "popularity (ids only)", "knn": "item-kNN (ids only)"}
+        labels2 = {"base-template": "template + untrained reasoner", "reasoner-only": "reasoner-only (trained on template)",
+                   "two-stage": "two-stage (trained on the learned text)"}
+        tables = {}
+        for key, labels in (("stage1", labels1), ("stage2", labels2)):
+            present = [r for r in labels if (self.out / "eval" / r / "metrics.json").exists()]
+            if present:
+                rows = compare_runs([self.out / "eval" / r for r in present], labels=[labels[r] for r in present])
+                for r, name in zip(rows, present):
+                    r["row"] = name
+                    r["paper_rel"] = PAPER_GAINS.get("rewrite" if name == "learned" and v.variant == "rewrite"
+                                                     else "action" if name == "learned" else name)
+                tables[key] = rows
+        results = {"recipe": self.recipe, "oracle": self.oracle, "best_rule": rule, "variant": v.variant,
+                   "eval_history": ev.eval_history, "reasoner_history": rc.reasoner_history,
+                   "tie_rule": self.cfg["data"].tie_rule, **tables}
+        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        (self.out / "results.md").write_text(results_markdown(results))
+        if "stage1" in tables:
+            bar_chart(tables["stage1"], self.out / "results.png",
+                      title=f"minivz recipe {self.recipe}, stage 1 under `{self.oracle}`: Recall@1 (95% CI)")
+        if "stage2" in tables:
+            bar_chart(tables["stage2"], self.out / "results-stage2.png",
+                      title=f"minivz recipe {self.recipe}, stage 2 (LLM reasoner): Recall@1 (95% CI)")
+        return {"rows": {k: [r["row"] for r in t] for k, t in tables.items()}}
 
     def run(self) -> list[dict]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -269,9 +352,6 @@ class Pipeline:
                 continue
             if self._done(stage):
                 self.say(f"[done] {stage} (already complete: {self._marker(stage)})")
-                if stage in ("baselines", "rewrite", "reasoner"):
-                    for d in (self.out / "eval").glob("*"):
-                        self.rows[d.name] = d
                 continue
             self.say(f"[run ] {stage}")
             t0 = time.perf_counter()
@@ -281,6 +361,54 @@ class Pipeline:
             report.append({"stage": stage, "seconds": round(secs, 1)})
             self.say(f"       {stage} finished in {secs:.1f} s")
         return report
+
+
+def _cell(row: dict, sub: str) -> str:
+    v, ci = row.get(f"{sub}_recall@1"), row.get(f"{sub}_recall@1_ci")
+    if v is None:
+        return "—"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else f"{v:.3f}"
+
+
+def _vs(row: dict, sub: str) -> str:
+    d, dci, rel, rci = (row.get(f"{sub}_diff"), row.get(f"{sub}_diff_ci"), row.get(f"{sub}_rel"),
+                        row.get(f"{sub}_rel_ci"))
+    if d is None:
+        return "—"
+    out = f"{d:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]" if dci and dci[0] is not None else f"{d:+.3f}"
+    if rel is not None:
+        out += f" ({rel:+.1%}" + (f" [{rci[0]:+.0%}, {rci[1]:+.0%}])" if rci and rci[0] is not None else ")")
+    return out
+
+
+def results_markdown(results: dict) -> str:
+    """The recipe's two tables: stage 1 vs the template under the oracle, stage 2 vs the template read
+    by the untrained reasoner; paired differences (absolute, and relative in brackets) with 95% CIs."""
+    parts = [f"# minivz recipe {results['recipe']}\n"]
+    head = ("| system | n | Discovery R@1 [95% CI] | vs {base}, paired (relative) | All R@1 [95% CI] | "
+            "vs {base}, paired (relative) | paper, relative |")
+    for key, base, title in (("stage1", "template", f"Stage 1: verbalizers under the frozen oracle `{results['oracle']}` "
+                              f"({results['eval_history']}-event histories)"),
+                             ("stage2", "row 1", f"Stage 2: an LLM reasoner reads the text "
+                              f"({results['reasoner_history']}-event histories)")):
+        rows = results.get(key)
+        if not rows:
+            continue
+        parts.append(f"## {title}\n")
+        parts.append(head.format(base=base))
+        parts.append("|---|---|---|---|---|---|---|")
+        for r in rows:
+            paper = f"{r['paper_rel']:+.1%}" if r.get("paper_rel") is not None else ""
+            parts.append(f"| {r['label']} | {r['n']} | {_cell(r, 'discovery')} | {_vs(r, 'discovery')} | "
+                         f"{_cell(r, 'all')} | {_vs(r, 'all')} | {paper} |")
+        floor = rows[0].get("random_recall@1")
+        parts.append(f"\nRandom floor Recall@1 = {floor:.3f}. Paired on the examples both rows scored (n of "
+                     "the smaller row)." if floor is not None else "")
+        parts.append("")
+    parts.append(f"The rule was chosen on valid users by `minivz headroom` (RUN/headroom/headroom.md); every row "
+                 f"above is on test users. Ties: `{results['tie_rule']}`. Discovery: the user never interacted "
+                 "with the target's title before (an episode's title is its series).\n")
+    return "\n".join(parts)
 
 
 def list_recipes() -> list[tuple[str, str]]:

@@ -47,7 +47,7 @@ def _discovery_ids(run: Path) -> set[int]:
 
 def compare_runs(runs: list[str | Path], labels: list[str] | None = None, n_boot: int = 1000) -> list[dict]:
     """One row per run: Recall@1 (+CI) for discovery and all examples, relative change vs runs[0]."""
-    from minivz.metrics import relative_change_ci
+    from minivz.metrics import paired_difference_ci, relative_change_ci
 
     paths = [Path(r) for r in runs]
     for p in paths:
@@ -75,9 +75,13 @@ def compare_runs(runs: list[str | Path], labels: list[str] | None = None, n_boot
             for sub in SUBSETS:
                 common = sorted(k for k in cur if k in base and (sub == "all" or k in base_disc))
                 if common:
-                    rc = relative_change_ci([cur[k] for k in common], [base[k] for k in common], n_boot=n_boot)
+                    a, b = [cur[k] for k in common], [base[k] for k in common]
+                    rc = relative_change_ci(a, b, n_boot=n_boot)
                     row[f"{sub}_rel"] = rc["value"]
                     row[f"{sub}_rel_ci"] = rc["ci"]
+                    diff = paired_difference_ci(a, b, n_boot=n_boot)
+                    row[f"{sub}_diff"] = diff["value"]
+                    row[f"{sub}_diff_ci"] = diff["ci"]
                     row[f"{sub}_paired_n"] = len(common)
         rows.append(row)
     return rows

@@ -86,16 +86,21 @@ def group_advantages(rewards, group_size, eps=1e-4, scale=True):
     return adv.ravel()
 
 
-def example_structure(user, ts, item, split, *, history_len, tie_rule, min_history):
+def example_structure(user, ts, item, split, *, history_len, tie_rule, min_history, title_of_item=None):
     """Per-target expectations of build_examples, without the random part.
 
-    Returns (examples, n_targets, n_short) where examples is a list of dicts with
-    target_row, hist_start, hist_end, discovery, split, user and `excluded`, the set of
+    Returns (examples, n_targets, n_short) where examples is a list of dicts with target_row,
+    hist_start, hist_end, discovery (title never seen before), item_discovery (item never seen
+    before), split, user and `excluded`, the set of
     items no negative may be (everything the user touched up to the target, ties included
     for "strict"). Whether an example is kept also depends on n_candidates (see
     `enough_negatives`).
     """
     n = len(user)
+
+    def title(x):
+        return int(x) if title_of_item is None else int(title_of_item[int(x)])
+
     examples, n_targets, n_short = [], 0, 0
     for t in range(n):
         if split[t] < 0:
@@ -116,7 +121,8 @@ def example_structure(user, ts, item, split, *, history_len, tie_rule, min_histo
             continue
         examples.append(dict(
             target_row=t, hist_start=hs, hist_end=he, split=int(split[t]), user=int(user[t]),
-            discovery=int(item[t]) not in {int(item[i]) for i in range(us, he)},
+            item_discovery=int(item[t]) not in {int(item[i]) for i in range(us, he)},
+            discovery=title(item[t]) not in {title(item[i]) for i in range(us, he)},
             excluded=excluded,
         ))
     return examples, n_targets, n_short

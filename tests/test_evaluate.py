@@ -57,3 +57,30 @@ def test_resuming_with_other_settings_is_refused(data_dir, tmp_path):
     # a larger limit extends the same evaluation
     more = evaluate(EvalConfig(data=str(data_dir), reasoner="knn", limit=20, out=str(out), n_boot=50))
     assert more["all"]["n"] == 20
+
+
+def test_headroom_scores_rules_against_the_template_paired(data_dir, tmp_path):
+    from minivz.headroom import headroom
+
+    lines = []
+    report = headroom(data_dir, "mention", tmp_path / "hr", split="valid", limit=300, history=10,
+                      rules=["recent:recent=3", "titles"], n_boot=200, say=lines.append)
+    rows = {r["label"]: r for r in report["rows"]}
+    assert list(rows) == ["template", "recent:recent=3", "titles"]
+    assert all(r["all_paired_n"] == 300 for r in report["rows"][1:])
+    # the mention oracle reads only the titles, so "titles only" ties the template on every example
+    assert rows["titles"]["all_diff"] == 0 and rows["titles"]["all_diff_ci"] == [0.0, 0.0]
+    assert report["best"] in rows and report["best"] != "template"
+    md = (tmp_path / "hr" / "headroom.md").read_text()
+    assert "| recent:recent=3 | 300 |" in md and f"Best rule: `{report['best']}`" in md
+    assert lines[-1].startswith("best rule on valid:")
+
+
+def test_paired_difference_ci():
+    from minivz.metrics import paired_difference_ci
+
+    d = paired_difference_ci([1, 1, 0, 1], [0, 1, 0, 0], n_boot=200)
+    assert d["value"] == pytest.approx(0.5) and d["ci"][0] <= 0.5 <= d["ci"][1]
+    assert paired_difference_ci([], [])["value"] is None
+    with pytest.raises(ValueError, match="same examples"):
+        paired_difference_ci([1, 0], [1])

@@ -27,7 +27,7 @@ def test_movielens_counts(ml100k):
     assert s.examples["test"] == 943 and s.examples["valid"] == 943
     assert s.n_read == s.n_events + s.n_rejected
     man = json.loads((out / "manifest.json").read_text())
-    assert man["tie_rule"] == "strict" and man["schema_version"] == 1
+    assert man["tie_rule"] == "strict" and man["schema_version"] == 2
 
 
 def test_movielens_examples_respect_the_tie_rule(ml100k):

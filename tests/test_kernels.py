@@ -312,19 +312,21 @@ def example_case(draw):
         w = np.array(draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 3.0]), min_size=n_items, max_size=n_items)))
         if w.sum() > 0:
             kw.update(negatives="popularity", item_weights=w)
+    if draw(st.booleans()):  # items grouped into titles (episodes of a series share one)
+        kw["title_of_item"] = np.array(draw(ints(n_items, 0, max(0, n_items // 2))), dtype=np.int64)
     return user, ts, item, n_items, split, kw
 
 
 def _check_examples(ex, user, ts, item, n_items, split, kw):
     expect, n_targets, n_short = naive.example_structure(
         user, ts, item, split, history_len=kw["history_len"], tie_rule=kw["tie_rule"],
-        min_history=kw["min_history"])
+        min_history=kw["min_history"], title_of_item=kw.get("title_of_item"))
     weights = kw.get("item_weights")
     kept = [e for e in expect if naive.enough_negatives(e["excluded"], n_items, kw["n_candidates"], weights)]
     assert ex.n_targets == n_targets
     assert ex.n_skipped_short_history == n_short
     assert ex.n_skipped_no_negatives == len(expect) - len(kept)
-    for key in ("target_row", "hist_start", "hist_end", "discovery", "split", "user"):
+    for key in ("target_row", "hist_start", "hist_end", "discovery", "item_discovery", "split", "user"):
         np.testing.assert_array_equal(getattr(ex, key), [e[key] for e in kept], err_msg=key)
     assert ex.candidates.shape == (len(kept), kw["n_candidates"]) and ex.candidates.dtype == np.int32
     assert ex.label.dtype == np.int8 and ex.discovery.dtype == np.bool_
@@ -390,6 +392,23 @@ def test_build_examples_tie_rules():
     assert o6.discovery.tolist() == [True]
     none = build_examples(user, ts, item, 12, split, n_candidates=8, history_len=1, min_history=3)
     assert none.n_skipped_short_history == 1 and len(none.label) == 0
+
+
+def test_build_examples_discovery_is_per_title():
+    # One user watches episode 0 of a series (items 0, 1, 2 share title 0), then a movie (item 3).
+    user = np.zeros(4, np.int64)
+    ts = np.arange(4)
+    item = np.array([0, 3, 1, 4], np.int32)
+    split = np.array([-1, -1, 2, 1], np.int8)  # targets: episode 1 (row 2), movie 4 (row 3)
+    title = np.array([0, 0, 0, 3, 4, 5, 6, 7, 8, 9], np.int64)
+    ex = build_examples(user, ts, item, 10, split, n_candidates=3, title_of_item=title)
+    by_row = {int(r): (bool(d), bool(i)) for r, d, i in zip(ex.target_row, ex.discovery, ex.item_discovery)}
+    assert by_row[2] == (False, True)  # the next episode of a show in progress: a new item, not a discovery
+    assert by_row[3] == (True, True)
+    plain = build_examples(user, ts, item, 10, split, n_candidates=3)  # each item its own title
+    assert plain.discovery.tolist() == plain.item_discovery.tolist() == [True, True]
+    with pytest.raises(ValueError, match="title_of_item"):
+        build_examples(user, ts, item, 10, split, n_candidates=3, title_of_item=title[:5])
 
 
 def test_build_examples_fallback_when_pool_nearly_exhausted():

@@ -15,13 +15,15 @@ pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python==0.3.36")
 pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
 
 SHORT = [
-    "max_train_per_user=2", "eval_history=5", "eval_limit=20", "llm_eval_limit=3",
-    "baseline_verbalizers=template,zero-shot:max_new_tokens=16,action",  # row "zero-shot"
+    "max_train_per_user=2", "eval_history=5", "eval_limit=20", "llm_eval_limit=3", "stage2_limit=3",
+    "headroom_limit=20", "headroom_rules=recent:recent=2;titles",
+    "baseline_verbalizers=zero-shot:max_new_tokens=16",  # row "zero-shot"
     "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_completion_length=16",
-    "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "reasoner_max_steps=2", "reasoner_train_examples=8", "reasoner_history=5",
-    "reasoner_save_steps=1", "export_quant=q8_0",
+    "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "reasoner_max_steps=2",
+    "reasoner_train_examples=8", "reasoner_history=5", "reasoner_save_steps=1", "export_quant=q8_0",
 ]
-ROWS = {"template", "zero-shot", "action", "rewrite", "reasoner-only", "two-stage", "popularity", "knn"}
+STAGE1 = {"template", "best-rule", "zero-shot", "policy-step0", "learned", "popularity", "knn"}
+STAGE2 = {"base-template", "reasoner-only", "two-stage"}
 
 
 def test_plan_and_dry_run_need_no_models(tmp_path):
@@ -32,7 +34,7 @@ def test_plan_and_dry_run_need_no_models(tmp_path):
     argv = Pipeline("paper-32b", tmp_path).launch_command("verbalizer", tmp_path / "v")
     assert argv[:4] == ["accelerate", "launch", "--config_file", "recipes/accelerate/zero3.yaml"]
     assert "--num_processes" in argv and argv[argv.index("-m") + 1] == "minivz.cli"
-    for recipe in ("tiny-cpu", "paper-8b", "paper-32b"):
+    for recipe in ("tiny-cpu", "tiny-cpu-streaming", "paper-8b", "paper-32b"):
         out = subprocess.run([sys.executable, "-m", "minivz.cli", "recipe", recipe, "--dry-run"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -45,21 +47,29 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
 
     out = tmp_path / "run"
     report = Pipeline("tiny-cpu", out, SHORT, say=print).run()
-    assert [r["stage"] for r in report] == ["data", "baselines", "verbalizer", "rewrite", "reasoner", "export", "table"]
-    rows = json.loads((out / "results.json").read_text())
-    assert {r["label"] for r in rows} == ROWS
-    for r in rows:
-        assert 0.0 <= r["all_recall@1"] <= 1.0 and len(r["all_recall@1_ci"]) == 2
-        assert "discovery_recall@1" in r
-        if r["label"] != "template":
-            assert "all_rel" in r  # relative change vs template, paired on the same examples
-    n = {r["label"]: r["all_n"] for r in rows}
-    assert n["template"] == n["popularity"] == 20  # eval_limit
-    assert n["zero-shot"] == n["rewrite"] == n["reasoner-only"] == n["two-stage"] == 3  # llm_eval_limit
-    cached = (out / "verbalized" / "rewrite-test.jsonl").read_text().splitlines()
-    assert len(cached) == 3  # the trained verbalizer's test text, generated once for two rows
+    assert [r["stage"] for r in report] == ["data", "baselines", "verbalizer", "learned", "reasoner", "export", "table"]
+    res = json.loads((out / "results.json").read_text())
+    assert {r["row"] for r in res["stage1"]} == STAGE1 and {r["row"] for r in res["stage2"]} == STAGE2
+    # the rule is chosen on valid users, then reported on test
+    assert res["best_rule"] in ("recent:recent=2", "titles")
+    assert json.loads((out / "headroom" / "headroom.json").read_text())["split"] == "valid"
+    for key, base in (("stage1", "template"), ("stage2", "base-template")):
+        rows = res[key]
+        assert rows[0]["row"] == base  # every row of a table is compared with its first
+        for r in rows:
+            assert 0.0 <= r["all_recall@1"] <= 1.0 and len(r["all_recall@1_ci"]) == 2
+            assert "discovery_recall@1" in r
+            if r["row"] != base:
+                assert "all_rel" in r and "all_diff" in r  # paired on the same examples
+    n = {r["row"]: r["all_n"] for r in res["stage1"] + res["stage2"]}
+    assert n["template"] == n["popularity"] == n["best-rule"] == n["learned"] == 20  # eval_limit
+    assert n["zero-shot"] == n["policy-step0"] == 3  # llm_eval_limit
+    assert n["base-template"] == n["reasoner-only"] == n["two-stage"] == 3  # stage2_limit
+    # the trained verbalizer's test text is generated once per history length and reused
+    assert len((out / "verbalized" / "learned-test-h5.jsonl").read_text().splitlines()) == 20
     md = (out / "results.md").read_text()
-    assert "| template |" in md and "| two-stage |" in md and (out / "results.png").stat().st_size > 0
+    assert "| template |" in md and "| two-stage (trained on the learned text) |" in md
+    assert "Stage 2" in md and (out / "results.png").stat().st_size > 0
     assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
     # a rerun resumes: every stage is already complete, nothing runs again
     assert Pipeline("tiny-cpu", out, SHORT, say=print).run() == []

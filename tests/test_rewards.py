@@ -161,3 +161,27 @@ def test_build_reward_funcs_orders_names_and_weights():
     total = weights @ per_func
     assert total[0] == pytest.approx(1.0 + 0.5 * per_func[1, 0])
     assert set(REWARDS) == {"accuracy", "length"}
+
+
+def test_soft_accuracy_is_dense_scale_free_and_floors_ties():
+    from minivz.train.rewards import soft_accuracy
+
+    assert soft_accuracy(np.zeros(10), 3) == pytest.approx(0.1)  # nothing to go on: the random floor
+    s = np.array([0.1, 0.2, 0.3, 0.4])
+    assert soft_accuracy(s, 3) == pytest.approx(soft_accuracy(100 * s + 7, 3))  # scale and shift free
+    # moves with the target's margin even when its rank does not change
+    assert soft_accuracy(np.array([0.1, 0.2, 0.3, 0.9]), 3) > soft_accuracy(s, 3) > soft_accuracy(s, 2)
+    assert soft_accuracy(np.array([0.1, -np.inf, 0.3]), 1) == 0.0  # an invalid target scores 0
+    assert 0 < accuracy_from_prediction(s, 3, 3, "soft") < 1
+    with pytest.raises(ValueError, match="binary, rank or soft"):
+        RewardState(MentionOracle(), accuracy="top5")
+
+
+def test_select_variant_renders_template_lines_before_scoring():
+    lines = ["1997-12-04 15:55 | rate | Heat (1995) | Action", "1997-12-04 15:56 | rate | Alien (1979) | Horror"]
+    state = RewardState(MentionOracle(), variant="select")
+    completions, kw = batch(["2", "1", "nothing"], labels=[1, 1, 1])
+    kw["events_json"] = [json.dumps(lines)] * 3
+    # "2" = the second newest = the older line (Heat); "1" = the newest (Alien)
+    assert accuracy_reward(completions, state=state, **kw)[:2] == [1.0, 0.0]
+    assert state.step.verbalization == [lines[0], lines[1], ""]

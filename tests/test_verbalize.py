@@ -85,7 +85,8 @@ def test_template_verbalizer():
 # -- registry ------------------------------------------------------------------------------------
 
 def test_registry_and_spec_parsing():
-    assert set(VERBALIZERS) == {"cached", "template", "zero-shot", "action", "rewrite"}
+    assert set(VERBALIZERS) == {"cached", "template", "zero-shot", "action", "rewrite", "select", "rule", "recent",
+                                "clean", "series", "titles"}
     assert parse_spec("rewrite:model=/a/b,temperature=0.7") == ("rewrite", {"model": "/a/b", "temperature": "0.7"})
     v = make_verbalizer("rewrite:temperature=0.7,max_new_tokens=16,seed=none,n_threads=1,model=m.gguf",
                         generator=FakeGenerator())
@@ -312,3 +313,122 @@ def test_hf_generator_and_rewrite_backend(tiny_hf_model):
     with pytest.warns(UserWarning, match="HFGenerator cannot constrain"):
         act.verbalize(ML_HISTORIES[:1])
     assert act.stats["grammar_constrained"] == 0 and act.stats["histories"] == 1
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+def stream_event(title, interaction="play", duration=1500.0, series=None, season=None, episode=None, minute=0):
+    return {"ts": datetime(2024, 1, 3, 21, minute, tzinfo=timezone.utc), "item_id": title, "item_idx": 0,
+            "title": title + (f" S{season}E{episode}" if series else ""), "year": None if series else 2020,
+            "genres": ["Drama"], "interaction": interaction, "duration_s": duration, "series_id": series,
+            "season": season, "episode": episode, "session": 0, "run": 0}
+
+
+STREAM = [stream_event("Heat"),
+          stream_event("Dark", series="s1", season=1, episode=1, minute=1),
+          stream_event("Trailer Park", "preview", 30.0, minute=2),
+          stream_event("Dark", series="s1", season=1, episode=2, minute=3),
+          stream_event("Dark", "autoplay", 1500.0, series="s1", season=1, episode=3, minute=4),
+          stream_event("Up", "play", 40.0, minute=5),  # an abandoned start
+          stream_event("Dark", series="s1", season=2, episode=1, minute=6)]
+
+
+def test_rule_registry_and_presets():
+    for name in ("rule", "recent", "clean", "series", "titles"):
+        assert name in VERBALIZERS
+    assert make_verbalizer("recent").recent == 5 and make_verbalizer("recent:recent=2").recent == 2
+    assert make_verbalizer("titles:clean=true").clean is True
+    with pytest.raises(ValueError, match="unknown option"):
+        make_verbalizer("recent:k=3")
+    with pytest.raises(ValueError, match="recent=-1"):
+        make_verbalizer("rule:recent=-1")
+
+
+def test_recent_keeps_the_last_lines():
+    v = make_verbalizer("recent:recent=2")
+    out = v.verbalize(ML_HISTORIES)
+    assert out[0] == "\n".join(template_line(e) for e in ML_HISTORIES[0][-2:])
+    assert out[1] == "\n".join(template_line(e) for e in ML_HISTORIES[1])  # shorter than k: all of it
+    assert v.stats["dropped_old"] == 1
+
+
+def test_clean_drops_previews_autoplay_and_abandoned_starts():
+    v = make_verbalizer("clean")
+    text = v.verbalize([STREAM])[0]
+    assert "preview" not in text and "autoplay" not in text and "Up (2020)" not in text
+    assert text.count("\n") == 3 and v.stats["dropped_noise"] == 3
+    # min_play_s decides what an abandoned start is
+    assert "Up (2020)" in make_verbalizer("clean:min_play_s=30").verbalize([STREAM])[0]
+
+
+def test_series_merges_consecutive_episodes_after_cleaning():
+    v = make_verbalizer("series")
+    lines = v.verbalize([STREAM])[0].splitlines()
+    assert len(lines) == 2 and "Heat (2020)" in lines[0]
+    # the preview, autoplay and short play between the episodes are gone, so the three plays are one run
+    assert "Dark S1E1-S2E1 (3 episodes)" in lines[1] and lines[1].endswith("4500s")
+    assert v.stats["merged_runs"] == 1
+    titles = make_verbalizer("titles:clean=true,series=true").verbalize([STREAM])[0]
+    assert titles == "Heat (2020), Dark S1E1-S2E1 (3 episodes)"
+
+
+def test_titles_and_min_rating():
+    assert make_verbalizer("titles").verbalize(ML_HISTORIES)[1] == "Fargo (1996), Scream (1996)"
+    v = make_verbalizer("rule:min_rating=4")
+    assert v.verbalize(ML_HISTORIES)[0].count("\n") == 1 and v.stats["dropped_rating"] == 2
+    assert make_verbalizer("rule:min_rating=4").verbalize([STREAM])[0].count("\n") == 6  # unrated: all kept
+
+
+# -- select --------------------------------------------------------------------------------------
+
+def test_select_lines_newest_first_with_varying_cues():
+    from minivz.verbalize import select_lines
+
+    ml = select_lines(ML_HISTORIES[0])
+    assert ml == ["1. Twelve Monkeys", "2. GoldenEye", "3. Toy Story"]  # "rate" is constant, ratings not shown
+    st = select_lines(STREAM)
+    assert st[0] == "1. Dark S2E1 (play, 25 min)" and st[4] == "5. Trailer Park (preview, 1 min)"
+
+
+def test_parse_and_render_selection():
+    from minivz.verbalize import parse_selection, render_selection
+
+    picks, counts = parse_selection("Keep 1, 3, 3 and 9 (also 2)", 4)  # the first list only
+    assert picks == [1, 3] and counts == {"out_of_range_numbers": 1, "repeated_numbers": 1, "no_selection": 0}
+    assert parse_selection("The recommender should read: 1, 2, 4.", 9)[0] == [1, 2, 4]
+    # a re-listed history is no answer: list markers and "(1/5)" ratings are not picks
+    assert parse_selection("1. Clamp (1/5)\n2. The Game (3/5)", 9)[0] == []
+    assert parse_selection("none of them", 4) == ([], {"out_of_range_numbers": 0, "repeated_numbers": 0,
+                                                        "no_selection": 1})
+    lines = ["a", "b", "c", "d"]  # oldest first; 1 = newest = "d"
+    assert render_selection(lines, [1, 3]) == "b\nd"  # chronological, like the template
+    assert render_selection(lines, []) == ""
+
+
+def test_select_grammar_text():
+    from minivz.verbalize import select_grammar
+
+    g = select_grammar(12)
+    assert g.startswith('root ::= num (", " num)*') and '"12" | "11"' in g and g.rstrip().endswith('"1"')
+    with pytest.raises(ValueError):
+        select_grammar(0)
+
+
+def test_select_verbalizer_with_fake_generator():
+    gen = FakeGenerator(answer="1, 3, 7")
+    v = make_verbalizer("select", generator=gen)
+    out = v.verbalize(ML_HISTORIES + [[]])
+    assert out[0] == "\n".join(template_line(e) for e in (ML_HISTORIES[0][0], ML_HISTORIES[0][2]))
+    assert out[1] == template_line(ML_HISTORIES[1][1]) and out[2] == ""
+    assert v.stats["out_of_range_numbers"] == 3 and v.stats["kept"] == 3 and v.stats["empty_histories"] == 1
+    assert gen.calls[0]["max_new_tokens"] == 3 * 3 + 2
+    assert "1. Twelve Monkeys\n2. GoldenEye" in gen.calls[0]["prompts"][0][-1]["content"]
+
+
+@pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python not installed")
+def test_select_grammar_compiles_for_llama_cpp():
+    from llama_cpp import LlamaGrammar
+
+    from minivz.verbalize import select_grammar
+
+    assert LlamaGrammar.from_string(select_grammar(20), verbose=False) is not None

@@ -111,6 +111,8 @@ def curve_command(
     split: str = typer.Option("valid", "--split", help="Held-out split: valid (default) or test."),
     limit: int = typer.Option(60, "--limit", help="Held-out examples per point (the same ones every time)."),
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Reasoner spec; default: the run's oracle."),
+    sampled: bool = typer.Option(False, "--sampled", help="Decode as in training (the run's temperature, "
+                                 "seeded) instead of greedy."),
 ) -> None:
     """Held-out reward curve: the base policy and every kept checkpoint, evaluated on the same
     held-out examples under the run's oracle (RUN/heldout.jsonl, RUN/plots/heldout.png).
@@ -128,9 +130,10 @@ def curve_command(
 
     passive_omp()
     try:
-        rows = heldout_curve(run, data, split=split, limit=limit, oracle=oracle, say=typer.echo)
+        rows = heldout_curve(run, data, split=split, limit=limit, oracle=oracle, sampled=sampled, say=typer.echo)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except ImportError as e:
         _fail(str(e), code=1)
-    typer.echo(f"wrote {run / 'heldout.jsonl'} and {run / 'plots' / 'heldout.png'} ({len(rows)} points)")
+    tag = "heldout-sampled" if sampled else "heldout"
+    typer.echo(f"wrote {run / (tag + '.jsonl')} and {run / 'plots' / (tag + '.png')} ({len(rows)} points)")

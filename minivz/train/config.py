@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from minivz.config import SECTIONS, ConfigError
 
 BACKENDS = ("auto", "peft", "unsloth")
-VARIANTS = ("rewrite", "action")
-ACCURACY_REWARDS = ("binary", "rank")
+VARIANTS = ("rewrite", "action", "select")
+ACCURACY_REWARDS = ("binary", "rank", "soft")
 
 
 @dataclass
@@ -37,11 +37,19 @@ class VerbalizerTrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
+    # LoRA on the last N decoder layers only (0 = every layer). Autograd then stops at the first
+    # adapted layer, so backward skips the frozen lower layers: on a CPU that is most of a step.
+    lora_layers: int = 0
     # Recompute activations in backward: needed for 8B on 24 GB, pure overhead for 135M on CPU.
     gradient_checkpointing: bool = False
 
     # -- task ----------------------------------------------------------------------------------
-    variant: str = "rewrite"  # rewrite: free text (paper's best); action: keep/drop/meta per line
+    # rewrite: free text (paper's best); action: keep/drop/meta per line; select: the numbers of the
+    # events to keep in one short answer (the action variant's compact form, cheap on a CPU)
+    variant: str = "rewrite"
+    # select: how code writes the kept events -- template lines, or titles (comma-separated) for an
+    # oracle with a short context (MiniLM reads 256 word pieces)
+    select_render: str = "template"
     # Frozen oracle reasoner (a minivz.reason spec): embedding = all-MiniLM-L6-v2 ranker (CPU);
     # openai:url=...,model=... = a stronger model behind vLLM / llama.cpp's server (GPU recipes).
     oracle: str = "embedding"
@@ -50,7 +58,9 @@ class VerbalizerTrainConfig:
     train_history: int = 20  # events of history (most recent) shown to the policy per prompt
 
     # -- rewards -------------------------------------------------------------------------------
-    accuracy_reward: str = "binary"  # binary: 1 if the oracle's top pick is the target; rank: 1/rank
+    # binary: 1 if the oracle's top pick is the target (the paper); rank: 1/rank; soft: the target's
+    # softmax probability over the oracle's standardized scores (dense: moves before the rank does)
+    accuracy_reward: str = "binary"
     w_accuracy: float = 1.0
     w_length: float = 0.2
     # Plateau band on compression ratio = len(verbalization chars) / len(template chars).
@@ -82,9 +92,11 @@ class VerbalizerTrainConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.variant not in VARIANTS:
-            raise ConfigError(f"variant={self.variant!r}: use rewrite or action")
+            raise ConfigError(f"variant={self.variant!r}: use one of {', '.join(VARIANTS)}")
+        if self.select_render not in ("template", "titles"):
+            raise ConfigError(f"select_render={self.select_render!r}: use template or titles")
         if self.accuracy_reward not in ACCURACY_REWARDS:
-            raise ConfigError(f"accuracy_reward={self.accuracy_reward!r}: use binary or rank")
+            raise ConfigError(f"accuracy_reward={self.accuracy_reward!r}: use one of {', '.join(ACCURACY_REWARDS)}")
         if self.num_generations < 2:
             raise ConfigError(f"num_generations={self.num_generations}: GRPO needs a group of >= 2 "
                               "completions per prompt; try --set num_generations=4")
@@ -107,6 +119,8 @@ class VerbalizerTrainConfig:
                      "train_history"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lora_layers < 0:
+            raise ConfigError(f"lora_layers={self.lora_layers} must be >= 0 (0 = every layer)")
         if self.max_oracle_retries < 0:
             raise ConfigError(f"max_oracle_retries={self.max_oracle_retries} must be >= 0")
         if not self.learning_rate > 0:

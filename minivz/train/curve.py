@@ -3,7 +3,7 @@
 The per-step reward in metrics.jsonl is measured on that step's few training prompts, so on a
 small run it moves more with which users were drawn than with learning. This evaluates the base
 policy (step 0) and every kept checkpoint on one fixed set of held-out examples (the valid split
-by default), with the run's own oracle, history length and completion budget, greedy decoding:
+by default), with the run's own variant, oracle, history length and completion budget, greedy decoding:
 
     from minivz.train.curve import heldout_curve
     rows = heldout_curve("runs/tiny-cpu/verbalizer", "runs/tiny-cpu/data", limit=60)
@@ -33,8 +33,10 @@ def _points(run: Path) -> list[tuple[int, Path | None]]:
 
 
 def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit: int = 60,
-                  oracle: str | None = None, say: Callable[[str], None] = print) -> list[dict]:
-    """Evaluate step 0 and every checkpoint of ``run`` on the same held-out examples."""
+                  oracle: str | None = None, sampled: bool = False,
+                  say: Callable[[str], None] = print) -> list[dict]:
+    """Evaluate step 0 and every checkpoint of ``run`` on the same held-out examples; greedy, or
+    (``sampled``) at the run's training temperature with a fixed seed."""
     from minivz.config import EvalConfig, resolve
     from minivz.evaluate import evaluate
     from minivz.generate import adapter_base
@@ -46,23 +48,25 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: is {run} a `minivz train verbalizer` run directory?")
     cfg = resolve(VerbalizerTrainConfig, recipe=str(cfg_path))  # the run's own settings, validated
-    if cfg.variant != "rewrite":
-        raise ValueError(f"{run}: variant={cfg.variant!r}; the held-out curve covers rewrite runs")
     points = _points(run)
     base = adapter_base(points[1][1])  # the base the adapters were trained on (the policy's HF dir)
-    gen = f"backend=hf,max_new_tokens={cfg.max_completion_length}"
+    # the decoding the policy is used with: its variant, prompt and completion budget, greedy
+    gen = f"backend=hf,max_new_tokens={cfg.max_completion_length}" + (
+        f",render={cfg.select_render}" if cfg.variant == "select" else "") + (
+        f",temperature={cfg.temperature},seed={cfg.seed}" if sampled else "")
+    tag = "heldout-sampled" if sampled else "heldout"
     oracle = oracle or cfg.oracle
     rows = []
     for step, adapter in points:
-        spec = f"rewrite:model={base},{gen}" if adapter is None else f"rewrite:adapter={adapter},{gen}"
-        out = run / "heldout" / f"step_{step:06d}"
+        spec = (f"{cfg.variant}:model={base},{gen}" if adapter is None else f"{cfg.variant}:adapter={adapter},{gen}")
+        out = run / tag / f"step_{step:06d}"
         m = evaluate(EvalConfig(data=str(data), verbalizer=spec, reasoner=oracle, eval_split=split, limit=limit,
                                 eval_history=cfg.train_history, out=str(out), seed=cfg.seed))["all"]
-        row = {"step": step, "n": m["n"], "split": split, "oracle": oracle,
+        row = {"step": step, "n": m["n"], "split": split, "oracle": oracle, "decoding": "sampled" if sampled else "greedy",
                **{k: m[k] for k in ("recall@1", "recall@1_ci", "mrr", "mrr_ci")}, "eval_dir": str(out)}
         rows.append(row)
         say(f"  step {step:>4}: R@1 {row['recall@1']:.3f} [{row['recall@1_ci'][0]:.3f}, "
             f"{row['recall@1_ci'][1]:.3f}]  MRR {row['mrr']:.3f} (n={row['n']})")
-    (run / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plot_heldout(rows, run / "plots" / "heldout.png")
+    (run / f"{tag}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_heldout(rows, run / "plots" / f"{tag}.png")
     return rows

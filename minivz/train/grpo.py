@@ -21,8 +21,9 @@ The run directory is the contract:
     RUN/trl_args.json   the GRPOConfig TRL actually ran with
     RUN/metrics.jsonl   one line per step: step, reward/accuracy/length means, compression ratio,
                         step/oracle seconds, excluded samples, TRL's loss/kl/grad_norm on log steps
-    RUN/samples.jsonl   one line per completion: step, example_id, history (template text),
-                        verbalization, rewards, advantage (minivz.kernels.group_advantages)
+    RUN/samples.jsonl   one line per completion: step, example_id, history (template text), completion
+                        (the policy's raw answer), verbalization (what the oracle read), rewards,
+                        advantage (minivz.kernels.group_advantages)
     RUN/checkpoints/step_000050/   TRL checkpoints (LoRA adapter, optimizer, RNG, trainer state)
     RUN/final/          LoRA adapter + tokenizer;  RUN/final/merged/  merged HF model dir
 
@@ -53,10 +54,10 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 def policy_verbalizer(variant: str, train_history: int):
     """The inference-time verbalizer whose prompt the policy is trained on (no model is loaded)."""
-    from minivz.verbalize.llm import ActionVerbalizer, RewriteVerbalizer
+    from minivz.verbalize.llm import ActionVerbalizer, RewriteVerbalizer, SelectVerbalizer
 
-    cls = RewriteVerbalizer if variant == "rewrite" else ActionVerbalizer
-    return cls(max_events=train_history)
+    cls = {"rewrite": RewriteVerbalizer, "action": ActionVerbalizer, "select": SelectVerbalizer}[variant]
+    return cls(max_events=train_history)  # the prompt does not depend on select's render
 
 
 def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
@@ -67,6 +68,7 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
     """
     from minivz.evaluate import build_queries
     from minivz.verbalize.prompt import fit_lines
+    from minivz.verbalize.llm import select_units
     from minivz.verbalize.template import template_text
 
     ex = data.examples("train")
@@ -105,8 +107,10 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
             "candidates": list(q.candidates),
             "candidate_ids": [int(i) for i in q.candidate_ids],
             "label": int(row["label"]),
-            "events_json": json.dumps([{k: e.get(k) for k in ("title", "year", "genres", "series_id", "season",
-                                                              "episode")} for e in hist], default=str),
+            # what code renders the policy's answer from: template lines (select) or event fields (action)
+            "events_json": (json.dumps(select_units(hist, cfg.select_render)) if cfg.variant == "select" else
+                            json.dumps([{k: e.get(k) for k in ("title", "year", "genres", "series_id", "season",
+                                                               "episode")} for e in hist], default=str)),
         })
     return rows
 
@@ -225,6 +229,7 @@ def _callbacks():
                     eid = st.example_id[i] if i < len(st.example_id) else -1
                     f.write(json.dumps({
                         "step": rec["step"], "example_id": eid, "history": self.histories.get(eid, ""),
+                        "completion": st.completion[i] if i < len(st.completion) else "",
                         "verbalization": st.verbalization[i] if i < len(st.verbalization) else "",
                         "rewards": {"accuracy": _nan_to_none(acc[i]), "length": _nan_to_none(ln[i]),
                                     "total": _nan_to_none(total[i])},
@@ -388,7 +393,8 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     if oracle is None:
         oracle = make_reasoner(cfg.oracle, item_stats=item_stats_for(data))
     rstate = RewardState(oracle, accuracy=cfg.accuracy_reward, lo=cfg.length_lo, hi=cfg.length_hi,
-                         softness=cfg.length_softness, variant=cfg.variant, max_retries=cfg.max_oracle_retries)
+                         softness=cfg.length_softness, variant=cfg.variant, max_retries=cfg.max_oracle_retries,
+                         render=cfg.select_render)
     funcs, weights = build_reward_funcs(["accuracy", "length"], rstate, [cfg.w_accuracy, cfg.w_length])
 
     on_gpu = torch.cuda.is_available()

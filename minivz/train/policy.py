@@ -170,8 +170,19 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
     fix_special_tokens(tok, model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=[t for t in LORA_TARGETS if _has_module(model, t)] or "all-linear",
-                      task_type="CAUSAL_LM")
+                      layers_to_transform=top_layers(model, cfg.lora_layers), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tok
+
+
+def top_layers(model: Any, n: int) -> list[int] | None:
+    """Indices of the last ``n`` decoder layers (None = all): LoRA there only, so backward stops at
+    the first adapted layer (measured below in benchmarks/bench_grpo_step.py)."""
+    if not n:
+        return None
+    total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if total <= 0:
+        raise ValueError("lora_layers needs a model config with num_hidden_layers; use --set lora_layers=0")
+    return list(range(max(0, total - n), total))
 
 
 def _has_module(model: Any, suffix: str) -> bool:

@@ -232,7 +232,7 @@ def load_reasoner_model(cfg, source: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from minivz.train.policy import LORA_TARGETS, fix_special_tokens
+    from minivz.train.policy import LORA_TARGETS, fix_special_tokens, top_layers
 
     local = Path(source).is_dir()
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
@@ -242,7 +242,8 @@ def load_reasoner_model(cfg, source: str):
     names = [n for n, _ in model.named_modules()]
     targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n in names)] or "all-linear"
     lora = LoraConfig(r=cfg.reasoner_lora_r, lora_alpha=cfg.reasoner_lora_alpha,
-                      lora_dropout=cfg.reasoner_lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+                      lora_dropout=cfg.reasoner_lora_dropout, target_modules=targets,
+                      layers_to_transform=top_layers(model, cfg.reasoner_lora_layers), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tok
 
 

@@ -31,6 +31,8 @@ class ReasonerTrainConfig:
     reasoner_lora_r: int = 16
     reasoner_lora_alpha: int = 32
     reasoner_lora_dropout: float = 0.0
+    # LoRA on the last N decoder layers only (0 = every layer): backward stops there (faster on CPU)
+    reasoner_lora_layers: int = 0
 
     # -- data ----------------------------------------------------------------------------------
     # The FROZEN verbalizer (a minivz.verbalize spec): "template" = the paper's "reasoner only"
@@ -73,11 +75,12 @@ class ReasonerTrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("reasoner_train_examples", "reasoner_max_steps", "reasoner_grpo_steps",
-                     "reasoner_eval_limit"):
+                     "reasoner_eval_limit", "reasoner_lora_layers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 = "
                                   + {"reasoner_train_examples": "all", "reasoner_max_steps": "use reasoner_epochs",
-                                     "reasoner_grpo_steps": "SFT only", "reasoner_eval_limit": "no self-eval"}[name]
+                                     "reasoner_grpo_steps": "SFT only", "reasoner_eval_limit": "no self-eval",
+                                     "reasoner_lora_layers": "every layer"}[name]
                                   + ")")
         if self.reasoner_max_steps == 0 and not self.reasoner_epochs > 0:
             raise ConfigError(f"reasoner_epochs={self.reasoner_epochs} with reasoner_max_steps=0 trains nothing; "

@@ -47,27 +47,55 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def render_verbalization(text: str, variant: str, events_json: str | None = None, n_events: int = 0) -> str:
-    """What the oracle reads: the rewrite itself, or (action variant) the kept lines rendered by code."""
+def render_verbalization(text: str, variant: str, events_json: str | None = None, n_events: int = 0,
+                         render: str = "template") -> str:
+    """What the oracle reads: the rewrite itself, or the kept lines rendered by code (action: from
+    the event fields in ``events_json``; select: ``events_json`` holds each event's unit as
+    ``minivz.verbalize.llm.select_units`` writes it for ``render``)."""
     if variant == "rewrite":
         return text.strip()
+    events = json.loads(events_json) if events_json else []
+    if variant == "select":
+        from minivz.verbalize.llm import parse_selection, render_selection
+
+        picks, _counts = parse_selection(text, len(events))
+        return render_selection(events, picks, render)
     from minivz.verbalize.llm import parse_decisions, render_actions
 
-    events = json.loads(events_json) if events_json else []
     actions, _counts = parse_decisions(text, n_events or len(events))
     return render_actions(events, actions)
 
 
+def soft_accuracy(scores: np.ndarray, label: int) -> float:
+    """The target's softmax probability over the standardized scores, ``softmax((s - mean) / std)``:
+    scale-free (an oracle's scores may be cosines, log-probs or counts), 1/C when every candidate is
+    tied (the random floor, as the metrics count ties), and it moves with every change of the
+    target's margin, not only when its rank changes. -inf scores (invalid) get probability 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    ok = np.isfinite(s)
+    if not ok[label]:
+        return 0.0
+    sd = s[ok].std()
+    if not sd > 0:
+        return 1.0 / ok.sum()
+    z = np.where(ok, (s - s[ok].mean()) / sd, -np.inf)
+    p = np.exp(z - z[ok].max())
+    return float(p[label] / p.sum())
+
+
 def accuracy_from_prediction(scores: np.ndarray, choice: int, label: int, mode: str) -> float:
-    """binary: Recall@1 of the target; rank: 1/rank (MRR). Both are the expected value under random
-    tie-breaking, exactly as minivz.metrics scores an evaluation: a text that gives the oracle nothing
-    to go on (every candidate tied) earns the random floor (1/C, H_C/C), not full marks -- counting
-    ties in the target's favour let a policy collect 1.0 by naming no title at all."""
+    """binary: Recall@1 of the target; rank: 1/rank (MRR); soft: ``soft_accuracy``. binary and rank
+    are the expected value under random tie-breaking, exactly as minivz.metrics scores an
+    evaluation: a text that gives the oracle nothing to go on (every candidate tied) earns the random
+    floor (1/C, H_C/C), not full marks -- counting ties in the target's favour let a policy collect
+    1.0 by naming no title at all."""
     from minivz.metrics import rank_metrics
 
     s = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(s[label]):
         return 0.0
+    if mode == "soft":
+        return soft_accuracy(s, label)
     per = rank_metrics(s[None, :], np.array([label]))
     return float(per["recall@1" if mode == "binary" else "mrr"][0])
 
@@ -86,6 +114,7 @@ class StepStats:
     last_error: str = ""
     # per completion, in TRL's order (B*G), appended call by call
     example_id: list = field(default_factory=list)
+    completion: list = field(default_factory=list)  # the policy's raw answer (differs for action/select)
     verbalization: list = field(default_factory=list)
     ratio: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)
@@ -102,12 +131,13 @@ class RewardState:
     """
 
     def __init__(self, oracle: Any, accuracy: str = "binary", lo: float = 0.2, hi: float = 0.6,
-                 softness: float = 0.25, variant: str = "rewrite", max_retries: int = 2) -> None:
-        if accuracy not in ("binary", "rank"):
-            raise ValueError(f"accuracy={accuracy!r}: use binary or rank")
-        if variant not in ("rewrite", "action"):
-            raise ValueError(f"variant={variant!r}: use rewrite or action")
-        self.oracle, self.accuracy_mode, self.variant = oracle, accuracy, variant
+                 softness: float = 0.25, variant: str = "rewrite", max_retries: int = 2,
+                 render: str = "template") -> None:
+        if accuracy not in ("binary", "rank", "soft"):
+            raise ValueError(f"accuracy={accuracy!r}: use binary, rank or soft")
+        if variant not in ("rewrite", "action", "select"):
+            raise ValueError(f"variant={variant!r}: use rewrite, action or select")
+        self.oracle, self.accuracy_mode, self.variant, self.render = oracle, accuracy, variant, render
         self.lo, self.hi, self.softness, self.max_retries = lo, hi, softness, max_retries
         self.step = StepStats()
         self.totals = {"completions": 0, "excluded": 0, "oracle_errors": 0, "oracle_invalid": 0}
@@ -123,12 +153,13 @@ class RewardState:
         n = len(completions)
         events = kwargs.get("events_json") or [None] * n
         n_events = kwargs.get("n_events") or [0] * n
-        texts = [render_verbalization(completion_text(c), self.variant, e, k)
-                 for c, e, k in zip(completions, events, n_events)]
+        raw = [completion_text(c) for c in completions]
+        texts = [render_verbalization(t, self.variant, e, k, self.render) for t, e, k in zip(raw, events, n_events)]
         self._texts = (id(completions), texts)
         st = self.step  # a new TRL batch: record what samples.jsonl needs once
         st.n += n
         st.example_id.extend(int(x) for x in kwargs.get("example_id") or [-1] * n)
+        st.completion.extend(raw)
         st.verbalization.extend(texts)
         return texts
 

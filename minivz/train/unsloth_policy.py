@@ -22,6 +22,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 def load_unsloth_policy(source: str, cfg: Any, targets: list[str]) -> tuple[Any, Any]:
     """(PeftModel with LoRA, tokenizer) through ``FastLanguageModel``: the same object type the peft
     backend returns, so GRPOTrainer sees one kind of policy."""
+    from minivz.train.policy import top_layers
+
     model, tok = FastLanguageModel.from_pretrained(
         model_name=source,
         max_seq_length=cfg.max_prompt_length + cfg.max_completion_length,
@@ -34,6 +36,7 @@ def load_unsloth_policy(source: str, cfg: Any, targets: list[str]) -> tuple[Any,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
+        layers_to_transform=top_layers(model, cfg.lora_layers),
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,
     )

@@ -16,16 +16,19 @@ import types
 import typing
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, ZeroShotVerbalizer, action_grammar,
-                                  parse_decisions, render_actions)
+from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, SelectVerbalizer, ZeroShotVerbalizer,
+                                  action_grammar, parse_decisions, parse_selection, render_actions,
+                                  render_selection, select_grammar, select_lines)
 from minivz.verbalize.cache import CachedVerbalizer
 from minivz.verbalize.prompt import available_prompts, load_prompt
+from minivz.verbalize.rules import CleanRule, RecentRule, RuleVerbalizer, SeriesRule, TitlesRule
 from minivz.verbalize.template import TemplateVerbalizer, display_title, template_line, template_text
 
 __all__ = ["Verbalizer", "VERBALIZERS", "make_verbalizer", "parse_spec", "template_line", "template_text",
            "display_title", "TemplateVerbalizer", "ZeroShotVerbalizer", "ActionVerbalizer",
-           "RewriteVerbalizer", "action_grammar", "parse_decisions", "render_actions", "load_prompt",
-           "available_prompts"]
+           "RewriteVerbalizer", "SelectVerbalizer", "RuleVerbalizer", "action_grammar", "parse_decisions",
+           "render_actions", "select_grammar", "select_lines", "parse_selection", "render_selection",
+           "load_prompt", "available_prompts"]
 
 
 @runtime_checkable
@@ -42,6 +45,13 @@ VERBALIZERS: dict[str, Callable[..., Verbalizer]] = {
     "zero-shot": ZeroShotVerbalizer,
     "action": ActionVerbalizer,
     "rewrite": RewriteVerbalizer,
+    "select": SelectVerbalizer,
+    # rules: hand-written baselines (minivz.verbalize.rules), the bar a learned verbalizer must clear
+    "rule": RuleVerbalizer,
+    "recent": RecentRule,
+    "clean": CleanRule,
+    "series": SeriesRule,
+    "titles": TitlesRule,
 }
 
 # Arguments that take objects, not text: allowed as keyword arguments, not in a spec string.

@@ -284,3 +284,174 @@ class ActionVerbalizer(_LLMVerbalizer):
             out.append(rendered)
         self.stats["seconds"] += time.perf_counter() - t0
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# select: the action variant with one compact decision -- which events to keep
+
+
+_NUMBER = re.compile(r"\d+")
+# the answer: ONE list of numbers ("1, 2, 5", "1 2 and 5"); text after it (a re-listed history,
+# "(4/5)" ratings) is not read, so a policy cannot collect picks from numbers that are not its answer
+_NUMBER_LIST = re.compile(r"(?<![\d/.])\d+(?![\d/]|\.\s*\w)(?:\s*(?:,|;|\band\b|&)?\s*(?<![\d/.])\d+(?![\d/]|\.\s*\w))*")
+
+
+def select_lines(events: list[dict]) -> list[str]:
+    """The policy's view of a history, NEWEST first and numbered from 1: ``1. Title (cue, cue)``.
+
+    Cues are the fields that tell noise from a choice *in this history*: the interaction and the
+    duration in minutes, each shown only when it is not the same on every line (MovieLens' constant
+    ``rate`` costs no tokens; a streaming log's ``preview`` / ``autoplay`` / ``1 min`` show). Ratings
+    and years are left out: digits are one token each in SmolLM2 (a "(4/5)" cue costs 5 tokens per
+    line, a third of the prompt), and on MovieLens no rating rule beats the template
+    (``minivz headroom``: keeping 4-5 star ratings only is worse).
+    """
+    def varies(key, fmt):
+        vals = [fmt(e.get(key)) for e in events]
+        return vals if len(set(vals)) > 1 else None
+
+    def minutes(d):
+        return None if d is None or d != d else f"{max(1, round(float(d) / 60))} min"
+
+    cues = [c for c in (varies("interaction", lambda v: str(v) if v else None), varies("duration_s", minutes)) if c]
+    out = []
+    for k, i in enumerate(range(len(events) - 1, -1, -1), 1):
+        extra = ", ".join(c[i] for c in cues if c[i])
+        out.append(f"{k}. {display_title(events[i], with_year=False)}" + (f" ({extra})" if extra else ""))
+    return out
+
+
+def select_grammar(n_events: int) -> str:
+    """GBNF for a comma-separated list of event numbers in 1..n (llama.cpp honours it)."""
+    if n_events < 1:
+        raise ValueError("select_grammar needs at least one event")
+    nums = " | ".join(f'"{i}"' for i in range(n_events, 0, -1))  # longest first: "12" before "1"
+    return f'root ::= num (", " num)*\nnum ::= {nums}\n'
+
+
+def parse_selection(text: str, n_events: int) -> tuple[list[int], dict[str, int]]:
+    """Event numbers (1 = newest) of the first list of numbers in ``text``, in order, each once;
+    never raises.
+
+    Numbers outside 1..n and repeats are dropped and counted; ``no_selection`` counts outputs that
+    name no valid number (they render as an empty text: nothing is silently put back).
+    """
+    picks: list[int] = []
+    counts = {"out_of_range_numbers": 0, "repeated_numbers": 0, "no_selection": 0}
+    first = _NUMBER_LIST.search(text)
+    for m in _NUMBER.finditer(first.group(0) if first else ""):
+        k = int(m.group(0))
+        if not 1 <= k <= n_events:
+            counts["out_of_range_numbers"] += 1
+        elif k in picks:
+            counts["repeated_numbers"] += 1
+        else:
+            picks.append(k)
+    counts["no_selection"] = int(not picks)
+    return picks, counts
+
+
+SELECT_RENDERS = {"template": "\n", "titles": ", "}  # how the kept events are written -> separator
+
+
+def select_units(events: list[dict], render: str = "template") -> list[str]:
+    """Each event as the select variant writes it when kept (oldest first): its template line, or
+    (``render="titles"``) its display title."""
+    if render not in SELECT_RENDERS:
+        raise ValueError(f"render={render!r}; use one of {', '.join(SELECT_RENDERS)}")
+    return [template_line(e) if render == "template" else display_title(e) for e in events]
+
+
+def render_selection(lines: list[str], picks: list[int], render: str = "template") -> str:
+    """The picked events' units (``lines`` oldest first, from ``select_units``), oldest first: the
+    text the reasoner reads is the template with the unpicked lines removed (or the kept titles,
+    comma-separated)."""
+    n = len(lines)
+    keep = sorted(n - k for k in picks if 1 <= k <= n)
+    return SELECT_RENDERS[render].join(lines[i] for i in keep)
+
+
+class SelectVerbalizer(_LLMVerbalizer):
+    """The action variant in its most compact form: the LLM answers with the numbers of the events
+    worth keeping (``1, 2, 5``; 1 = newest), code renders those events as template lines
+    (``render="titles"``: their titles, comma-separated, for oracles with a short context).
+
+    One short answer per history (~3 tokens per kept event) instead of a decision line per event,
+    so GRPO steps and inference are cheap on a CPU; the output can never invent a title. With
+    llama.cpp the answer is constrained by ``select_grammar``; otherwise parsed tolerantly
+    (``parse_selection``, counts in ``stats``). ``max_new_tokens`` defaults to 3 per event + 2.
+    """
+
+    name = "select"
+    default_prompt = "verbalizer_select_v1"
+
+    def __init__(self, model: str | None = None, adapter: str | None = None, backend: str = "auto",
+                 prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 seed: int = 0, n_ctx: int = 2048, n_threads: int | None = None,
+                 max_events: int | None = None, grammar: bool = True, render: str = "template",
+                 generator: Generator | None = None) -> None:
+        super().__init__(model=model, adapter=adapter, backend=backend, prompt=prompt,
+                         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, n_ctx=n_ctx,
+                         n_threads=n_threads, max_events=max_events, generator=generator)
+        select_units([], render)  # fail now on a bad render
+        self.grammar, self.render_as = grammar, render
+        self.stats.update({"grammar_constrained": 0, "out_of_range_numbers": 0, "repeated_numbers": 0,
+                           "no_selection": 0, "kept": 0, "dropped": 0})
+
+    @property
+    def metadata(self) -> dict:
+        return {**super().metadata, "grammar": self.grammar, "render": self.render_as}
+
+    def _max_new(self, n_events: int) -> int:
+        return self.max_new_tokens or 3 * n_events + 2
+
+    def _line(self, i: int, event: dict) -> str:
+        # what _fit counts: an over-estimate of the select line (every cue shown)
+        return f"{i}. {display_title(event, with_year=False)} (preview, 999 min)"
+
+    def _messages(self, events: list[dict]) -> list[dict]:
+        return self.prompt.messages("\n".join(select_lines(events)), len(events))
+
+    def build_prompts(self, histories: list[list[dict]], fit: bool = True) -> list[list[dict]]:
+        count = self.generator.count_tokens if fit else None
+        return [self._messages(self._fit(h, self._max_new(len(h)), count)) for h in histories]
+
+    def render(self, events: list[dict], text: str) -> str:
+        """What the reasoner reads for ``events`` given the model's answer ``text`` (counted in stats)."""
+        picks, counts = parse_selection(text, len(events))
+        for k, v in counts.items():
+            self.stats[k] += v
+        self.stats["kept"] += len(picks)
+        self.stats["dropped"] += len(events) - len(picks)
+        return render_selection(select_units(events, self.render_as), picks, self.render_as)
+
+    def verbalize(self, histories: list[list[dict]]) -> list[str]:
+        t0 = time.perf_counter()
+        gen = self.generator
+        use_grammar = self.grammar and getattr(gen, "supports_grammar", False)
+        out = [""] * len(histories)
+        fitted: dict[int, list[dict]] = {}
+        for i, h in enumerate(histories):
+            self.stats["histories"] += 1
+            events = self._fit(h, self._max_new(min(len(h), self.max_events or len(h))), gen.count_tokens) if h else []
+            if not events:
+                self.stats["empty_histories"] += 1
+                continue
+            fitted[i] = events
+        if use_grammar:  # one grammar per history length: generate one by one
+            texts = {i: gen.generate([self._messages(ev)], max_new_tokens=self._max_new(len(ev)),
+                                     temperature=self.temperature, seed=self.seed,
+                                     grammar=select_grammar(len(ev)))[0] for i, ev in fitted.items()}
+        else:
+            order = list(fitted)
+            budget = max((self._max_new(len(fitted[i])) for i in order), default=1)
+            answers = gen.generate([self._messages(fitted[i]) for i in order], max_new_tokens=budget,
+                                   temperature=self.temperature, seed=self.seed)
+            texts = dict(zip(order, answers))
+        self.stats["llm_calls"] += len(fitted)
+        self.stats["grammar_constrained"] += len(fitted) if use_grammar else 0
+        for i, events in fitted.items():
+            out[i] = self.render(events, texts[i])
+            self.stats["empty_outputs"] += not out[i]
+        self.stats["seconds"] += time.perf_counter() - t0
+        return out
