@@ -25,6 +25,27 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX-BF16: Sapphire Rapids and later).
+    Read from /proc/cpuinfo, so no torch import; False where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def fast_bf16() -> bool:
+    """bfloat16 runs natively here: a CUDA GPU with bf16, or a CPU with AMX-BF16. Measured on such a
+    2-core CPU: SmolLM2-135M log-likelihood scoring 0.54 s vs 1.16 s per example in float32. Imports
+    torch only to ask about CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_amx_bf16()
+
+
 def _gpus() -> str:
     if shutil.which("nvidia-smi") is None:
         return "none (no nvidia-smi)"
@@ -57,6 +78,8 @@ def collect() -> dict[str, str | int | float | None]:
         "cpu_cores": os.cpu_count(),
         "memory_gib": _mem_gib(),
         "gpus": _gpus(),
+        "cpu_amx_bf16": cpu_has_amx_bf16(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     for p in PACKAGES:
         info[p] = _version(p)

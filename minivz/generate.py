@@ -139,7 +139,7 @@ class HFGenerator:
 
     def __init__(self, model_dir: str | os.PathLike | None, adapter: str | os.PathLike | None = None,
                  gguf_file: str | None = None, device: str | None = None, dtype: str = "auto",
-                 batch_size: int = 8, max_ctx: int | None = None) -> None:
+                 batch_size: int = 16, max_ctx: int | None = None) -> None:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer

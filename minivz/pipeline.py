@@ -54,6 +54,9 @@ class PipelineConfig:
     llm_eval_limit: int = 200
     # test examples of the stage-2 rows (an LLM reasoner scores every one: the slow part on a CPU)
     stage2_limit: int = 200
+    # dtype the stage-2 rows score in (the hf reasoner's dtype=): auto = bfloat16 where it runs
+    # natively (a bf16 GPU, a CPU with AMX-BF16: 2x faster there), else float32
+    stage2_dtype: str = "auto"
     # LLM baselines under the oracle (the template is always a row); "" for none
     baseline_verbalizers: list[str] = field(default_factory=lambda: ["zero-shot"])
     # evaluate the policy before training (step 0) as a row: what GRPO started from
@@ -78,6 +81,8 @@ class PipelineConfig:
             raise ConfigError(f"skip_stages has unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
         if self.export_quant not in ("f16", "q8_0", "q4_k_m"):
             raise ConfigError(f"export_quant={self.export_quant!r}: use f16, q8_0 or q4_k_m")
+        if self.stage2_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"stage2_dtype={self.stage2_dtype!r}: use auto, float32, bfloat16 or float16")
         if self.hardware not in ("cpu", "gpu", "multi-gpu"):
             raise ConfigError(f"hardware={self.hardware!r}: use cpu, gpu or multi-gpu")
         if min(self.eval_limit, self.llm_eval_limit, self.stage2_limit, self.headroom_limit) < 0 or self.num_processes < 1:
@@ -281,7 +286,8 @@ class Pipeline:
         h = rc.reasoner_history
         info: dict = {}
         # the paper's reference: the template read by the untrained base reasoner
-        self._eval("base-template", "template", f"hf:model={base_model_source(rc)}", p.stage2_limit, h)
+        dt = f",dtype={p.stage2_dtype}"
+        self._eval("base-template", "template", f"hf:model={base_model_source(rc)}{dt}", p.stage2_limit, h)
         for row, verb in (("reasoner-only", "template"), ("two-stage", self.learned_spec)):
             cfg = dataclasses.replace(rc, reasoner_verbalizer=verb)
             run = self.out / f"reasoner-{'template' if verb == 'template' else 'learned'}"
@@ -291,7 +297,7 @@ class Pipeline:
                 info[row] = train_reasoner(cfg, self.data_dir, run)
             # every stage-2 row on the same stage2_limit test examples (paired), the LLM reasoner scoring
             text = "template" if verb == "template" else self.learned_texts(p.stage2_limit, h)
-            self._eval(row, text, f"hf:model={run / 'final' / 'merged'}", p.stage2_limit, h)
+            self._eval(row, text, f"hf:model={run / 'final' / 'merged'}{dt}", p.stage2_limit, h)
         return info
 
     def stage_export(self) -> dict:

@@ -2,6 +2,7 @@
 
     make_reasoner("hf:model=runs/reasoner/checkpoints/step_000200")
     make_reasoner("hf:model=/path/model_dir,norm=sum,device=cuda,dtype=bfloat16")
+    make_reasoner("hf:model=/path/model_dir,dtype=auto")   # bfloat16 where it runs natively (GPU, AMX CPU)
 
 Same scoring as the llamacpp backend (see minivz.reason.llamacpp): per query the prompt is run once
 with ``use_cache=True``; its KV cache is then expanded to the C candidates
@@ -50,8 +51,13 @@ class HFReasoner:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
             raise ImportError(f"the hf reasoner needs torch and transformers ({e}); install with `{INSTALL}`") from e
+        if dtype == "auto":
+            from minivz.envinfo import fast_bf16
+
+            dtype = "bfloat16" if fast_bf16() else "float32"
         if not hasattr(torch, dtype):
-            raise ValueError(f"dtype={dtype!r} is not a torch dtype; try float32 or bfloat16")
+            raise ValueError(f"dtype={dtype!r} is not a torch dtype; try float32, bfloat16 or auto")
+        self.dtype = dtype
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no per-load progress bars in eval logs

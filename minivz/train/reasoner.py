@@ -252,6 +252,8 @@ def load_reasoner_model(cfg, source: str):
 
 def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
     import torch
+
+    from minivz.envinfo import fast_bf16
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -279,7 +281,7 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         save_strategy="steps",
         save_steps=cfg.reasoner_save_steps,
         save_total_limit=None,  # StepCheckpoints rotates step_* dirs
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=fast_bf16(),  # autocast: a bf16 GPU, or a CPU with AMX-BF16 (fp32 master weights)
         use_cpu=not on_gpu,
         seed=cfg.seed,
         data_seed=cfg.seed,
