@@ -7,7 +7,7 @@ import sys
 import pytest
 
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"], ["eval"], ["compare"], ["recipe"],
-            ["export"], ["serve"], ["train"], ["train", "verbalizer"], ["train", "reasoner"], ["train", "curve"], ["plot"]]
+            ["export"], ["serve"], ["headroom"], ["train"], ["train", "verbalizer"], ["train", "reasoner"], ["train", "curve"], ["plot"]]
 
 
 def run(*args, check=True):

@@ -127,7 +127,7 @@ def read_jsonl(path):
     (["num_generations=1"], "group of >= 2"),
     (["backend=gpu"], "backend"),
     (["variant=summary"], "variant"),
-    (["accuracy_reward=soft"], "accuracy_reward"),
+    (["accuracy_reward=fuzzy"], "accuracy_reward"),
     (["length_lo=0.8", "length_hi=0.2"], "length_lo"),
     (["temperature=0"], "temperature"),
     (["variant=action", "max_completion_length=64"], "max_completion_length=148"),
@@ -426,3 +426,31 @@ def test_heldout_curve_evaluates_base_and_each_checkpoint(tmp_path, ml_data, tin
     (tmp_path / "empty" / "config.yaml").write_text("variant: rewrite\n")
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         heldout_curve(tmp_path / "empty", ml_data)
+
+
+def test_select_variant_trains_on_rendered_lines_with_top_layer_lora(tmp_path, ml_data, tiny_policy):
+    """The select policy: the oracle reads the template lines code renders from the answer; LoRA
+    only on the last layer (lora_layers=1) leaves the first layer without adapters."""
+    from safetensors.torch import load_file
+
+    from minivz.train.curve import heldout_curve
+    from minivz.train.grpo import train_verbalizer
+    from minivz.verbalize import parse_selection, render_selection
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_policy, variant="select", lora_layers=1, accuracy_reward="soft", temperature=0.7)
+    summary = train_verbalizer(cfg, ml_data, run, oracle=OverlapOracle(), progress=False)
+    assert summary["steps"] == 2
+    for s in read_jsonl(run / "samples.jsonl"):
+        lines = s["history"].splitlines()
+        picks, _ = parse_selection(s["completion"], len(lines))
+        assert s["verbalization"] == render_selection(lines, picks)  # what the oracle read
+        assert set(s["verbalization"].splitlines()) <= set(lines)  # never a line that was not there
+        assert 0 <= s["rewards"]["accuracy"] <= 1
+    lora = load_file(run / "final" / "adapter_model.safetensors")
+    assert lora and all(".layers.1." in k for k in lora)  # the top layer only
+    rows = heldout_curve(run, ml_data, split="valid", limit=3, oracle="mention", sampled=True, say=lambda _: None)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["decoding"] == "sampled" for r in rows)
+    cfg_text = (Path(rows[1]["eval_dir"]) / "config.yaml").read_text()
+    assert "select:adapter=" in cfg_text and "temperature=0.7" in cfg_text
+    assert (run / "heldout-sampled.jsonl").is_file()
