@@ -400,8 +400,40 @@ def _register_model_commands() -> None:
 _register_model_commands()
 
 
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
+    """Learn how to verbalize interaction logs for LLM-based recommendation."""
+    if debug:
+        import os
+
+        os.environ["MINIVZ_DEBUG"] = "1"
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one line to print for an error a user can fix (bad input, a server down), else None."""
+    from minivz.config import ConfigError
+    from minivz.ingest import IngestError
+    from minivz.reason.base import ReasonerError
+
+    if isinstance(e, ReasonerError):
+        return f"the reasoner failed: {e}"
+    if isinstance(e, (IngestError, ConfigError, FileNotFoundError, PermissionError, ConnectionError)):
+        return str(e)
+    return None
+
+
 def main() -> None:
-    app()
+    """The console script: errors a user can fix print one line (exit 1) unless --debug or MINIVZ_DEBUG=1."""
+    import os
+
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 -- classified below; anything else is a bug and re-raised
+        msg = _user_error(e)
+        if msg is None or os.environ.get("MINIVZ_DEBUG"):
+            raise
+        typer.echo(f"error: {msg} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ class DataConfig:
     items_map: dict[str, str] = field(default_factory=dict)
     ts_unit: str = "auto"
     naive_tz: str = "UTC"
+    # the file's format when its name does not say (csv | tsv | parquet | jsonl; Parquet is also
+    # recognised by its content) and its text encoding (e.g. latin-1)
+    fmt: str | None = None
+    encoding: str = "utf-8"
+    # plausible event dates: timestamps outside [ts_min, ts_max) are rejected with a reason
+    ts_min: str = "1971-01-01"
+    ts_max: str = "2100-01-01"
     # synthetic-streaming size (ignored by other sources)
     synthetic_users: int = 1000
     synthetic_events: int = 100_000

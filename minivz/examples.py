@@ -116,6 +116,15 @@ def _int_or(arr: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
     return pc.fill_null(arr, fill).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
+def _no_events_message(res, out: Path) -> str:
+    if res.n_read == 0:
+        return f"{res.source}: the log has no rows (a header at most); nothing to prepare"
+    reasons = pc.value_counts(pc.utf8_slice_codeunits(res.rejects["reason"], 0, 60)).to_pylist()
+    top = "; ".join(f"{r['counts']}x {r['values']}" for r in sorted(reasons, key=lambda r: -r["counts"])[:3])
+    return (f"{res.source}: every row was rejected ({res.n_read} read, {res.n_rejected} rejected), e.g. {top}; "
+            f"all reasons per row in {out / 'rejects.parquet'}")
+
+
 def ingest(cfg: DataConfig):
     """Read the configured source into canonical tables (an ``IngestResult``)."""
     from minivz import ingest as ing
@@ -125,10 +134,14 @@ def ingest(cfg: DataConfig):
         return ing.read_log(
             cfg.input,
             cfg.map or None,
+            fmt=cfg.fmt,
             ts_unit=cfg.ts_unit,
             naive_tz=cfg.naive_tz,
             items_path=cfg.items,
             items_map=cfg.items_map or None,
+            encoding=cfg.encoding,
+            ts_min=cfg.ts_min,
+            ts_max=cfg.ts_max,
         )
     opts = {}
     if cfg.source == "synthetic-streaming":
@@ -139,6 +152,8 @@ def ingest(cfg: DataConfig):
 def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) -> PrepareSummary:
     """Run the whole data stage and write ``out`` (see the module docstring for the layout)."""
     from minivz import kernels
+
+    from minivz.ingest import IngestError, write_rejects
 
     say = progress or (lambda _msg: None)
     out = Path(out)
@@ -151,10 +166,8 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     secs["ingest"] = time.perf_counter() - t0
     ev = res.events
     if ev.num_rows == 0:
-        raise ValueError(
-            f"no events left after ingestion ({res.n_read} read, {res.rejects.num_rows} rejected); "
-            f"see {out / 'rejects.parquet'} for the reasons"
-        )
+        write_rejects(res.rejects, out / "rejects.parquet")  # the reasons are the answer: keep them
+        raise IngestError(_no_events_message(res, out))
 
     t0 = time.perf_counter()
     say("encode")
@@ -174,6 +187,12 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     session = kernels.sessionize(user_codes, ts, int(cfg.session_gap_s) * 1_000_000)
     items_in = res.items
     n_items = len(item_ids)
+    if cfg.n_candidates > n_items:
+        raise IngestError(
+            f"n_candidates={cfg.n_candidates} but the log has only {n_items} distinct items, so a target "
+            f"cannot get {cfg.n_candidates - 1} negatives; lower it (--set n_candidates={n_items}) or use a "
+            "log with more items"
+        )
     counts = np.bincount(item_codes, minlength=n_items)
     catalog = _catalog(items_in, item_ids, counts)
     # series code per event, from the catalog's series_id
@@ -250,8 +269,6 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         pq.write_table(tbl, out / f"{name}.parquet")
         ex_counts[name] = int(len(sel))
         disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
-    from minivz.ingest import write_rejects
-
     write_rejects(res.rejects, out / "rejects.parquet")
     secs["write"] = time.perf_counter() - t0
 

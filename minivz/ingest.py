@@ -22,11 +22,14 @@ What flows out (pyarrow, one row per kept input row; NOT sorted — the kernels 
 Timestamps (``ts_unit``):
 
 - ``"s" | "ms" | "us"``: epoch numbers (or numeric strings) in that unit. ``"iso"``: ISO-8601 strings.
-- ``"auto"``: numbers are epochs whose unit is decided by the median absolute value ``m`` of the column:
-  ``m < 1e11`` → seconds (1e11 s is the year 5138), ``m < 1e14`` → milliseconds, ``m < 1e17`` →
-  microseconds, else nanoseconds. So millisecond or microsecond logs from before 1973-03-03 would be
-  misread as the next-coarser unit: pass ``ts_unit`` explicitly for those. Strings are tried as numbers
-  first (the same rule, decided over the numeric strings), then as ISO-8601.
+- ``"auto"``: numbers are epochs whose unit is decided **per value** by its magnitude: ``< 1e11`` →
+  seconds (1e11 s is the year 5138), ``< 1e14`` → milliseconds, ``< 1e17`` → microseconds, else
+  nanoseconds. So one column may mix seconds and milliseconds (for dates after 1973-03-03 the bands do
+  not overlap). A millisecond value before 1973-03-03 reads as seconds far in the future and is
+  rejected by the window below, with the value in the reason: pass ``ts_unit`` for such logs. Strings
+  are tried as numbers first (the same rule), then as ISO-8601.
+- Every timestamp must fall in ``[ts_min, ts_max)`` (default 1971-01-01 to 2100-01-01, UTC); others are
+  rejected with a reason naming the date and the fix (``--set ts_min=1900-01-01``), never kept silently.
 - ISO-8601 with an offset (``+02:00``, ``+0200``, ``+02``, ``Z``) is converted to UTC; naive strings are
   wall time in ``naive_tz`` (a zoneinfo name; ambiguous or nonexistent DST wall times take the earliest
   instant). The common shape ``YYYY-MM-DD[(T| )HH:MM[:SS[.f]]][zone]`` is parsed vectorized; only rows
@@ -40,7 +43,7 @@ import io
 import json
 import zoneinfo
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,7 @@ __all__ = [
     "items_from_table",
     "check_catalog",
     "write_rejects",
+    "ts_window_us",
 ]
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -189,6 +193,12 @@ def _infer_format(path: Path, fmt: str | None) -> str:
         if f not in ("csv", "tsv", "parquet", "jsonl"):
             raise IngestError(f"fmt={fmt!r} is not supported; use one of csv, tsv, parquet, jsonl.")
         return f
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PAR1":  # Parquet's magic bytes: Parquet whatever the file is called
+                return "parquet"
+    except OSError:
+        pass
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".zst", ".lz4"):
         suffixes = suffixes[:-1]
@@ -196,17 +206,19 @@ def _infer_format(path: Path, fmt: str | None) -> str:
         return _FORMATS[suffixes[-1]]
     raise IngestError(
         f"cannot tell the format of {str(path)!r} from its suffix; name the file .csv, .tsv, .parquet, "
-        ".jsonl (optionally .gz) or pass fmt='csv'|'tsv'|'parquet'|'jsonl' (CLI: --format)."
+        ".jsonl (optionally .gz) or pass fmt='csv'|'tsv'|'parquet'|'jsonl' (CLI: --set fmt=csv)."
     )
 
 
-def read_table(path, fmt: str | None = None, string_columns=()) -> tuple[pa.Table, np.ndarray, list]:
+def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
     """Read one file as an Arrow table of its source columns.
 
     Returns ``(table, row_numbers, bad_rows)``: ``row_numbers[i]`` is the 1-based data row of table row
     ``i``; ``bad_rows`` are records the parser itself could not read, as ``(row, reason, raw_json)``.
     ``string_columns`` (source names) are read as strings so IDs keep leading zeros and timestamps are
     not guessed by the parser (it would mix naive and offset ISO strings into one naive column).
+    ``encoding`` is the text encoding of CSV/TSV/JSONL (e.g. ``latin-1``); text that is not valid in it
+    is an error naming the line and the fix. Duplicate column names are an error naming them.
     """
     path = Path(path)
     if not path.exists():
@@ -215,14 +227,47 @@ def read_table(path, fmt: str | None = None, string_columns=()) -> tuple[pa.Tabl
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        return table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
-    if kind in ("csv", "tsv"):
-        return _read_csv(path, "\t" if kind == "tsv" else ",", string_columns)
-    return _read_json(path, string_columns)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
+        out = table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
+    elif kind in ("csv", "tsv"):
+        out = _read_csv(path, "\t" if kind == "tsv" else ",", string_columns, encoding)
+    else:
+        out = _read_json(path, string_columns, encoding)
+    names = out[0].column_names
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise IngestError(
+            f"{str(path)!r} has duplicate column names {', '.join(repr(c) for c in dup)}; rename them in the "
+            "header so each column has one name, then map the one you mean (--map ts=<col>)."
+        )
+    return out
 
 
-def _read_csv(path: Path, delimiter: str, string_columns) -> tuple[pa.Table, np.ndarray, list]:
+def _not_encoded(path: Path, data: bytes, encoding: str) -> IngestError:
+    """The error for text that is not valid in ``encoding``: the line and byte, and how to fix it."""
+    try:
+        data.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        where = f" at line {line} (byte {e.start}: {data[e.start:e.start + 1]!r})"
+    except LookupError:
+        return IngestError(f"encoding={encoding!r} is not a known text encoding; try utf-8 or latin-1")
+    return IngestError(
+        f"{str(path)!r} is not valid {encoding}{where}. If the file is Latin-1 / Windows-1252, pass "
+        "--set encoding=latin-1 (or cp1252), or convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    with pa.input_stream(str(path), compression="detect") as f:
+        return f.read()
+
+
+def _read_csv(path: Path, delimiter: str, string_columns, encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
     import pyarrow.csv as pcsv
 
     def read(use_threads: bool):
@@ -237,7 +282,7 @@ def _read_csv(path: Path, delimiter: str, string_columns) -> tuple[pa.Table, np.
         # the reported line numbers then give every table row its line number.
         table = pcsv.read_csv(
             pa.input_stream(str(path), compression="detect"),
-            read_options=pcsv.ReadOptions(use_threads=use_threads),
+            read_options=pcsv.ReadOptions(use_threads=use_threads, encoding=encoding),
             parse_options=pcsv.ParseOptions(
                 delimiter=delimiter, invalid_row_handler=handler, ignore_empty_lines=False
             ),
@@ -251,7 +296,9 @@ def _read_csv(path: Path, delimiter: str, string_columns) -> tuple[pa.Table, np.
         table, invalid = read(True)
         if invalid:  # line numbers are only known single-threaded; pay that only when needed
             table, invalid = read(False)
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowInvalid, UnicodeDecodeError, LookupError) as e:
+        if "UTF8" in str(e) or isinstance(e, (UnicodeDecodeError, LookupError)):
+            raise _not_encoded(path, _read_bytes(path), encoding) from e
         raise IngestError(
             f"cannot parse {str(path)!r} as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}. "
             "Check the delimiter (pass fmt='tsv' for tab-separated files) and the quoting."
@@ -283,11 +330,16 @@ def _read_csv(path: Path, delimiter: str, string_columns) -> tuple[pa.Table, np.
     return table, rows, bad
 
 
-def _read_json(path: Path, string_columns) -> tuple[pa.Table, np.ndarray, list]:
+def _read_json(path: Path, string_columns, encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
     import pyarrow.json as pj
 
-    with pa.input_stream(str(path), compression="detect") as f:
-        data = f.read()
+    data = _read_bytes(path)
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as e:
+        raise _not_encoded(path, data, encoding) from e
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        data = text.encode("utf-8")
     if data.lstrip()[:1] == b"[":  # a JSON array file, not JSON lines
         return _json_records_to_table(path, data, array=True)
     try:
@@ -518,10 +570,44 @@ def _iso_python(value: str, naive_tz: str) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _epoch_unit(values: np.ndarray) -> str:
-    finite = np.abs(values[np.isfinite(values)])
-    m = float(np.median(finite)) if finite.size else 0.0
-    return "s" if m < 1e11 else "ms" if m < 1e14 else "us" if m < 1e17 else "ns"
+DEFAULT_TS_WINDOW = ("1971-01-01", "2100-01-01")
+_EPOCH_UNITS = ("s", "ms", "us", "ns")
+
+
+def ts_window_us(ts_min: str = DEFAULT_TS_WINDOW[0], ts_max: str = DEFAULT_TS_WINDOW[1]) -> tuple[int, int]:
+    """The plausible-date window as UTC microseconds; a clear error for a bad bound."""
+    out = []
+    for name, value in (("ts_min", ts_min), ("ts_max", ts_max)):
+        v = _iso_python(str(value), "UTC")
+        if v is None:
+            raise IngestError(f"{name}={value!r} is not a date; give an ISO date such as --set {name}=1971-01-01")
+        out.append(v)
+    if out[0] >= out[1]:
+        raise IngestError(f"ts_min={ts_min!r} must be before ts_max={ts_max!r}")
+    return out[0], out[1]
+
+
+def _epoch_units(values: np.ndarray) -> np.ndarray:
+    """Per value, the epoch unit (index into s, ms, us, ns) its magnitude says: < 1e11 seconds (1e11 s is
+    the year 5138), < 1e14 ms, < 1e17 µs, else ns."""
+    a = np.abs(values.astype(np.float64))
+    return np.select([a < 1e11, a < 1e14, a < 1e17], [0, 1, 2], 3)
+
+
+def _epochs_to_us(vals: np.ndarray, ts_unit: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """Epoch numbers → (utc_us, ok, unit name per value): one unit, or per value for ``auto``."""
+    names = list(_EPOCH_UNITS)
+    if ts_unit == "auto":
+        per = _epoch_units(vals)
+    else:
+        per = np.full(len(vals), names.index(ts_unit))
+    us = np.zeros(len(vals), np.int64)
+    ok = np.zeros(len(vals), bool)
+    for k, name in enumerate(names):
+        sel = np.flatnonzero(per == k)
+        if sel.size:
+            us[sel], ok[sel] = _epoch_to_us(vals[sel], name)
+    return us, ok, [names[k] for k in per]
 
 
 def _epoch_to_us(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -544,8 +630,29 @@ def _epoch_to_us(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]
     return us, ok
 
 
-def _parse_ts(col: pa.ChunkedArray, ts_unit: str, naive_tz: str, src: str):
-    """Any timestamp column → (utc_us int64, reason per row or None). Vectorized; per-row only on failures."""
+def _parse_ts(col: pa.ChunkedArray, ts_unit: str, naive_tz: str, src: str, window: tuple[int, int] | None = None):
+    """Any timestamp column → (utc_us int64, reason per row or None). Vectorized; per-row only on failures.
+    Parsed values outside ``window`` (UTC µs, default 1971–2100) are rejected with the date in the reason."""
+    window = window or ts_window_us()
+    out, reasons = _parse_ts_values(col, ts_unit, naive_tz, src)
+    fine = np.equal(reasons, None)
+    outside = fine & ((out < window[0]) | (out >= window[1]))
+    if outside.any():
+        lo, hi = (_fmt_us(w)[:10] for w in window)
+        for i in np.flatnonzero(outside):
+            reasons[i] = (f"ts: {_fmt_us(int(out[i]))} is outside the plausible window [{lo}, {hi}); if it is "
+                          f"real, widen it (--set ts_min=... / --set ts_max=...), else fix the value or ts_unit")
+    return out, reasons
+
+
+def _fmt_us(us: int) -> str:
+    try:
+        return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(us))).isoformat()
+    except OverflowError:
+        return f"{us} µs since 1970"
+
+
+def _parse_ts_values(col, ts_unit: str, naive_tz: str, src: str):
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     n = len(arr)
     out = np.zeros(n, np.int64)
@@ -561,7 +668,7 @@ def _parse_ts(col: pa.ChunkedArray, ts_unit: str, naive_tz: str, src: str):
         if ts_unit not in ("auto", "iso"):
             raise IngestError(
                 f"ts column {src!r} already holds timestamps ({t}); ts_unit={ts_unit!r} applies to epoch "
-                "numbers only. Use ts_unit='auto' (CLI: --ts-unit auto)."
+                "numbers only. Use ts_unit='auto' (CLI: --set ts_unit=auto)."
             )
         if pa.types.is_date(t):
             arr = arr.cast(pa.timestamp("us"))
@@ -577,19 +684,18 @@ def _parse_ts(col: pa.ChunkedArray, ts_unit: str, naive_tz: str, src: str):
         if ts_unit == "iso":
             raise IngestError(
                 f"ts column {src!r} is numeric ({t}) but ts_unit='iso'. Use ts_unit='auto' or the epoch "
-                "unit s|ms|us (CLI: --ts-unit)."
+                "unit s|ms|us (CLI: --set ts_unit=ms)."
             )
         vals = arr.cast(pa.int64() if pa.types.is_integer(t) else pa.float64()).to_numpy(
             zero_copy_only=False
         )
         if vals.dtype == object:
             vals = np.asarray([0 if v is None else v for v in vals], np.int64)
-        unit = _epoch_unit(vals[valid].astype(np.float64)) if ts_unit == "auto" else ts_unit
-        us, ok = _epoch_to_us(vals, unit)
+        us, ok, units = _epochs_to_us(vals, ts_unit)
         ok &= valid
         out = np.where(ok, us, 0)
         for i in np.flatnonzero(valid & ~ok):
-            reasons[i] = f'ts: epoch value "{vals[i]}" ({unit}) is out of range (NaN or past year 9999)'
+            reasons[i] = f'ts: epoch value "{vals[i]}" ({units[i]}) is out of range (NaN or past year 9999)'
         return out, reasons
 
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
@@ -605,12 +711,12 @@ def _parse_ts(col: pa.ChunkedArray, ts_unit: str, naive_tz: str, src: str):
         if numeric.any():
             idx = np.flatnonzero(numeric)
             vals = np.asarray(pc.cast(arr.take(pa.array(idx)), pa.float64()))
-            unit = _epoch_unit(vals) if ts_unit == "auto" else ts_unit
-            us, ok = _epoch_to_us(vals, unit)
+            us, ok, units = _epochs_to_us(vals, ts_unit)
             out[idx[ok]] = us[ok]
             done[idx[ok]] = True
-            for i, v in zip(idx[~ok], vals[~ok]):
-                reasons[i] = f'ts: epoch value "{v}" ({unit}) is out of range (past year 9999)'
+            for j in np.flatnonzero(~ok):
+                i = idx[j]
+                reasons[i] = f'ts: epoch value "{vals[j]}" ({units[j]}) is out of range (past year 9999)'
                 done[i] = True  # reason already given
                 todo[i] = False
     if ts_unit in ("auto", "iso"):
@@ -682,6 +788,7 @@ def events_from_table(
     ts_unit: str = "auto",
     naive_tz: str = "UTC",
     default_interaction: str = "interact",
+    window: tuple[int, int] | None = None,
 ) -> tuple[pa.Table, _Rejects]:
     """Source table → (canonical events + ``_pos`` column, rejects). Used by ``read_log`` and ``minivz.sources``."""
     if ts_unit not in TS_UNITS:
@@ -694,7 +801,7 @@ def events_from_table(
     )
     reasons = np.full(n, None, dtype=object)
 
-    ts_us, r = _parse_ts(table[m["ts"]], ts_unit, naive_tz, m["ts"])
+    ts_us, r = _parse_ts(table[m["ts"]], ts_unit, naive_tz, m["ts"], window)
     _first_reason(reasons, r)
     user = _as_string_ids(table[m["user_id"]])
     _first_reason(reasons, _id_reason(user, "user_id"))
@@ -840,7 +947,7 @@ def _check_tz(naive_tz: str) -> None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
         raise IngestError(
             f"naive_tz={naive_tz!r} is not a known time zone; use a zoneinfo name such as 'UTC' or "
-            "'Europe/Berlin' (CLI: --naive-tz)."
+            "'Europe/Berlin' (CLI: --set naive_tz=Europe/Berlin)."
         ) from e
 
 
@@ -861,6 +968,9 @@ def read_log(
     items_path=None,
     items_map: dict[str, str] | None = None,
     default_interaction: str = "interact",
+    encoding: str = "utf-8",
+    ts_min: str = DEFAULT_TS_WINDOW[0],
+    ts_max: str = DEFAULT_TS_WINDOW[1],
 ) -> IngestResult:
     """Read an interaction log (and optionally an item catalog) into canonical tables.
 
@@ -873,17 +983,19 @@ def read_log(
     _check_tz(naive_tz)
     cmap = dict(column_map or {})
     as_text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    raw, rows, parse_bad = read_table(path, fmt, string_columns=as_text)
+    window = ts_window_us(ts_min, ts_max)
+    raw, rows, parse_bad = read_table(path, fmt, string_columns=as_text, encoding=encoding)
     events, rej = events_from_table(
         raw, cmap, row_numbers=rows, ts_unit=ts_unit, naive_tz=naive_tz,
-        default_interaction=default_interaction,
+        default_interaction=default_interaction, window=window,
     )
     _combine(rej, parse_bad)
     items = None
     item_rej = None
     if items_path is not None:
         imap = dict(items_map or {})
-        iraw, irows, ibad = read_table(items_path, None, string_columns=[imap.get("item_id", "item_id")])
+        iraw, irows, ibad = read_table(items_path, None, string_columns=[imap.get("item_id", "item_id")],
+                                       encoding=encoding)
         items, item_rej = items_from_table(iraw, imap, row_numbers=irows)
         _combine(item_rej, ibad)
         events = check_catalog(events, items, rej, raw, rows)

@@ -95,7 +95,7 @@ def test_defaults_same_named_columns_and_default_interaction(tmp_path):
 
 
 def test_ids_keep_leading_zeros_and_extra_map_keys_become_metadata(tmp_path):
-    rows = [{"u": "007", "i": "0042", "t": 1, "stars": 4}]
+    rows = [{"u": "007", "i": "0042", "t": 1704067200, "stars": 4}]
     res = read_log(write_csv(tmp_path / "x.csv", rows), {"user_id": "u", "item_id": "i", "ts": "t", "rating": "stars"})
     assert res.events["user_id"].to_pylist() == ["007"]
     assert res.events["item_id"].to_pylist() == ["0042"]
@@ -294,9 +294,9 @@ def test_catalog_fields_genres_and_duplicates(tmp_path):
         {"item_id": "m3", "title": "Odd", "genres": "", "year": "soon", "series_id": "", "season": None, "episode": None},
     ]
     events = [
-        {"user_id": "u", "item_id": "s1e1", "ts": 1},
-        {"user_id": "u", "item_id": "m1", "ts": 2},
-        {"user_id": "u", "item_id": "m2", "ts": 3},
+        {"user_id": "u", "item_id": "s1e1", "ts": 1704067201},
+        {"user_id": "u", "item_id": "m1", "ts": 1704067202},
+        {"user_id": "u", "item_id": "m2", "ts": 1704067203},
     ]
     res = read_log(write_csv(tmp_path / "e.csv", events), items_path=write_csv(tmp_path / "i.csv", items))
     assert res.items.schema.names[:8] == ITEMS_SCHEMA.names
@@ -319,7 +319,7 @@ def test_catalog_fields_genres_and_duplicates(tmp_path):
 
 def test_catalog_missing_title_names_items_map_flag(tmp_path):
     items = write_jsonl(tmp_path / "i.jsonl", [{"item_id": "a", "name": "A", "tags": ["x", "y"]}])
-    events = write_csv(tmp_path / "e.csv", [{"user_id": "u", "item_id": "a", "ts": 1}])
+    events = write_csv(tmp_path / "e.csv", [{"user_id": "u", "item_id": "a", "ts": 1704067200}])
     with pytest.raises(IngestError, match="--items-map item_id=<col>,title=<col>"):
         read_log(events, items_path=items)
     res = read_log(events, items_path=items, items_map={"title": "name", "genres": "tags"})

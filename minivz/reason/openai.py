@@ -35,6 +35,7 @@ from minivz.reason.base import Prediction, Query, ReasonerError
 from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, load_prompt
 
 CONSTRAINTS = ("grammar", "choice", "none")
+MAX_RETRY_AFTER_S = 30.0  # a server asking for longer waits at most this per attempt
 _ANSWER = re.compile(r"^\W*([A-Za-z]|\d+)(?![A-Za-z0-9])")
 
 
@@ -138,8 +139,8 @@ class OpenAIReasoner:
                 if r.status_code == 429 or r.status_code >= 500:
                     last = f"HTTP {r.status_code}: {r.text[:300]}"
                     retry_after = r.headers.get("retry-after", "")
-                    if retry_after.replace(".", "", 1).isdigit():
-                        delay = float(retry_after)
+                    if retry_after.replace(".", "", 1).isdigit():  # honoured, but capped
+                        delay = min(float(retry_after), MAX_RETRY_AFTER_S)
                 elif r.status_code >= 400:
                     raise ReasonerError(f"openai: {method} {url} -> HTTP {r.status_code}: {r.text[:500]}")
                 else:

@@ -1,0 +1,157 @@
+"""Bad input gets a clear answer and nothing is lost (issue 12, the data path and the CLI).
+
+Each test plants one fault a user meets with their own log and checks the answer: a one-line error
+naming the file/row/field and the fix, or rows rejected with a reason and counted.
+Run: pytest tests/test_faults.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minivz.config import DataConfig
+from minivz.examples import prepare
+from minivz.ingest import IngestError, read_log
+
+T0 = 1_773_498_631  # 2026-03-14 in epoch seconds
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "minivz.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def own_log(tmp_path, text: str, name="log.csv", mode="w"):
+    path = tmp_path / name
+    if mode == "wb":
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_header_only_log_is_one_clear_error(tmp_path):
+    log = own_log(tmp_path, "user_id,item_id,ts\n")
+    with pytest.raises(IngestError, match="has no rows"):
+        prepare(DataConfig(source=None, input=str(log)), tmp_path / "out")
+
+
+def test_every_row_rejected_keeps_the_reasons(tmp_path):
+    log = own_log(tmp_path, "user_id,item_id,ts\nu,a,not-a-date\n,b,2025-06-01\nu,c,1773498631\n"
+                            "u,d,20260314\n")
+    with pytest.raises(IngestError, match=r"every row was rejected \(4 read, 4 rejected\)") as e:
+        prepare(DataConfig(source=None, input=str(log), ts_max="2026-01-01"), tmp_path / "out")
+    assert "rejects.parquet" in str(e.value)
+    rej = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [r["row"] for r in rej] == [1, 2, 3, 4]
+    assert "cannot parse" in rej[0]["reason"] and "user_id: missing" in rej[1]["reason"]
+    assert "outside the plausible window" in rej[2]["reason"] and "1970-08-23" in rej[3]["reason"]
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.jsonl"])
+def test_latin1_log_names_the_line_and_the_fix(tmp_path, name):
+    if name.endswith(".csv"):
+        text = f"user_id,item_id,ts\nu,cafe,{T0}\nu,caf\xe9,{T0 + 1}\n"
+    else:
+        text = f'{{"user_id": "u", "item_id": "cafe", "ts": {T0}}}\n{{"user_id": "u", "item_id": "caf\xe9", "ts": {T0 + 1}}}\n'
+    log = own_log(tmp_path, text.encode("latin-1"), name, mode="wb")
+    with pytest.raises(IngestError, match=r"not valid utf-8 at line \d+ .*--set encoding=latin-1"):
+        read_log(log)
+    assert read_log(log, encoding="latin-1").events["item_id"].to_pylist() == ["cafe", "café"]
+
+
+def test_duplicate_column_names_are_named(tmp_path):
+    log = own_log(tmp_path, f"user_id,item_id,time,time\nu,a,{T0},{T0}\n")
+    with pytest.raises(IngestError, match="duplicate column names 'time'"):
+        read_log(log, {"ts": "time"})
+
+
+def test_more_candidates_than_items_says_the_limit(tmp_path):
+    rows = "".join(f"u{u},i{(u + k) % 7},{T0 + 60 * k}\n" for u in range(4) for k in range(6))
+    log = own_log(tmp_path, "user_id,item_id,ts\n" + rows)
+    with pytest.raises(IngestError, match=r"n_candidates=10 but the log has only 7 distinct items.*--set n_candidates=7"):
+        prepare(DataConfig(source=None, input=str(log)), tmp_path / "out")
+
+
+def test_epoch_unit_is_decided_per_value_and_implausible_dates_are_rejected(tmp_path):
+    """s and ms in one column (a foreign schema's mix) both land in 2026; year 3000 and 1970 are rejected."""
+    log = own_log(tmp_path, f"user_id,item_id,ts\nu,a,{T0}\nu,b,{(T0 + 60) * 1000}\nu,c,{(T0 + 120) * 10**6}\n"
+                            "u,d,20260314\nu,e,32503680000\nu,f,3000-01-01T00:00:00Z\n")
+    res = read_log(log)
+    days = {t.date().isoformat() for t in res.events["ts"].to_pylist()}
+    assert days == {"2026-03-14"} and res.events.num_rows == 3
+    reasons = res.rejects["reason"].to_pylist()
+    assert len(reasons) == 3 and all("outside the plausible window [1971-01-01, 2100-01-01)" in r for r in reasons)
+    assert "1970-08-23" in reasons[0] and reasons[1].startswith("ts: 3000-01-01")
+    wide = read_log(log, ts_min="1900-01-01", ts_max="3001-01-01")
+    assert wide.events.num_rows == 6
+
+
+def test_parquet_is_recognised_by_content(tmp_path):
+    path = tmp_path / "u.data.parquet.brotli"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["a"], "ts": [T0]}), path, compression="brotli")
+    assert read_log(path).events.num_rows == 1
+
+
+# one planted row: (kind, value) -> how it is written in the ts column, and whether it must be kept
+_TS_KINDS = {
+    "s": lambda r: (str(T0 + r), True),
+    "ms": lambda r: (str((T0 + r) * 1000), True),
+    "us": lambda r: (str((T0 + r) * 10**6), True),
+    "iso": lambda r: (datetime.fromtimestamp(T0 + r, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00"), True),
+    "garbage": lambda r: ("soon", False),
+    "empty": lambda r: ("", False),
+    "1970": lambda r: (str(20260314 + r), False),
+    "year3000": lambda r: (str(32503680000 + r), False),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(sorted(_TS_KINDS)), st.integers(0, 10**6),
+                               st.booleans()), min_size=1, max_size=40),
+       fmt=st.sampled_from(["csv", "jsonl", "parquet"]))
+def test_ingest_never_loses_a_row_and_keeps_only_plausible_dates(tmp_path, rows, fmt):
+    """Mixed formats, mixed timestamp shapes and planted bad rows: rows read = kept + rejected, every kept
+    timestamp lies in the window, and exactly the planted good rows are kept."""
+    recs, expect = [], 0
+    for i, (kind, r, blank_user) in enumerate(rows):
+        ts, good = _TS_KINDS[kind](r)
+        recs.append({"user_id": "" if blank_user else f"u{i % 3}", "item_id": f"i{i}", "ts": ts})
+        expect += good and not blank_user
+    path = tmp_path / f"log-{fmt}.{fmt}"
+    if fmt == "csv":
+        path.write_text("user_id,item_id,ts\n" + "".join(f"{r['user_id']},{r['item_id']},{r['ts']}\n" for r in recs))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    else:
+        pq.write_table(pa.table({k: [r[k] for r in recs] for k in recs[0]}), path)
+    res = read_log(path)
+    assert res.n_read == len(recs) == res.events.num_rows + res.n_rejected
+    assert res.events.num_rows == expect
+    us = np.asarray([t.timestamp() for t in res.events["ts"].to_pylist()])
+    assert ((us >= 31_536_000) & (us < 4_102_444_800)).all()
+    assert all(r for r in res.rejects["reason"].to_pylist())
+
+
+def test_cli_dead_oracle_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    rows = "".join(f"u{u},i{(u + k) % 12},{T0 + 60 * k}\n" for u in range(6) for k in range(8))
+    log = own_log(tmp_path, "user_id,item_id,ts\n" + rows)
+    data = tmp_path / "data"
+    cli("data", "prepare", "--input", str(log), "--out", str(data), "--set", "n_candidates=3")
+    spec = "openai:url=http://127.0.0.1:9/v1,model=x,max_retries=0"
+    p = cli("eval", "--data", str(data), "--reasoner", spec, "--limit", "2", "--out", str(tmp_path / "run"))
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.startswith("error: the reasoner failed")
+    assert "Is the server running at http://127.0.0.1:9/v1" in p.stderr
+    p = cli("--debug", "eval", "--data", str(data), "--reasoner", spec, "--limit", "2", "--out", str(tmp_path / "run2"))
+    assert p.returncode != 0 and "Traceback" in p.stderr
