@@ -386,7 +386,7 @@ def env(json_out: bool = typer.Option(False, "--json", help="Print JSON instead 
 def _register_model_commands() -> None:
     """Commands whose modules are light to import (they import torch/llama.cpp inside the command)."""
     from minivz.export import export_command
-    from minivz.serve import serve_command
+    from minivz.serve_cli import serve_command
     from minivz.train.cli import plot_command, train_app
     from minivz.train.reasoner import train_reasoner_command
 

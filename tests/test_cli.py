@@ -26,7 +26,7 @@ def test_help(cmd):
 def test_import_and_help_load_no_torch():
     code = ("import sys, minivz, minivz.cli, minivz.config, minivz.examples, minivz.dataset; "
             "from typer.testing import CliRunner; CliRunner().invoke(minivz.cli.app, ['--help']); "
-            "bad = [m for m in ('torch', 'transformers', 'llama_cpp', 'trl') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'transformers', 'llama_cpp', 'trl', 'pydantic', 'fastapi') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -155,3 +155,30 @@ def test_cli_dead_oracle_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert "Is the server running at http://127.0.0.1:9/v1" in p.stderr
     p = cli("--debug", "eval", "--data", str(data), "--reasoner", spec, "--limit", "2", "--out", str(tmp_path / "run2"))
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_resume_refuses_changed_training_settings(tmp_path):
+    """D8: a resumed run keeps config.yaml as its record and refuses settings that would change training."""
+    import dataclasses
+
+    from minivz.config import ConfigError
+    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.train.grpo import record_run_config
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    cfg = VerbalizerTrainConfig(oracle="knn")
+    (run / "checkpoints").mkdir(parents=True)
+    record_run_config(run, cfg, data, resume=True)
+    record = (run / "config.yaml").read_text()
+    (run / "checkpoints" / "step_000002").mkdir()
+    (run / "checkpoints" / "step_000002" / "trainer_state.json").write_text("{}")
+    changed = dataclasses.replace(cfg, learning_rate=cfg.learning_rate * 10, temperature=0.5)
+    with pytest.raises(ConfigError, match=r"learning_rate: 0\.0001 -> 0\.001; temperature: 1\.0 -> 0\.5.*--no-resume"):
+        record_run_config(run, changed, data, resume=True)
+    with pytest.raises(ConfigError, match="data_dir: "):
+        record_run_config(run, cfg, tmp_path / "other", resume=True)
+    assert (run / "config.yaml").read_text() == record  # the record is kept
+    longer = dataclasses.replace(cfg, max_steps=cfg.max_steps * 2)
+    record_run_config(run, longer, data, resume=True)  # running longer is a resume, not a change
+    record_run_config(run, changed, data, resume=False)  # starting over records the new settings
+    assert "temperature: 0.5" in (run / "config.yaml").read_text()

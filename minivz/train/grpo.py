@@ -144,6 +144,37 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
     return ckpts[-1] if ckpts else None
 
 
+# Settings a resumed run may change: how long it runs and what it keeps, not what it learns.
+RESUME_SAFE = frozenset({"max_steps", "save_steps", "save_total_limit", "logging_steps", "max_oracle_retries",
+                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit"})
+
+
+def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> None:
+    """Write RUN/config.yaml (the run's record: its settings, the data dir in the first line), or, when
+    resuming from a checkpoint, refuse settings that would change the training, naming the keys."""
+    import yaml
+
+    from minivz.config import ConfigError
+
+    path = run / "config.yaml"
+    head = f"# data_dir: {Path(data_dir).resolve()}\n"
+    text = head + dump_yaml(cfg)
+    if resume and path.is_file() and latest_checkpoint(run / "checkpoints"):
+        old_text = path.read_text()
+        old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(text)
+        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*old, *new])
+                   if k not in RESUME_SAFE and old.get(k) != new.get(k)]
+        old_head = old_text.splitlines()[0] if old_text.startswith("# data_dir: ") else None
+        if old_head is not None and old_head != head.strip():
+            changed.append(f"data_dir: {old_head[len('# data_dir: '):]} -> {Path(data_dir).resolve()}")
+        if changed:
+            raise ConfigError(
+                f"{run} was trained with other settings ({'; '.join(changed)}); resuming would mix them. "
+                f"Resume with the recorded settings ({path}), train into a new --out, or start over "
+                "with --no-resume. Only " + ", ".join(sorted(RESUME_SAFE)) + " may change on resume.")
+    path.write_text(text)
+
+
 def _truncate_jsonl(path: Path, max_step: int) -> None:
     """Keep lines with step <= max_step (a resumed run redoes the steps after its checkpoint)."""
     if not path.exists():
@@ -362,7 +393,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
 
     run = Path(out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    record_run_config(run, cfg, data_dir, resume)
     env = collect()
     env.update({"train_backend": backend, "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
     (run / "env.json").write_text(json.dumps(env, indent=2))

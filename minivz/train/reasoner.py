@@ -49,7 +49,7 @@ import numpy as np
 import typer
 
 from minivz.config import dump_yaml
-from minivz.train.grpo import latest_checkpoint, rotate_checkpoints
+from minivz.train.grpo import latest_checkpoint, record_run_config, rotate_checkpoints
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -413,7 +413,7 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     check_versions("peft")
     run = Path(out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    record_run_config(run, cfg, data_dir, resume)
     env = collect()
     env.update({"train_backend": "peft", "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
     (run / "env.json").write_text(json.dumps(env, indent=2))
