@@ -123,6 +123,8 @@ def _print_summary(console, s) -> None:
     t.add_row("rows read", f"{s.n_read:,}")
     t.add_row("kept events", f"{s.n_events:,}")
     t.add_row("rejected (rejects.parquet)", f"{s.n_rejected:,}")
+    if s.n_catalog_rejected:
+        t.add_row("catalog rows rejected (rejects.parquet)", f"{s.n_catalog_rejected:,}")
     t.add_row("users", f"{s.n_users:,}")
     t.add_row("items", f"{s.n_items:,}")
     t.add_row("sessions", f"{s.n_sessions:,}")

@@ -50,7 +50,7 @@ Progress = Callable[[str], None]
 class PrepareSummary:
     out: Path
     n_read: int
-    n_rejected: int
+    n_rejected: int  # event rows (rows read = kept events + n_rejected)
     n_events: int
     n_users: int
     n_items: int
@@ -60,6 +60,7 @@ class PrepareSummary:
     discovery_share: dict[str, float]
     skipped: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    n_catalog_rejected: int = 0  # catalog rows (also in rejects.parquet, source 'items')
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -275,7 +276,8 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     summary = PrepareSummary(
         out=out,
         n_read=res.n_read,
-        n_rejected=int(res.rejects.num_rows),
+        n_rejected=res.n_rejected,
+        n_catalog_rejected=int(res.rejects.num_rows) - res.n_rejected,
         n_events=ev.num_rows,
         n_users=len(user_ids),
         n_items=n_items,

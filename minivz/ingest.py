@@ -848,6 +848,10 @@ def items_from_table(
     """Source catalog → (canonical items, rejects). Duplicate item_ids keep their first row."""
     n = table.num_rows
     rows = np.arange(1, n + 1, dtype=np.int64) if row_numbers is None else row_numbers
+    items_map = dict(items_map or {})
+    onehot = None
+    if "|" in (items_map.get("genres") or ""):  # one 0/1 column per genre: genres=Action|Comedy|...
+        table, onehot = _onehot_genres(table, items_map.pop("genres"))
     optional = ("genres", "year", "series_id", "season", "episode", "description")
     m = _resolve_map(table, items_map, ITEM_REQUIRED, optional, "--items-map", "item catalog")
     reasons = np.full(n, None, dtype=object)
@@ -856,7 +860,9 @@ def items_from_table(
     title = pc.utf8_trim_whitespace(pc.cast(table[m["title"]], pa.string()))
     _first_reason(reasons, _id_reason(title, "title"))
 
-    if "genres" in m:
+    if onehot is not None:
+        genres = onehot
+    elif "genres" in m:
         genres = _genres(table[m["genres"]])
     else:
         genres = pa.array([[]] * n, pa.list_(pa.string()))
@@ -904,6 +910,30 @@ def items_from_table(
     rej = _Rejects("items")
     rej.add_from_table(table, rows, bad, list(reasons[bad]))
     return items.filter(pa.array(keep)), rej
+
+
+def _onehot_genres(table: pa.Table, spec: str) -> tuple[pa.Table, pa.Array]:
+    """``genres=Action|Comedy|...``: one column per genre, truthy (non-zero, true, "1") where the item has
+    it; the column's name is the genre. Returns the table without those columns and the genre lists."""
+    cols = [c.strip() for c in spec.split("|") if c.strip()]
+    missing = [c for c in cols if c not in table.column_names]
+    if missing:
+        raise IngestError(
+            f"--items-map genres={spec!r}: {', '.join(repr(c) for c in missing)} not a column of the catalog. "
+            f"One-hot genres are mapped as genres=<col>|<col>|... (each column 0/1, named by its genre); "
+            f"columns: {', '.join(repr(c) for c in table.column_names)}")
+    has = np.zeros((table.num_rows, len(cols)), bool)
+    for j, c in enumerate(cols):
+        col = table[c]
+        if pa.types.is_boolean(col.type):
+            has[:, j] = np.asarray(pc.fill_null(col, False))
+        else:
+            vals, _ = _parse_float(col, c)
+            has[:, j] = np.nan_to_num(vals) != 0
+    names = np.asarray(cols, dtype=object)
+    offsets = np.concatenate([[0], np.cumsum(has.sum(1))]).astype(np.int32)
+    flat = pa.array(np.broadcast_to(names, has.shape)[has].tolist(), pa.string())
+    return table.drop_columns(cols), pa.ListArray.from_arrays(pa.array(offsets), flat)
 
 
 def _genres(col: pa.ChunkedArray) -> pa.Array:

@@ -182,3 +182,16 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     record_run_config(run, longer, data, resume=True)  # running longer is a resume, not a change
     record_run_config(run, changed, data, resume=False)  # starting over records the new settings
     assert "temperature: 0.5" in (run / "config.yaml").read_text()
+
+
+def test_onehot_genre_columns_map_to_genres(tmp_path):
+    """Another distribution of MovieLens: genres as one 0/1 column per genre."""
+    items = tmp_path / "items.csv"
+    items.write_text("movie,name,Action,Comedy,Drama\nm1,Heat,1,0,1\nm2,Big,0,1,0\nm3,Odd,0,0,0\n")
+    log = own_log(tmp_path, f"user_id,item_id,ts\nu,m1,{T0}\nu,m2,{T0 + 1}\nu,m3,{T0 + 2}\n")
+    res = read_log(log, items_path=items, items_map={"item_id": "movie", "title": "name",
+                                                     "genres": "Action|Comedy|Drama"})
+    assert res.items["genres"].to_pylist() == [["Action", "Drama"], ["Comedy"], []]
+    assert "Action" not in res.items.column_names
+    with pytest.raises(IngestError, match=r"'Horror' not a column .*genres=<col>\|<col>"):
+        read_log(log, items_path=items, items_map={"item_id": "movie", "title": "name", "genres": "Action|Horror"})
