@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Optional, Union
 
 import typer
+from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_HISTORY = 200
@@ -111,6 +112,8 @@ class RecommendResponse(BaseModel):
     verbalization: str
     ranking: list[RankedItem]  # the top k, best first
     timings: Timings
+    # the reasoner's context window could not hold the whole verbalization: its oldest part was cut
+    truncated: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +134,12 @@ class ServeConfig:
     # reusing the previous request's cached prefix makes a request's scores depend on the request
     # before it. Candidates still share their own prompt's KV prefix either way.
     reuse_kv: bool = False
+    # Bounds on the work one request can cause, so one heavy request cannot starve the others:
+    # tokens the reasoner decodes (prompt + every candidate's tokens; 413 above it, before any model
+    # work) and a deadline from arrival to answer (503 + Retry-After past it, the model work stopped
+    # at its next decode call; also stopped when the client disconnects).
+    max_request_tokens: int = 8192
+    request_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.reasoner.endswith(".gguf") or not os.path.isfile(self.reasoner):
@@ -139,6 +148,23 @@ class ServeConfig:
             raise ValueError(f"--verbalizer {self.verbalizer!r}: no such GGUF file")
         if self.max_new_tokens < 1 or self.n_ctx < 256 or self.max_queue < 1:
             raise ValueError("need max_new_tokens >= 1, n_ctx >= 256, max_queue >= 1")
+        if self.max_request_tokens < 64 or self.request_timeout_s <= 0:
+            raise ValueError("need --max-request-tokens >= 64 and --request-timeout > 0")
+
+
+class TooLarge(ValueError):
+    """The request would make the reasoner decode more than ``max_request_tokens`` tokens."""
+
+
+@dataclass
+class Ticket:
+    """One request's bounds, shared by its handler (sets ``cancelled``) and the model worker (checks)."""
+
+    deadline: float  # time.monotonic()
+    cancelled: threading.Event
+
+    def stop(self) -> bool:
+        return self.cancelled.is_set() or time.monotonic() > self.deadline
 
 
 def _gpu_offload_supported() -> bool:
@@ -194,20 +220,38 @@ class Engine:
         """One tiny request so the first user request does not pay for lazy initialisation."""
         self.recommend([{"ts": 0.0, "title": "warm up", "interaction": "play"}], ["a", "b"])
 
-    def recommend(self, history: list[dict], candidates: list[str]) -> tuple[str, list[float], float, float]:
+    def recommend(self, history: list[dict], candidates: list[str], ticket: Ticket | None = None
+                  ) -> tuple[str, list[float], float, float, bool]:
+        """(verbalization, scores, verbalize ms, rank ms, context truncated). Raises TooLarge before any
+        model work for a request over the token budget, Cancelled when ``ticket`` says stop."""
         import numpy as np
 
         from minivz.reason import Query
+        from minivz.reason.llamacpp import Cancelled
 
+        if ticket is not None and ticket.stop():
+            raise Cancelled("the request's deadline passed while it waited in the queue")
         t0 = time.perf_counter()
         if not self.cfg.reuse_kv:
             self.reasoner.reset()
         text = self.verbalizer.verbalize([history])[0]
         t1 = time.perf_counter()
         q = Query(context=text, candidates=candidates, candidate_ids=np.arange(len(candidates)))
-        scores = self.reasoner.predict([q])[0].scores
+        cut0 = self.reasoner.n_truncated
+        prefix, cands = self.reasoner.prepare(q)
+        need = len(prefix) + sum(max(len(c) - 1, 0) for c in cands)
+        if need > self.cfg.max_request_tokens:
+            raise TooLarge(f"this request needs {need} tokens of reasoner work (prompt {len(prefix)} + candidates), "
+                           f"over the server's --max-request-tokens {self.cfg.max_request_tokens}: send fewer or "
+                           "shorter candidates, or split it")
+        self.reasoner.should_stop = ticket.stop if ticket is not None else None
+        try:
+            scores = self.reasoner.predict([q])[0].scores
+        finally:
+            self.reasoner.should_stop = None
+        truncated = self.reasoner.n_truncated > cut0
         t2 = time.perf_counter()
-        return text, [float(s) for s in scores], (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return text, [float(s) for s in scores], (t1 - t0) * 1e3, (t2 - t1) * 1e3, truncated
 
     def close(self) -> None:
         if self.reasoner is not None:
@@ -272,7 +316,7 @@ class BodySizeLimit:
 
 def create_app(cfg: ServeConfig, engine: Engine | None = None):
     """The FastAPI app; models load in its lifespan (on the worker thread) before it serves."""
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
@@ -300,7 +344,10 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()][:20]
         bad_json = any(e["type"] == "json_invalid" for e in errors)
-        return JSONResponse({"detail": errors}, status_code=400 if bad_json else 422)
+        body = {"detail": errors}
+        if "json" not in request.headers.get("content-type", ""):
+            body["hint"] = "send the body as JSON with the header content-type: application/json"
+        return JSONResponse(body, status_code=400 if bad_json else 422)
 
     @app.get("/health")
     async def health() -> dict:
@@ -309,20 +356,37 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
                 "n_gpu_layers": cfg.n_gpu_layers, "uptime_s": round(time.time() - state["started"], 1),
                 "requests_served": state["served"], "queued": state["pending"], "errors": state["errors"]}
 
+    retry = {"Retry-After": str(max(1, round(cfg.request_timeout_s / 4)))}
+
     @app.post("/v1/recommend", response_model=RecommendResponse)
-    async def recommend(req: RecommendRequest) -> RecommendResponse:
+    async def recommend(req: RecommendRequest, request: Request) -> RecommendResponse:
+        from minivz.reason.llamacpp import Cancelled
+
         if not state["loaded"]:
-            raise HTTPException(503, "models are still loading")
+            raise HTTPException(503, "models are still loading", headers=retry)
         with lock:
             if state["pending"] >= cfg.max_queue:
-                raise HTTPException(503, f"server busy: {state['pending']} requests queued; retry later")
+                raise HTTPException(503, f"server busy: {state['pending']} requests queued; retry later",
+                                    headers=retry)
             state["pending"] += 1
         t0 = time.perf_counter()
+        ticket = Ticket(deadline=time.monotonic() + cfg.request_timeout_s, cancelled=threading.Event())
         history = sorted((_event_dict(e) for e in req.history), key=lambda d: d["ts"])  # stable: oldest first
         cands = [str(c) for c in req.candidates]
         try:
-            text, scores, v_ms, r_ms = await asyncio.get_running_loop().run_in_executor(
-                worker, engine.recommend, history, cands)
+            fut = asyncio.get_running_loop().run_in_executor(worker, engine.recommend, history, cands, ticket)
+            while not fut.done():  # watch the client while the model works: gone = stop the work
+                await asyncio.wait({fut}, timeout=0.2)
+                if not fut.done() and await request.is_disconnected():
+                    ticket.cancelled.set()
+            text, scores, v_ms, r_ms, truncated = fut.result()
+        except TooLarge as e:
+            state["errors"] += 1
+            raise HTTPException(413, str(e)) from None
+        except Cancelled as e:
+            state["errors"] += 1
+            raise HTTPException(503, f"request stopped after {time.perf_counter() - t0:.1f} s ({e}); the "
+                                f"server's deadline is {cfg.request_timeout_s:g} s per request", headers=retry) from None
         except ValueError as e:  # e.g. candidates too long for the context even with no history
             state["errors"] += 1
             raise HTTPException(422, str(e)) from None
@@ -335,7 +399,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: req.k]
         ranking = [RankedItem(candidate=req.candidates[i], score=scores[i], rank=r + 1) for r, i in enumerate(order)]
         state["served"] += 1
-        return RecommendResponse(verbalization=text, ranking=ranking, timings=Timings(
+        return RecommendResponse(verbalization=text, ranking=ranking, truncated=truncated, timings=Timings(
             verbalize_ms=round(v_ms, 2), rank_ms=round(r_ms, 2), total_ms=round((time.perf_counter() - t0) * 1e3, 2)))
 
     return BodySizeLimit(app)

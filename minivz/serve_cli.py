@@ -20,6 +20,10 @@ def serve_command(
     max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Rewrite verbalizer output budget."),
     reuse_kv: bool = typer.Option(False, "--reuse-kv", help="Reuse the previous request's KV prefix "
                                   "(faster; scores then depend slightly on the previous request)."),
+    max_request_tokens: int = typer.Option(8192, "--max-request-tokens", help="Most reasoner tokens one request "
+                                           "may cause (prompt + all candidates); more gets 413."),
+    request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds from arrival to answer; "
+                                          "past it the work stops and the client gets 503 + Retry-After."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve recommendations over HTTP: verbalize a history, rank candidates (FastAPI + llama.cpp).
@@ -36,7 +40,8 @@ def serve_command(
         raise typer.Exit(1)
     try:
         cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
-                          n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv)
+                          n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv,
+                          max_request_tokens=max_request_tokens, request_timeout_s=request_timeout)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

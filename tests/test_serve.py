@@ -84,7 +84,8 @@ def url(server) -> str:
 
 
 def _post(url: str, body, **kw):
-    return httpx.post(f"{url}/v1/recommend", json=body, timeout=120, **kw)
+    kw.setdefault("timeout", 120)
+    return httpx.post(f"{url}/v1/recommend", json=body, **kw)
 
 
 def test_recommend_ranks_every_candidate(url):
@@ -172,6 +173,53 @@ def test_oversize_body_is_413(url):
 
     r = httpx.post(f"{url}/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+HEAVY = {"history": HISTORY, "candidates": [f"{i:03d} " + "a long made-up title " * 14 for i in range(100)], "k": 1}
+
+
+def test_heavy_request_is_413_before_any_model_work(url):
+    """D6: 100 candidates of ~300 characters (~7,000 reasoner tokens) is over the default budget."""
+    t0 = time.monotonic()
+    r = _post(url, HEAVY)
+    assert r.status_code == 413 and "--max-request-tokens 8192" in r.json()["detail"]
+    assert time.monotonic() - t0 < 10
+
+
+def test_missing_content_type_gets_a_hint(url):
+    r = httpx.post(f"{url}/v1/recommend", content=json.dumps({"history": [], "candidates": ["a"]}).encode())
+    assert r.status_code == 422 and "content-type: application/json" in r.json()["hint"]
+
+
+def test_truncated_context_is_flagged(url):
+    short = _post(url, {"history": HISTORY, "candidates": CANDIDATES}).json()
+    assert short["truncated"] is False
+    long = [{"ts": 881250949 + i, "item": f"Movie number {i} " + "with a long title " * 10} for i in range(150)]
+    r = _post(url, {"history": long, "candidates": CANDIDATES}).json()
+    assert r["truncated"] is True and len(r["ranking"]) == 4
+
+
+@pytest.mark.slow
+def test_deadline_and_client_disconnect_stop_a_heavy_request():
+    """D6: a heavy request (allowed by a raised budget) stops at its deadline with 503 + Retry-After, and
+    stops at once when its client goes away, so the next light request is answered in seconds."""
+    proc, url = _start_server("--verbalizer", "template", "--max-request-tokens", "100000",
+                              "--request-timeout", "10")
+    try:
+        t0 = time.monotonic()
+        r = _post(url, HEAVY, timeout=60)
+        took = time.monotonic() - t0
+        assert r.status_code == 503 and "deadline is 10 s" in r.json()["detail"], r.text
+        assert int(r.headers["retry-after"]) >= 1 and 9 < took < 16, took
+        with pytest.raises(httpx.ReadTimeout):
+            _post(url, HEAVY, timeout=1.0)  # the client gives up after 1 s
+        t0 = time.monotonic()
+        r = _post(url, {"history": HISTORY, "candidates": CANDIDATES}, timeout=60)
+        assert r.status_code == 200 and time.monotonic() - t0 < 6, time.monotonic() - t0
+        h = httpx.get(f"{url}/health").json()
+        assert h["queued"] == 0 and proc.poll() is None
+    finally:
+        _stop(proc)
 
 
 def test_health_and_openapi(url, server):

