@@ -195,3 +195,73 @@ def test_onehot_genre_columns_map_to_genres(tmp_path):
     assert "Action" not in res.items.column_names
     with pytest.raises(IngestError, match=r"'Horror' not a column .*genres=<col>\|<col>"):
         read_log(log, items_path=items, items_map={"item_id": "movie", "title": "name", "genres": "Action|Horror"})
+
+
+# -- the oracle: one retry layer, successes kept, a dead oracle stops training with a checkpoint ----
+
+
+class _Oracle:
+    """predict() answers by the first character of each context; 'x' fails (an HTTP backend that has
+    already retried: PartialPredictions / ReasonerError), 'i' is an invalid answer."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, queries):
+        from minivz.reason.base import PartialPredictions, Prediction
+
+        self.calls.append([q.context for q in queries])
+        preds = [None if q.context.startswith("x") else
+                 Prediction(scores=np.array([1.0, 0.0]), choice=0 if q.context[0] != "i" else -1,
+                            valid=q.context[0] != "i") for q in queries]
+        if any(p is None for p in preds):
+            raise PartialPredictions("1 of n failed", preds)
+        return preds
+
+
+def test_reward_keeps_a_failing_batchs_answers_and_does_not_retry_what_the_backend_retried():
+    from minivz.train.rewards import OracleDown, RewardState, accuracy_reward
+
+    oracle = _Oracle()
+    state = RewardState(oracle, accuracy="binary", lo=0.0, hi=1.0, max_retries=2)
+    kw = {"candidates": [["a", "b"]] * 3, "candidate_ids": [[0, 1]] * 3, "label": [0, 0, 0]}
+    rewards = accuracy_reward(["ok", "x-dead", "invalid"], state=state, **kw)
+    assert rewards == [1.0, None, None]
+    # one batch call, then only the invalid answer is asked again (twice): never the failed one
+    assert oracle.calls == [["ok", "x-dead", "invalid"], ["invalid"], ["invalid"]]
+    assert state.step.excluded == 2 and state.step.oracle_errors == 1
+    with pytest.raises(OracleDown, match="failed on all 2 completions"):
+        accuracy_reward(["x1", "x2"], state=state, **{k: v[:2] for k, v in kw.items()})
+
+
+def test_openai_caps_retry_after_and_keeps_its_deadline():
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from minivz.reason import make_reasoner
+    from minivz.reason.base import Query, ReasonerError
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.send_header("Retry-After", "3600")  # an hour: capped, and the deadline still holds
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        r = make_reasoner(f"openai:url={url},model=m,max_retries=5,deadline=2,concurrency=1")
+        t0 = time.monotonic()
+        with pytest.raises(ReasonerError, match=r"failed after 1 attempts .*deadline=2 s.*HTTP 503"):
+            r.predict([Query("ctx", ["a", "b"], np.arange(2))])
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()

@@ -306,6 +306,30 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, ml_data, tiny_policy)
     assert summary["resumed_from"] is None and [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1]
 
 
+def test_oracle_down_mid_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_path, ml_data, tiny_policy):
+    """Training against an oracle that dies at step 3 stops with a clear message and a checkpoint at
+    step 2 (save_steps=100 would have kept none); the rerun with the oracle back trains steps 3-4."""
+    from minivz.reason.base import ReasonerError
+    from minivz.train.grpo import latest_checkpoint, train_verbalizer
+    from minivz.train.rewards import OracleDown
+
+    class Dies(OverlapOracle):
+        def predict(self, queries):
+            if self.calls >= 2:
+                raise ReasonerError("openai: POST http://127.0.0.1:9/v1/chat/completions failed: refused")
+            return super().predict(queries)
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_policy, max_steps=4, save_steps=100)
+    with pytest.raises(OracleDown, match=r"stopped at step 3; saved a checkpoint at step 2 .*rerun the same command"):
+        train_verbalizer(cfg, ml_data, run, oracle=Dies(), progress=False)
+    assert latest_checkpoint(run / "checkpoints")[0] == 2
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    oracle = OverlapOracle()
+    summary = train_verbalizer(cfg, ml_data, run, oracle=oracle, progress=False)
+    assert summary["resumed_from"].endswith("step_000002") and summary["steps"] == 4 and oracle.calls == 2
+
+
 # -- CLI and plot (fast) -------------------------------------------------------------------------------
 
 

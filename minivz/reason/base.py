@@ -69,6 +69,15 @@ class ReasonerError(RuntimeError):
     """A backend failed in a way that retrying this call will not fix (server down, bad request)."""
 
 
+class PartialPredictions(ReasonerError):
+    """Some queries of a batch failed (after the backend's own retries); ``predictions`` holds the
+    others' answers (None where failed), so a caller keeps the successes."""
+
+    def __init__(self, message: str, predictions: list) -> None:
+        super().__init__(message)
+        self.predictions = predictions
+
+
 @dataclass
 class ItemStats:
     """Training-set item statistics for the classical baselines (popularity, item-kNN).

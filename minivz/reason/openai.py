@@ -17,8 +17,11 @@ Scores: with ``logprobs=true`` the first answer token's top_logprobs give score[
 An answer that is not a label gives valid=False, choice=-1 (scores then hold whatever logprobs came).
 
 Transport: httpx, ``timeout`` seconds per request, retries with exponential backoff
-(``backoff * 2**attempt``, or the server's Retry-After) on connection errors, timeouts, HTTP 5xx and
-429, up to ``max_retries``; other HTTP errors fail at once. A batch runs on ``concurrency`` threads.
+(``backoff * 2**attempt``, or the server's Retry-After capped at 30 s) on connection errors,
+timeouts, HTTP 5xx and 429, up to ``max_retries`` and within ``deadline`` seconds per request; other
+HTTP errors fail at once. This is the only retry layer for HTTP oracles (GRPO's reward does not retry
+a ReasonerError again). A batch runs on ``concurrency`` threads; when some of its queries fail, the
+others' answers are kept (``PartialPredictions``).
 ``Authorization: Bearer $OPENAI_API_KEY`` is sent when that variable is set.
 """
 
@@ -31,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from minivz.reason.base import Prediction, Query, ReasonerError
+from minivz.reason.base import PartialPredictions, Prediction, Query, ReasonerError
 from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, load_prompt
 
 CONSTRAINTS = ("grammar", "choice", "none")
@@ -88,6 +91,7 @@ class OpenAIReasoner:
         model: str = "",
         timeout: float = 60.0,
         max_retries: int = 3,
+        deadline: float = 180.0,
         backoff: float = 0.5,
         concurrency: int = 4,
         constrain: str = "grammar",
@@ -111,6 +115,7 @@ class OpenAIReasoner:
         self.url = url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
+        self.deadline = float(deadline)  # seconds for one request, all attempts and waits together
         self.backoff = backoff
         self.concurrency = concurrency
         self.constrain = constrain
@@ -129,6 +134,7 @@ class OpenAIReasoner:
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
         httpx, url = self._httpx, f"{self.url}{path}"
         last = ""
+        t_end = time.monotonic() + self.deadline
         for attempt in range(self.max_retries + 1):
             delay = self.backoff * 2**attempt
             try:
@@ -146,10 +152,14 @@ class OpenAIReasoner:
                 else:
                     return r.json()
             if attempt < self.max_retries:
+                if time.monotonic() + delay >= t_end:
+                    last += f" (stopped: the {self.deadline:g} s deadline would pass)"
+                    break
                 time.sleep(delay)
         raise ReasonerError(
-            f"openai: {method} {url} failed after {self.max_retries + 1} attempts "
-            f"(max_retries={self.max_retries}); last error: {last}. Is the server running at {self.url}?"
+            f"openai: {method} {url} failed after {attempt + 1} attempts "
+            f"(max_retries={self.max_retries}, deadline={self.deadline:g} s); last error: {last}. "
+            f"Is the server running at {self.url}?"
         )
 
     def resolve_model(self) -> str:
@@ -203,10 +213,25 @@ class OpenAIReasoner:
         if not queries:
             return []
         self.resolve_model()
-        if self.concurrency == 1 or len(queries) == 1:
-            return [self.predict_one(q) for q in queries]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries))) as pool:
-            return list(pool.map(self.predict_one, queries))
+        if len(queries) == 1:
+            return [self.predict_one(queries[0])]
+
+        def one(q):
+            try:
+                return self.predict_one(q), None
+            except ReasonerError as e:  # already retried at the transport: keep the others' answers
+                return None, e
+
+        if self.concurrency == 1:
+            got = [one(q) for q in queries]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries))) as pool:
+                got = list(pool.map(one, queries))
+        errors = [e for _, e in got if e is not None]
+        if errors:
+            raise PartialPredictions(f"{len(errors)} of {len(queries)} queries failed; first: {errors[0]}",
+                                     [p for p, _ in got])
+        return [p for p, _ in got]
 
     def close(self) -> None:
         self._client.close()

@@ -389,7 +389,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     from minivz.envinfo import collect
     from minivz.evaluate import item_stats_for
     from minivz.reason import make_reasoner
-    from minivz.train.rewards import RewardState, build_reward_funcs
+    from minivz.train.rewards import OracleDown, RewardState, build_reward_funcs
 
     run = Path(out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -470,7 +470,20 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl + LiveProgress replace its dict dumps
 
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except OracleDown as e:
+        # keep the work done so far: a full checkpoint at the last finished step (the failed step had
+        # not updated the weights yet: rewards come before the loss), then stop with what to do
+        done = int(trainer.state.global_step)
+        if done > step:
+            trainer._save_checkpoint(trainer.model, trial=None)
+            rotate_checkpoints(run / "checkpoints", done, max(cfg.save_total_limit, 1))
+        raise OracleDown(
+            f"{e} Training stopped at step {done + 1}; "
+            + (f"saved a checkpoint at step {done} ({run / 'checkpoints' / f'step_{done:06d}'}). " if done > step
+               else "no new step to save. ")
+            + "Bring the oracle back and rerun the same command: it resumes from the checkpoint.") from None
     seconds = time.perf_counter() - t0
     paths = save_final(trainer.model, tokenizer, run / "final", backend)
     return {

@@ -121,24 +121,31 @@ class StepStats:
     length: list = field(default_factory=list)
 
 
+class OracleDown(RuntimeError):
+    """The oracle failed on every completion of a step: training stops (after saving a checkpoint)."""
+
+
 class RewardState:
     """The frozen oracle, the reward settings, and per-step counters shared by the reward functions.
 
     ``oracle`` follows the ``minivz.reason.Reasoner`` protocol (``predict(list[Query]) ->
     list[Prediction]``). ``predict`` is called once per reward call with the whole batch (backends
     batch or parallelize internally); on an exception the batch is retried, then each query alone,
-    so one bad sample does not exclude its neighbours.
+    so one bad sample does not exclude its neighbours. A ``ReasonerError`` (an HTTP backend that has
+    already retried within its own deadline) is not retried again; answers a failing batch did get
+    (``PartialPredictions``) are kept. Retrying stops once ``deadline`` seconds have passed in one call.
     """
 
     def __init__(self, oracle: Any, accuracy: str = "binary", lo: float = 0.2, hi: float = 0.6,
                  softness: float = 0.25, variant: str = "rewrite", max_retries: int = 2,
-                 render: str = "template") -> None:
+                 render: str = "template", deadline: float = 600.0) -> None:
         if accuracy not in ("binary", "rank", "soft"):
             raise ValueError(f"accuracy={accuracy!r}: use binary, rank or soft")
         if variant not in ("rewrite", "action", "select"):
             raise ValueError(f"variant={variant!r}: use rewrite, action or select")
         self.oracle, self.accuracy_mode, self.variant, self.render = oracle, accuracy, variant, render
         self.lo, self.hi, self.softness, self.max_retries = lo, hi, softness, max_retries
+        self.deadline = deadline
         self.step = StepStats()
         self.totals = {"completions": 0, "excluded": 0, "oracle_errors": 0, "oracle_invalid": 0}
         self._failed: tuple[int, list[bool]] | None = None  # (id(completions), mask) of the last accuracy call
@@ -170,17 +177,20 @@ class RewardState:
 
     def _predict_with_retries(self, queries: list) -> list[Any | None]:
         """Predictions, ``None`` where the oracle still fails after ``max_retries`` retries."""
+        from minivz.reason.base import PartialPredictions, ReasonerError
+
         st = self.step
         out: list[Any | None] = [None] * len(queries)
         todo = list(range(len(queries)))
+        t_end = time.monotonic() + self.deadline
         for attempt in range(self.max_retries + 1):
-            if not todo:
+            if not todo or (attempt and time.monotonic() >= t_end):
                 break
             if attempt:
                 st.oracle_retries += len(todo)
             # first the whole batch; after a failure, query by query so only bad ones stay bad
             groups = [todo] if attempt == 0 else [[i] for i in todo]
-            still = []
+            still, final = [], []
             for g in groups:
                 t0 = time.perf_counter()
                 try:
@@ -190,12 +200,18 @@ class RewardState:
                 except Exception as e:  # noqa: BLE001 - any backend failure is retried, then excluded
                     st.oracle_errors += 1
                     st.last_error = f"{type(e).__name__}: {e}"[:500]
-                    still.extend(g)
-                    continue
+                    if isinstance(e, PartialPredictions):  # keep what the batch did get
+                        preds = e.predictions
+                    else:
+                        # a ReasonerError was retried by its backend already: one retry layer
+                        (final if isinstance(e, ReasonerError) else still).extend(g)
+                        continue
                 finally:
                     st.oracle_seconds += time.perf_counter() - t0
                 for i, p in zip(g, preds):
-                    if getattr(p, "valid", True):
+                    if p is None:
+                        final.append(i)
+                    elif getattr(p, "valid", True):
                         out[i] = p
                     else:
                         st.oracle_invalid += 1
@@ -239,7 +255,7 @@ def accuracy_reward(completions: list, *, state: RewardState, **kwargs) -> list[
             rewards.append(accuracy_from_prediction(p.scores, p.choice, int(label), state.accuracy_mode))
             failed.append(False)
     if failed and all(failed):
-        raise RuntimeError(
+        raise OracleDown(
             f"the oracle failed on all {len(failed)} completions of this step (after "
             f"{state.max_retries} retries); last error: {st.last_error or 'invalid answers'}. "
             "Check the oracle (is its server running?) before training on nothing.")
