@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning Op
 import numpy as np
 import pytest
 
-from minivz.config import ConfigError, resolve
+from minivz.config import ConfigError, resolve, to_dict
 from minivz.train.config import VerbalizerTrainConfig
 
 torch = pytest.importorskip("torch", reason="pip install torch==2.13.0")
@@ -203,7 +203,7 @@ def test_memory_estimate_without_torch_import():
     import subprocess
     import sys
 
-    code = ("import sys; from minivz.config import resolve; from minivz.train.config import VerbalizerTrainConfig;"
+    code = ("import sys; from minivz.config import resolve, to_dict; from minivz.train.config import VerbalizerTrainConfig;"
             "from minivz.train.memory import estimate_memory;"
             "e = estimate_memory(resolve(VerbalizerTrainConfig, recipe='paper-8b'));"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules);"
@@ -328,6 +328,42 @@ def test_oracle_down_mid_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_pat
     oracle = OverlapOracle()
     summary = train_verbalizer(cfg, ml_data, run, oracle=oracle, progress=False)
     assert summary["resumed_from"].endswith("step_000002") and summary["steps"] == 4 and oracle.calls == 2
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, ml_data, tiny_policy):
+    """`minivz train verbalizer` killed with SIGKILL after its step-2 checkpoint, then rerun: the same
+    per-step rewards and the same final LoRA weights as one uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(tiny_policy, max_steps=4, save_steps=1, oracle="mention")
+    sets = [x for k, v in to_dict(cfg).items() if v is not None and not isinstance(v, (list, dict))
+            for x in ("--set", f"{k}={v}")]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    argv = [sys.executable, "-m", "minivz.cli", "train", "verbalizer", "--data", str(ml_data), *sets]
+    subprocess.run([*argv, "--out", str(ref)], check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*argv, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "step_000002" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final").exists()
+    p = subprocess.run([*argv, "--out", str(run)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming from" in p.stderr
+    rewards = [[round(m["reward"], 6) for m in read_jsonl(d / "metrics.jsonl")] for d in (ref, run)]
+    assert rewards[0] == rewards[1] and len(rewards[0]) == 4
+    a, b = (load_file(d / "final" / "adapter_model.safetensors") for d in (ref, run))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 # -- CLI and plot (fast) -------------------------------------------------------------------------------
