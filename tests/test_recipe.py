@@ -73,3 +73,28 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
     assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
     # a rerun resumes: every stage is already complete, nothing runs again
     assert Pipeline("tiny-cpu", out, SHORT, say=print).run() == []
+
+    # `minivz recipe` killed with SIGKILL inside GRPO (after its step-1 checkpoint), then rerun:
+    # it resumes and writes the same table as the uninterrupted run above
+    import os
+    import signal
+    import time
+
+    killed = tmp_path / "killed"
+    argv = [sys.executable, "-m", "minivz.cli", "recipe", "tiny-cpu", "--out", str(killed),
+            *[x for s in SHORT for x in ("--set", s)]]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while not (killed / "verbalizer" / "checkpoints" / "step_000001" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the recipe ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[done] data" in p.stdout and "[done] baselines" in p.stdout
+    again = json.loads((killed / "results.json").read_text())
+    for key in ("stage1", "stage2"):
+        assert [(r["row"], r["all_n"], r["all_recall@1"]) for r in again[key]] == \
+               [(r["row"], r["all_n"], r["all_recall@1"]) for r in res[key]]
