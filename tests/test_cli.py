@@ -89,3 +89,21 @@ def test_missing_column_is_one_clear_error(tmp_path):
 def test_env_json():
     info = json.loads(run("env", "--json").stdout)
     assert info["cpu_cores"] >= 1 and "numba" in info
+
+
+def test_every_flag_a_message_names_exists():
+    """An error that says "pass --x" must name a flag the CLI has (ours) or the tool it quotes (pip,
+    nvidia-smi, accelerate)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "minivz"
+    text = {p: p.read_text() for p in root.rglob("*.py")}
+    declared = set()
+    for src in text.values():
+        for opt in re.findall(r'typer\.Option\([^)]*?"(--[a-z][a-z0-9/-]*)"', src, flags=re.S):
+            declared.update(opt.split("/"))
+    external = {"--no-deps", "--force-reinstall", "--query-gpu", "--format", "--decode", "--help",
+                "--config_file", "--main_process_port", "--num_processes"}
+    named = {f for src in text.values() for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", src)}
+    assert named - declared - external == set()

@@ -236,31 +236,41 @@ def test_reward_keeps_a_failing_batchs_answers_and_does_not_retry_what_the_backe
         accuracy_reward(["x1", "x2"], state=state, **{k: v[:2] for k, v in kw.items()})
 
 
-def test_openai_caps_retry_after_and_keeps_its_deadline():
+@pytest.mark.parametrize("fault, needle", [
+    ("busy", r"failed after 1 attempts .*deadline=2 s.*HTTP 503"),  # Retry-After: 3600 is capped, deadline holds
+    ("hang", r"deadline=2 s.*ReadTimeout"),
+    ("garbage", r"deadline=2 s.*body is not JSON: '<html>oops"),
+])
+def test_openai_bounded_retries_on_a_busy_hung_or_garbage_server(fault, needle):
     import threading
     import time
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from minivz.reason import make_reasoner
     from minivz.reason.base import Query, ReasonerError
 
-    class Busy(BaseHTTPRequestHandler):
+    class Faulty(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(503)
-            self.send_header("Retry-After", "3600")  # an hour: capped, and the deadline still holds
+            if fault == "hang":
+                time.sleep(3)
+            self.send_response(503 if fault == "busy" else 200)
+            if fault == "busy":
+                self.send_header("Retry-After", "3600")
             self.end_headers()
+            if fault == "garbage":
+                self.wfile.write(b"<html>oops</html>")
 
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Busy)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Faulty)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        r = make_reasoner(f"openai:url={url},model=m,max_retries=5,deadline=2,concurrency=1")
+        r = make_reasoner(f"openai:url={url},model=m,max_retries=5,deadline=2,timeout=0.5,backoff=0.2,concurrency=1")
         t0 = time.monotonic()
-        with pytest.raises(ReasonerError, match=r"failed after 1 attempts .*deadline=2 s.*HTTP 503"):
+        with pytest.raises(ReasonerError, match=needle):
             r.predict([Query("ctx", ["a", "b"], np.arange(2))])
         assert time.monotonic() - t0 < 5
     finally:

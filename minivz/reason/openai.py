@@ -150,7 +150,10 @@ class OpenAIReasoner:
                 elif r.status_code >= 400:
                     raise ReasonerError(f"openai: {method} {url} -> HTTP {r.status_code}: {r.text[:500]}")
                 else:
-                    return r.json()
+                    try:
+                        return r.json()
+                    except ValueError:  # a proxy's HTML page, a truncated body: retried like a 5xx
+                        last = f"HTTP {r.status_code} but the body is not JSON: {r.text[:200]!r}"
             if attempt < self.max_retries:
                 if time.monotonic() + delay >= t_end:
                     last += f" (stopped: the {self.deadline:g} s deadline would pass)"
