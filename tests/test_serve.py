@@ -216,8 +216,23 @@ def test_deadline_and_client_disconnect_stop_a_heavy_request():
         t0 = time.monotonic()
         r = _post(url, {"history": HISTORY, "candidates": CANDIDATES}, timeout=60)
         assert r.status_code == 200 and time.monotonic() - t0 < 6, time.monotonic() - t0
+        # one heavy request beside 50 light clients: every client gets an answer (200, or 503 with
+        # Retry-After once its own deadline passed) within its deadline plus one request, none hangs
+        def light(i: int):
+            t = time.monotonic()
+            r = _post(url, {"history": HISTORY[: 1 + i % 3], "candidates": CANDIDATES[:2], "k": 1}, timeout=60)
+            return r.status_code, "retry-after" in r.headers, time.monotonic() - t
+
+        with ThreadPoolExecutor(max_workers=51) as pool:
+            heavy = pool.submit(_post, url, HEAVY, timeout=60)
+            time.sleep(0.5)
+            answers = list(pool.map(light, range(50)))
+            assert heavy.result().status_code == 503
+        assert all(code == 200 or (code == 503 and retry) for code, retry, _ in answers), answers
+        assert max(t for *_, t in answers) < 10 + 6
         h = httpx.get(f"{url}/health").json()
         assert h["queued"] == 0 and proc.poll() is None
+        assert _post(url, {"history": HISTORY, "candidates": CANDIDATES}).status_code == 200
     finally:
         _stop(proc)
 
