@@ -21,6 +21,8 @@ from typing import List, Optional
 
 import typer
 
+from minivz.envinfo import explain_import_error
+
 app = typer.Typer(
     name="minivz",
     help="Learn how to verbalize interaction logs for LLM-based recommendation.",
@@ -109,8 +111,10 @@ def data_prepare(
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("prepare", total=None)
             summary = prepare(cfg, out, progress=lambda m: bar.update(task, description=m))
-    except (IngestError, ImportError, FileNotFoundError) as e:
+    except (IngestError, FileNotFoundError) as e:
         _fail(str(e), code=1)
+    except ImportError as e:
+        _fail(explain_import_error(e), code=1)
     _print_summary(console, summary)
 
 
@@ -209,8 +213,10 @@ def eval_cmd(
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("eval", total=None)
             metrics = evaluate(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (FileNotFoundError, ImportError) as e:
+    except FileNotFoundError as e:
         _fail(str(e), code=1)
+    except ImportError as e:
+        _fail(explain_import_error(e), code=1)
     except ValueError as e:
         _fail(str(e))
     _print_metrics(console, metrics, out)
@@ -261,8 +267,10 @@ def headroom_cmd(
     try:
         report = headroom(data, reasoner, out, split=split, limit=limit, history=history, rules=specs,
                           say=typer.echo)
-    except (FileNotFoundError, ImportError) as e:
+    except FileNotFoundError as e:
         _fail(str(e), code=1)
+    except ImportError as e:
+        _fail(explain_import_error(e), code=1)
     except (ValueError, ConfigError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out / 'headroom.md'} and {out / 'headroom.json'} (best: {report['best']})")
@@ -423,6 +431,8 @@ def _user_error(e: BaseException) -> str | None:
         return str(e)
     if isinstance(e, (IngestError, ConfigError, FileNotFoundError, PermissionError, ConnectionError)):
         return str(e)
+    if isinstance(e, ImportError):
+        return explain_import_error(e)
     return None
 
 

@@ -11,6 +11,22 @@ import shutil
 import subprocess
 from importlib import metadata
 
+# the import name of a missing module -> the extra that installs it
+_EXTRA_OF = {"torch": "train", "transformers": "train", "trl": "train", "peft": "train", "accelerate": "train",
+             "datasets": "train", "fastapi": "serve", "uvicorn": "serve", "pydantic": "serve",
+             "llama_cpp": "models", "gguf": "models", "httpx": "models", "matplotlib": "models",
+             "scipy": "models", "hypothesis": "dev", "pytest": "dev"}
+
+
+def explain_import_error(e: ImportError) -> str:
+    """The error, plus the install command when it is a module one of minivz's extras provides."""
+    name = (getattr(e, "name", None) or "").split(".")[0]
+    extra = _EXTRA_OF.get(name)
+    if extra is None or "pip install" in str(e):
+        return str(e)
+    return f"{e}: this command needs the {extra} extra: pip install -e '.[{extra}]' (or bash scripts/demo.sh)"
+
+
 PACKAGES = (
     "minivz", "numpy", "numba", "pyarrow", "torch", "transformers", "trl", "unsloth", "peft",
     "accelerate", "deepspeed", "vllm", "llama-cpp-python", "sentence-transformers", "gguf",

@@ -107,3 +107,38 @@ def test_every_flag_a_message_names_exists():
                 "--config_file", "--main_process_port", "--num_processes"}
     named = {f for src in text.values() for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", src)}
     assert named - declared - external == set()
+
+
+BLOCK_EXTRAS = """
+import sys
+# what the extras install (pydantic is not here: typer itself depends on it); None in sys.modules
+# makes `import x` fail and importlib.util.find_spec("x") answer None, as if x were not installed
+for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "fastapi", "uvicorn",
+             "llama_cpp", "gguf", "httpx", "matplotlib", "scipy", "recbole", "sentence_transformers"):
+    sys.modules[name] = None
+sys.argv = ["minivz", *sys.argv[1:]]
+from minivz.cli import main
+main()
+"""
+
+
+def test_core_install_runs_the_data_and_eval_commands(tmp_path):
+    """Without any extra (their modules made unimportable): help, data prepare, eval and headroom with
+    the id-based reasoners work, and a command that needs an extra names its install command."""
+    rows = ["user_id,item_id,ts"] + [f"u{u},i{(u * 7 + k * 3) % 40},{1773498631 + 600 * u + 60 * k}"
+                                     for u in range(30) for k in range(10)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+
+    def core(*args):
+        return subprocess.run([sys.executable, "-c", BLOCK_EXTRAS, *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    assert core("--help").returncode == 0
+    assert core("data", "prepare", "--input", "log.csv", "--out", "d").returncode == 0
+    p = core("eval", "--data", "d", "--verbalizer", "template", "--reasoner", "knn", "--limit", "10", "--out", "r")
+    assert p.returncode == 0, p.stderr
+    assert core("headroom", "--data", "d", "--reasoner", "popularity", "--limit", "10", "--out", "h").returncode == 0
+    p = core("train", "verbalizer", "--data", "d", "--out", "t")
+    assert p.returncode == 1 and "pip install -e '.[train]'" in p.stderr and "Traceback" not in p.stderr
+    p = core("serve", "--reasoner", "x.gguf")
+    assert p.returncode == 1 and "pip install 'minivz[serve]'" in p.stderr

@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import typer
 
+from minivz.envinfo import explain_import_error
+
 train_app = typer.Typer(help="Train models: the GRPO verbalizer, the reasoner; held-out curves.",
                         no_args_is_help=True, add_completion=False,
                         pretty_exceptions_enable=False)
@@ -82,7 +84,7 @@ def verbalizer_command(
     try:
         summary = train_verbalizer(cfg, data, out, resume=resume)
     except ImportError as e:
-        _fail(str(e), code=1)
+        _fail(explain_import_error(e), code=1)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -98,7 +100,7 @@ def plot_command(run: Path = typer.Argument(..., help="A run directory with metr
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except ImportError as e:
-        _fail(str(e), code=1)
+        _fail(explain_import_error(e), code=1)
     for p in paths:
         typer.echo(str(p))
     typer.echo(json.dumps(summarize_run(run), indent=2))
@@ -134,6 +136,6 @@ def curve_command(
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except ImportError as e:
-        _fail(str(e), code=1)
+        _fail(explain_import_error(e), code=1)
     tag = "heldout-sampled" if sampled else "heldout"
     typer.echo(f"wrote {run / (tag + '.jsonl')} and {run / 'plots' / (tag + '.png')} ({len(rows)} points)")

@@ -490,7 +490,9 @@ def train_reasoner_command(
     try:
         summary = train_reasoner(cfg, data, out, resume=not fresh)
     except (FileNotFoundError, ImportError) as e:
-        typer.echo(f"error: {e}", err=True)
+        from minivz.envinfo import explain_import_error
+
+        typer.echo(f"error: {explain_import_error(e) if isinstance(e, ImportError) else e}", err=True)
         raise typer.Exit(1) from None
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
