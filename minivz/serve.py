@@ -322,7 +322,9 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
 
     engine = engine or Engine(cfg)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivz-model")
-    state = {"loaded": False, "started": time.time(), "served": 0, "pending": 0, "errors": 0}
+    # errors: model failures; too_large: 413 for the token budget; stopped: deadline passed or client gone
+    state = {"loaded": False, "started": time.time(), "served": 0, "pending": 0, "errors": 0, "too_large": 0,
+             "stopped": 0}
     lock = threading.Lock()  # guards the counters (handlers run on the event loop; belt and braces)
 
     @asynccontextmanager
@@ -354,7 +356,8 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
         return {"status": "ok" if state["loaded"] else "loading", "loaded": state["loaded"],
                 "verbalizer": cfg.verbalizer, "reasoner": cfg.reasoner, "device": engine.device,
                 "n_gpu_layers": cfg.n_gpu_layers, "uptime_s": round(time.time() - state["started"], 1),
-                "requests_served": state["served"], "queued": state["pending"], "errors": state["errors"]}
+                "requests_served": state["served"], "queued": state["pending"], "errors": state["errors"],
+                "too_large": state["too_large"], "stopped": state["stopped"]}
 
     retry = {"Retry-After": str(max(1, round(cfg.request_timeout_s / 4)))}
 
@@ -381,10 +384,10 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
                     ticket.cancelled.set()
             text, scores, v_ms, r_ms, truncated = fut.result()
         except TooLarge as e:
-            state["errors"] += 1
+            state["too_large"] += 1
             raise HTTPException(413, str(e)) from None
         except Cancelled as e:
-            state["errors"] += 1
+            state["stopped"] += 1
             raise HTTPException(503, f"request stopped after {time.perf_counter() - t0:.1f} s ({e}); the "
                                 f"server's deadline is {cfg.request_timeout_s:g} s per request", headers=retry) from None
         except ValueError as e:  # e.g. candidates too long for the context even with no history

@@ -184,6 +184,7 @@ def test_heavy_request_is_413_before_any_model_work(url):
     r = _post(url, HEAVY)
     assert r.status_code == 413 and "--max-request-tokens 8192" in r.json()["detail"]
     assert time.monotonic() - t0 < 10
+    assert httpx.get(f"{url}/health").json()["too_large"] >= 1
 
 
 def test_missing_content_type_gets_a_hint(url):
@@ -231,7 +232,7 @@ def test_deadline_and_client_disconnect_stop_a_heavy_request():
         assert all(code == 200 or (code == 503 and retry) for code, retry, _ in answers), answers
         assert max(t for *_, t in answers) < 10 + 6
         h = httpx.get(f"{url}/health").json()
-        assert h["queued"] == 0 and proc.poll() is None
+        assert h["queued"] == 0 and h["errors"] == 0 and h["stopped"] >= 3 and proc.poll() is None
         assert _post(url, {"history": HISTORY, "candidates": CANDIDATES}).status_code == 200
     finally:
         _stop(proc)
