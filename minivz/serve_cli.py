@@ -4,14 +4,41 @@ uvicorn), so ``minivz --help`` works on the core install; the server itself is `
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def run_models(run: Path) -> tuple[str, str]:
+    """(reasoner GGUF, verbalizer spec) of a `minivz recipe` run's export: the verbalizer served the way it
+    was trained (select / action / rewrite, its render and completion budget, from RUN/verbalizer/config.yaml)."""
+    import yaml
+
+    def gguf(kind: str) -> str:
+        found = sorted((run / "export" / kind).glob("model-*.gguf"))
+        if not found:
+            raise FileNotFoundError(f"--run {run}: no {run / 'export' / kind}/model-*.gguf; finish the run "
+                                    f"(minivz recipe ... --out {run}) or export it (minivz export)")
+        return str(found[0])
+
+    cfg_path = run / "verbalizer" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    variant, verb = cfg.get("variant", "rewrite"), gguf("verbalizer")
+    if variant == "rewrite":
+        return gguf("reasoner"), verb
+    extra = f",render={cfg.get('select_render', 'template')}" if variant == "select" else ""
+    return gguf("reasoner"), (f"{variant}:model={verb},backend=llama,max_new_tokens="
+                              f"{cfg.get('max_completion_length', 48)}{extra}")
+
+
 def serve_command(
-    reasoner: str = typer.Option(..., "--reasoner", help="Reasoner GGUF (scores candidates by log-likelihood)."),
-    verbalizer: str = typer.Option("template", "--verbalizer",
-                                   help="'template' (no model), a verbalizer spec, or a rewrite-verbalizer GGUF."),
+    reasoner: Optional[str] = typer.Option(None, "--reasoner", help="Reasoner GGUF (scores candidates by "
+                                           "log-likelihood). Default: the packaged SmolLM2-135M GGUF."),
+    verbalizer: Optional[str] = typer.Option(None, "--verbalizer", help="'template' (no model, the default), a "
+                                             "verbalizer spec, or a rewrite-verbalizer GGUF."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Serve a `minivz recipe` run's exported pair "
+                                       "(RUN/export/), e.g. --run runs/tiny-cpu."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", help="Layers to offload to the GPU (llama.cpp; -1 = all)."),
@@ -28,7 +55,8 @@ def serve_command(
 ) -> None:
     """Serve recommendations over HTTP: verbalize a history, rank candidates (FastAPI + llama.cpp).
 
-    Example: minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template --port 8000
+    Examples: minivz serve (the embedded default) | minivz serve --run runs/tiny-cpu |
+    minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template --port 8000
     """
     # Before llama_cpp is first imported (OpenMP reads it once): busy-waiting OpenMP threads crawl
     # on shared CPUs (see minivz.generate). export OMP_WAIT_POLICY=active on a dedicated box.
@@ -38,6 +66,21 @@ def serve_command(
     except ImportError as e:
         typer.echo(f"error: serving needs the serve extra ({e}): pip install 'minivz[serve]'", err=True)
         raise typer.Exit(1)
+    if run is not None:
+        try:
+            run_reasoner, run_verbalizer = run_models(run)
+        except FileNotFoundError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        reasoner, verbalizer = reasoner or run_reasoner, verbalizer or run_verbalizer
+    if reasoner is None:
+        from minivz.reason.llamacpp import default_gguf
+
+        reasoner = default_gguf()
+        typer.echo(f"minivz serve: no --reasoner, serving the embedded default: SmolLM2-135M-Instruct ({reasoner}); "
+                   "--run RUN serves a recipe run's trained pair", err=True)
+    verbalizer = verbalizer or "template"
+    typer.echo(f"minivz serve: reasoner {reasoner}; verbalizer {verbalizer}", err=True)
     try:
         cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
                           n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv,

@@ -71,6 +71,17 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
     assert "| template |" in md and "| two-stage (trained on the learned text) |" in md
     assert "Stage 2" in md and (out / "results.png").stat().st_size > 0
     assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
+    # the run's exported pair is one flag away, served the way the verbalizer was trained (select)
+    from minivz.serve_cli import run_models
+
+    reasoner, verbalizer = run_models(out)
+    assert reasoner.endswith("model-q8_0.gguf") and verbalizer.startswith("select:model=") and "backend=llama" in verbalizer
+    from minivz.verbalize import make_verbalizer
+    from minivz.verbalize.template import template_text
+
+    hist = [{"ts": 881250949 + i, "title": f"Movie {i} (1995)", "interaction": "rate", "rating": 4} for i in range(6)]
+    text = make_verbalizer(verbalizer).verbalize([hist])[0]
+    assert text and all(line in template_text(hist).splitlines() for line in text.splitlines())
     # a rerun resumes: every stage is already complete, nothing runs again
     assert Pipeline("tiny-cpu", out, SHORT, say=print).run() == []
 

@@ -40,12 +40,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(*args: str, timeout: float = 180.0):
+def _start_server(*args: str, timeout: float = 180.0, reasoner: bool = True):
     from minivz.reason.llamacpp import default_gguf
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "minivz.serve", "--reasoner", default_gguf(), "--host", "127.0.0.1",
-           "--port", str(port), "--n-ctx", "1024", "--n-threads", "2", *args]
+    cmd = [sys.executable, "-m", "minivz.serve", *(["--reasoner", default_gguf()] if reasoner else []),
+           "--host", "127.0.0.1", "--port", str(port), "--n-ctx", "1024", "--n-threads", "2", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -236,6 +236,20 @@ def test_deadline_and_client_disconnect_stop_a_heavy_request():
         assert _post(url, {"history": HISTORY, "candidates": CANDIDATES}).status_code == 200
     finally:
         _stop(proc)
+
+
+def test_bare_serve_runs_the_embedded_default():
+    """`minivz serve` with no model flags: the packaged SmolLM2 GGUF as reasoner, the template verbalizer."""
+    from minivz.reason.llamacpp import default_gguf
+
+    proc, url = _start_server(reasoner=False)
+    try:
+        h = httpx.get(f"{url}/health").json()
+        assert h["reasoner"] == default_gguf() and h["verbalizer"] == "template"
+        assert _post(url, {"history": HISTORY, "candidates": CANDIDATES}).status_code == 200
+    finally:
+        _stop(proc)
+    assert "serving the embedded default" in proc.stdout.read()
 
 
 def test_health_and_openapi(url, server):
