@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from minivz.report import cell, fmt
 from minivz.verbalize.rules import DEFAULT_RULES
 
 
@@ -65,21 +66,9 @@ def headroom(data: str | Path, reasoner: str, out: str | Path, *, split: str = "
     return report
 
 
-def _diff(row: dict, sub: str) -> str:
-    v, ci = row.get(f"{sub}_diff"), row.get(f"{sub}_diff_ci")
-    if v is None:
-        return "—"
-    return f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci and ci[0] is not None else f"{v:+.3f}"
-
-
-def _r1(row: dict, sub: str) -> str:
-    v = row.get(f"{sub}_recall@1")
-    return "—" if v is None else f"{v:.3f}"
-
-
 def _line(row: dict) -> str:
-    return (f"  {row['label']:<32} n={row['n']:<5} all R@1 {_r1(row, 'all')}  vs template {_diff(row, 'all'):<24} "
-            f"discovery R@1 {_r1(row, 'discovery')} (n={row.get('discovery_n') or 0})")
+    return (f"  {row['label']:<32} n={row['n']:<5} all R@1 {fmt(row.get('all_recall@1'))}  vs template {cell(row, 'all_diff', 'diff'):<24} "
+            f"discovery R@1 {fmt(row.get('discovery_recall@1'))} (n={row.get('discovery_n') or 0})")
 
 
 def to_markdown(report: dict) -> str:
@@ -87,7 +76,7 @@ def to_markdown(report: dict) -> str:
             f"{report['history']}-event histories); difference vs template: paired bootstrap 95% CI.\n\n")
     lines = ["| verbalizer | n | Discovery R@1 | vs template | All R@1 | vs template |", "|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['label']} | {r['n']} | {_r1(r, 'discovery')} | {_diff(r, 'discovery')} | "
-                     f"{_r1(r, 'all')} | {_diff(r, 'all')} |")
+        lines.append(f"| {r['label']} | {r['n']} | {fmt(r.get('discovery_recall@1'))} | {cell(r, 'discovery_diff', 'diff')} | "
+                     f"{fmt(r.get('all_recall@1'))} | {cell(r, 'all_diff', 'diff')} |")
     tail = f"\nBest rule: `{report['best']}`.\n" if report.get("best") else "\n"
     return head + "\n".join(lines) + "\n" + tail

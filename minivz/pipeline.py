@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
+from minivz.report import cell
 from minivz.verbalize import parse_spec
 from minivz.verbalize.rules import DEFAULT_RULES
 
@@ -369,21 +370,11 @@ class Pipeline:
         return report
 
 
-def _cell(row: dict, sub: str) -> str:
-    v, ci = row.get(f"{sub}_recall@1"), row.get(f"{sub}_recall@1_ci")
-    if v is None:
-        return "—"
-    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else f"{v:.3f}"
-
-
 def _vs(row: dict, sub: str) -> str:
-    d, dci, rel, rci = (row.get(f"{sub}_diff"), row.get(f"{sub}_diff_ci"), row.get(f"{sub}_rel"),
-                        row.get(f"{sub}_rel_ci"))
-    if d is None:
-        return "—"
-    out = f"{d:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]" if dci and dci[0] is not None else f"{d:+.3f}"
-    if rel is not None:
-        out += f" ({rel:+.1%}" + (f" [{rci[0]:+.0%}, {rci[1]:+.0%}])" if rci and rci[0] is not None else ")")
+    """Paired difference vs the table's first row, the relative change in brackets."""
+    out = cell(row, f"{sub}_diff", "diff")
+    if out != "—" and row.get(f"{sub}_rel") is not None:
+        out += f" ({cell(row, f'{sub}_rel', 'pct')})"
     return out
 
 
@@ -405,8 +396,8 @@ def results_markdown(results: dict) -> str:
         parts.append("|---|---|---|---|---|---|---|")
         for r in rows:
             paper = f"{r['paper_rel']:+.1%}" if r.get("paper_rel") is not None else ""
-            parts.append(f"| {r['label']} | {r['n']} | {_cell(r, 'discovery')} | {_vs(r, 'discovery')} | "
-                         f"{_cell(r, 'all')} | {_vs(r, 'all')} | {paper} |")
+            parts.append(f"| {r['label']} | {r['n']} | {cell(r, 'discovery_recall@1')} | {_vs(r, 'discovery')} | "
+                         f"{cell(r, 'all_recall@1')} | {_vs(r, 'all')} | {paper} |")
         floor = rows[0].get("random_recall@1")
         parts.append(f"\nRandom floor Recall@1 = {floor:.3f}. Paired on the examples both rows scored (n of "
                      "the smaller row)." if floor is not None else "")

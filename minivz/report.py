@@ -87,24 +87,32 @@ def compare_runs(runs: list[str | Path], labels: list[str] | None = None, n_boot
     return rows
 
 
-def _fmt(v, ci=None, pct=False) -> str:
+_STYLES = {"value": ("{:.3f}", "{:.3f}"), "diff": ("{:+.3f}", "{:+.3f}"), "pct": ("{:+.1%}", "{:+.0%}")}
+
+
+def fmt(v, ci=None, style: str = "value") -> str:
+    """One table cell: ``0.392 [0.348, 0.436]`` (value), ``+0.074 [+0.038, +0.112]`` (diff) or
+    ``+18.9% [+9%, +30%]`` (pct); the bracket only when the CI is known, "—" without a value."""
     if v is None:
         return "—"
-    if pct:
-        s = f"{v:+.1%}"
-        return s + (f" [{ci[0]:+.0%}, {ci[1]:+.0%}]" if ci and ci[0] is not None else "")
-    s = f"{v:.3f}"
-    return s + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
+    head, bound = _STYLES[style]
+    s = head.format(v)
+    return s + (f" [{bound.format(ci[0])}, {bound.format(ci[1])}]" if ci and ci[0] is not None else "")
+
+
+def cell(row: dict, key: str, style: str = "value") -> str:
+    """``fmt`` of ``row[key]`` with its CI ``row[key + "_ci"]``, as ``compare_runs`` writes them."""
+    return fmt(row.get(key), row.get(f"{key}_ci"), style)
 
 
 def table_cells(row: dict) -> list[str]:
     return [
         row["label"],
         str(row["n"]),
-        _fmt(row.get("discovery_recall@1"), row.get("discovery_recall@1_ci")),
-        _fmt(row.get("discovery_rel"), row.get("discovery_rel_ci"), pct=True),
-        _fmt(row.get("all_recall@1"), row.get("all_recall@1_ci")),
-        _fmt(row.get("all_rel"), row.get("all_rel_ci"), pct=True),
+        cell(row, "discovery_recall@1"),
+        cell(row, "discovery_rel", "pct"),
+        cell(row, "all_recall@1"),
+        cell(row, "all_rel", "pct"),
     ]
 
 
