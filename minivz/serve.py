@@ -245,8 +245,8 @@ class Engine:
                            f"over the server's --max-request-tokens {self.cfg.max_request_tokens}: send fewer or "
                            "shorter candidates, or split it")
         self.reasoner.should_stop = ticket.stop if ticket is not None else None
-        try:
-            scores = self.reasoner.predict([q])[0].scores
+        try:  # what predict() does, on the tokens prepared above (prepare once per request)
+            scores = self.reasoner.score_shared(prefix, cands)
         finally:
             self.reasoner.should_stop = None
         truncated = self.reasoner.n_truncated > cut0
