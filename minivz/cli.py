@@ -427,7 +427,9 @@ def _user_error(e: BaseException) -> str | None:
 
     if isinstance(e, ReasonerError):
         return f"the reasoner failed: {e}"
-    if type(e).__name__ == "OracleDown":  # minivz.train.rewards (not imported: it needs the train extra)
+    from minivz.train.rewards import OracleDown  # numpy + minivz.kernels: the core install has both
+
+    if isinstance(e, OracleDown):
         return str(e)
     if isinstance(e, (IngestError, ConfigError, FileNotFoundError, PermissionError, ConnectionError)):
         return str(e)
