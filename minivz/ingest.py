@@ -334,7 +334,7 @@ def _read_json(path: Path, string_columns, encoding: str = "utf-8") -> tuple[pa.
     import pyarrow.json as pj
 
     data = _read_bytes(path)
-    try:
+    try:  # Arrow's JSON reader lets invalid UTF-8 through into string columns: validate here
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as e:
         raise _not_encoded(path, data, encoding) from e
