@@ -266,15 +266,19 @@ def check_sorted(user, ts) -> None:
 
 
 @njit(cache=True)
-def _sessionize(user, ts, gap):
+def _sessionize(user, ts, gap, session):
+    # Fills session; returns whether some row is out of (user, ts) order (checked in the same pass).
     n = user.shape[0]
-    session = np.empty(n, np.int64)
-    s = -1
-    for i in range(n):
-        if i == 0 or user[i] != user[i - 1] or ts[i] - ts[i - 1] > gap:
-            s += 1
+    if n == 0:
+        return False
+    s = 0
+    bad = False
+    session[0] = 0
+    for i in range(1, n):  # branch-free: session starts are data-dependent and mispredict
+        bad |= (user[i] < user[i - 1]) | ((user[i] == user[i - 1]) & (ts[i] < ts[i - 1]))
+        s += (user[i] != user[i - 1]) | (ts[i] - ts[i - 1] > gap)
         session[i] = s
-    return session
+    return bad
 
 
 def sessionize(user, ts, gap) -> np.ndarray:
@@ -294,5 +298,7 @@ def sessionize(user, ts, gap) -> np.ndarray:
     check_lengths(user.shape[0], ("ts", ts))
     if int(gap) != gap or gap < 0:
         raise ValueError(f"gap={gap!r} must be a non-negative integer in the unit of ts (e.g. 1800 seconds)")
-    check_sorted(user, ts)
-    return _sessionize(user, ts, np.int64(gap))
+    session = np.empty(user.shape[0], np.int64)  # allocated by NumPy: faster than inside the kernel
+    if _sessionize(user, ts, np.int64(gap), session):
+        check_sorted(user, ts)  # names the first row out of order
+    return session

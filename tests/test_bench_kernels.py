@@ -55,3 +55,26 @@ def test_agree_with_timestamp_ties(bench):
     d["ts"] = d["ts"] // hour * hour
     ref, _ = _agree(bench, d)
     assert np.any(ref["hist_end"] != ref["target_row"])  # some targets sit inside a tie group
+
+
+def test_series_benchmark_implementations_agree(bench):
+    """benchmarks/bench_series.py: polars and pandas compute the same sessions and runs as minivz,
+    and its own agreement check fails on a wrong answer."""
+    import sys
+
+    sys.path.insert(0, str(_PATH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_series", _PATH.parent / "bench_series.py")
+        series = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(series)
+    finally:
+        sys.path.remove(str(_PATH.parent))
+    d = series.sorted_input(20_000)
+    ref = series.run_minivz(d)
+    assert 0 < len(ref["start"]) < 20_000 and (ref["length"] > 1).any()
+    for fn, name in ((series.run_polars, "polars"), (series.run_pandas, "pandas")):
+        series.assert_agree(ref, fn(d), name)
+    wrong = series.run_pandas(d)
+    wrong["runs"].iloc[3, wrong["runs"].columns.get_loc("last_episode")] += 1
+    with pytest.raises(AssertionError, match="last_episode"):
+        series.assert_agree(ref, wrong, "pandas")
