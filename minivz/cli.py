@@ -353,14 +353,19 @@ def recipe_cmd(
         for section, cfg in p["configs"].items():
             console.print(f"# {section}", style="bold")
             console.print(dump_yaml(cfg), end="", markup=False, highlight=False)
-        from minivz.train.memory import estimate_memory
+        from minivz.train.memory import check_fits, estimate_memory, plan_lines
 
+        vcfg = p["configs"]["verbalizer"]
         try:
-            est = estimate_memory(p["configs"]["verbalizer"])
-            console.print(f"# verbalizer training memory estimate: {est['total_gib']} GiB ({est['device']}, "
-                          f"{est['precision']}; {est['how']})", markup=False, highlight=False)
+            est = estimate_memory(vcfg)
         except (ValueError, ImportError) as e:
             console.print(f"# memory estimate unavailable: {e}", markup=False)
+            return
+        console.print("# verbalizer training, one process:", markup=False)
+        console.print("\n".join(plan_lines(est, vcfg.gpu_memory_gib)), markup=False, highlight=False, soft_wrap=True)
+        refusal = check_fits(vcfg, est)
+        if refusal:
+            _fail(refusal)
         return
     pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
     t0 = __import__("time").perf_counter()

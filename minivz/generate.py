@@ -180,7 +180,9 @@ class HFGenerator:
 
     def _render(self, messages: list[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # thinking off: a Qwen3 verbalizer writes the verbalization, not a <think> block first
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=False)
         # A bare checkpoint without a chat template: plain "role: content" turns.
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 

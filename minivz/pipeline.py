@@ -114,9 +114,10 @@ def _configs(recipe: str, overrides: list[str] | None):
 
 STAGE_HARDWARE = {
     "cpu": {s: "CPU (2 cores are enough)" for s in STAGES},
-    "gpu": {"data": "CPU", "baselines": "CPU + the oracle endpoint", "verbalizer": "1 GPU, 24 GB (Unsloth 4-bit LoRA)",
-            "learned": "1 GPU or CPU", "reasoner": "1 GPU, 24 GB", "export": "CPU, RAM >= 2x model size",
-            "table": "CPU"},
+    "gpu": {"data": "CPU", "baselines": "1 GPU (the oracle: co-located base model, or its HTTP endpoint)",
+            "verbalizer": "1 GPU (4-bit LoRA policy + the co-located frozen oracle; plan below)",
+            "learned": "1 GPU", "reasoner": "1 GPU (4-bit LoRA reasoner: SFT, then GRPO)",
+            "export": "CPU, RAM >= 2x model size", "table": "CPU"},
     "multi-gpu": {"data": "CPU", "baselines": "CPU + the oracle endpoint",
                   "verbalizer": "N GPUs: accelerate + DeepSpeed ZeRO-3, vLLM rollouts",
                   "learned": "GPUs (vLLM)", "reasoner": "N GPUs: accelerate + DeepSpeed ZeRO-3",
@@ -179,7 +180,12 @@ class Pipeline:
 
     @property
     def oracle(self) -> str:
-        return self.cfg["verbalizer"].oracle
+        """The spec every stage-1 row is scored with (``policy`` -> ``hf:`` on the base model)."""
+        if not hasattr(self, "_oracle"):
+            from minivz.train.config import eval_oracle
+
+            self._oracle = eval_oracle(self.cfg["verbalizer"])
+        return self._oracle
 
     @property
     def best_rule(self) -> str:

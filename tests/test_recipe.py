@@ -5,6 +5,7 @@ real GGUF export: only the sizes are cut (2 GRPO steps, 2 SFT steps, a handful o
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,11 +35,35 @@ def test_plan_and_dry_run_need_no_models(tmp_path):
     argv = Pipeline("paper-32b", tmp_path).launch_command("verbalizer", tmp_path / "v")
     assert argv[:4] == ["accelerate", "launch", "--config_file", "recipes/accelerate/zero3.yaml"]
     assert "--num_processes" in argv and argv[argv.index("-m") + 1] == "minivz.cli"
-    for recipe in ("tiny-cpu", "tiny-cpu-streaming", "paper-8b", "paper-32b"):
+    from pathlib import Path
+
+    recipes = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert {"tiny-cpu", "tiny-cpu-streaming", "gpu-smol", "paper-8b", "paper-32b"} <= set(recipes)
+    for recipe in recipes:  # every recipe's --dry-run, offline, no models loaded
         out = subprocess.run([sys.executable, "-m", "minivz.cli", "recipe", recipe, "--dry-run"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        assert "memory estimate" in out.stdout and "policy_model" in out.stdout
+        assert "memory plan" in out.stdout and "policy_model" in out.stdout
+
+
+def test_paper_8b_dry_run_shows_the_one_gpu_plan_and_refuses_what_does_not_fit():
+    out = subprocess.run([sys.executable, "-m", "minivz.cli", "recipe", "paper-8b", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("reasoner_model: Qwen/Qwen3-8B", "policy_model: Qwen/Qwen3-8B", "reasoner_history: 100",
+                   "eval_history: 100", "train_history: 100", "n_candidates: 10", "accuracy_reward: binary",
+                   "oracle: policy", "enable_thinking: false", "reasoner_grpo_steps: 300",
+                   "co-located: the policy's base weights", "GPU budget gpu_memory_gib=24"):
+        assert needle in text, needle
+    total = float(re.search(r"#   total\s+([\d.]+) GiB", text).group(1))
+    assert 6 < total < 24
+    # the same policy with its oracle as a second copy of Qwen3-8B on the GPU does not fit 24 GB:
+    # refused, with the setting that fixes it
+    bad = subprocess.run([sys.executable, "-m", "minivz.cli", "recipe", "paper-8b", "--dry-run",
+                          "--set", "oracle=hf:model=Qwen/Qwen3-8B"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "gpu_memory_gib=24" in bad.stderr and "--set oracle=policy" in bad.stderr
 
 
 @pytest.mark.slow
@@ -109,3 +134,21 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
     for key in ("stage1", "stage2"):
         assert [(r["row"], r["all_n"], r["all_recall@1"]) for r in again[key]] == \
                [(r["row"], r["all_n"], r["all_recall@1"]) for r in res[key]]
+
+
+@pytest.mark.slow
+def test_gpu_recipe_and_its_benchmark_script_run_shortened_on_cpu(tmp_path):
+    """The GPU recipe (gpu-smol) through benchmarks/gpu_recipe.py, cut to CI size on the CPU: every
+    stage, the record with stage times, GRPO step times and the tables, and the co-located oracle run."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_recipe.py"
+    sets = [x for s in SHORT + ["num_generations=4", "reasoner_batch_size=2"] for x in ("--set", s)]
+    p = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "run"), "--results", str(tmp_path),
+                        "--colocated-steps", "1", *sets], capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads((tmp_path / "gpu_recipe_cpu.json").read_text())
+    assert list(rec["stages"]) == ["data", "baselines", "verbalizer", "learned", "reasoner", "export", "table"]
+    assert rec["grpo"]["steps"] == 2 and rec["grpo"]["step_seconds_median"] > 0
+    assert {r["row"] for r in rec["stage1"]} >= {"template", "best-rule", "learned"} and rec["stage2"]
+    assert rec["colocated"]["grpo"]["steps"] == 1 and rec["plan_gib"] > 0

@@ -145,7 +145,7 @@ def test_config_from_recipe_and_sections():
     assert SECTIONS.count(VerbalizerTrainConfig) == 1
     cfg = resolve(VerbalizerTrainConfig, recipe="paper-8b")
     assert cfg.policy_model == "Qwen/Qwen3-8B" and cfg.backend == "unsloth" and cfg.load_in_4bit
-    assert cfg.oracle.startswith("openai:")
+    assert cfg.oracle == "policy"  # co-located on the policy's GPU
     assert cfg.generation_batch_size % cfg.num_generations == 0
 
 
@@ -282,6 +282,43 @@ def test_lora_parameters_change(tmp_path, ml_data, tiny_policy):
 
 
 @pytest.mark.slow
+def test_colocated_policy_oracle_trains_with_the_frozen_base(tmp_path, ml_data, tiny_policy, monkeypatch):
+    """oracle=policy: GRPO's rewards come from the policy's own base weights with the adapter
+    disabled (no second model), and evaluation outside training reads the same base through hf:."""
+    from minivz.reason import hf
+    from minivz.train.config import eval_oracle
+    from minivz.train.grpo import train_verbalizer
+
+    calls = []
+    real = hf.FrozenBaseReasoner.predict
+
+    def disabled():  # each LoRA layer's state (BaseTunerLayer.disable_adapters is a bool property)
+        return [m.disable_adapters for m in calls_model[0].modules()
+                if isinstance(getattr(type(m), "disable_adapters", None), property)]
+
+    calls_model = []
+
+    def spy(self, queries):
+        calls_model[:] = [self.model]
+        before = disabled()
+        out = real(self, queries)
+        calls.append((len(queries), self.model.training, before + disabled()))
+        return out
+
+    monkeypatch.setattr(hf.FrozenBaseReasoner, "predict", spy)
+    cfg = tiny_cfg(tiny_policy, oracle="policy:norm=sum", gradient_checkpointing="true")
+    summary = train_verbalizer(cfg, ml_data, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    assert [c[0] for c in calls] == [4, 4] and all(c[1] for c in calls)  # train mode restored after scoring
+    # the adapter is on before and after each scoring, for the policy's own steps
+    assert all(a and not any(a) for _, _, a in calls)
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all(0 <= m["accuracy"] <= 1 for m in metrics)
+    assert eval_oracle(cfg) == f"hf:model={tiny_policy},device=auto,dtype=auto,norm=sum"
+    assert eval_oracle(tiny_cfg(tiny_policy, oracle="mention")) == "mention"
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, ml_data, tiny_policy):
     from minivz.train.grpo import train_verbalizer
 
@@ -379,8 +416,8 @@ def test_cli_help_dry_run_and_usage_errors():
     assert res.exit_code == 0 and "--dry-run" in res.output and "Example" in res.output
     res = runner.invoke(train_app, ["verbalizer", "--recipe", "paper-8b", "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "policy_model: Qwen/Qwen3-8B" in res.output and "# memory estimate" in res.output
-    assert "total" in res.output
+    assert "policy_model: Qwen/Qwen3-8B" in res.output and "# memory plan" in res.output
+    assert "total" in res.output and "oracle_scoring" in res.output
     res = runner.invoke(train_app, ["verbalizer", "--recipe", "paper-8b", "--set", "num_generations=3", "--dry-run"])
     assert res.exit_code == 2 and "try --set num_generations=8" in res.output
     res = runner.invoke(train_app, ["verbalizer", "--set", "max_stepz=3", "--dry-run"])

@@ -5,7 +5,8 @@
     reasoner = make_reasoner("knn", item_stats=stats)
     preds = reasoner.predict([Query(context, candidates, candidate_ids, history_ids)])
 
-Backends (REASONERS): popularity, knn, embedding, llamacpp, openai, hf. Importing this package loads
+Backends (REASONERS): popularity, knn, mention, embedding, llamacpp, openai, hf, and policy (the
+training policy's frozen base weights, the co-located oracle). Importing this package loads
 no torch/llama_cpp/httpx; each backend imports its engine when it is built.
 """
 

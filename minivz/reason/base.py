@@ -200,7 +200,10 @@ REASONERS: dict[str, Callable[..., Reasoner]] = {
     "llamacpp": _lazy("llamacpp", "LlamaCppReasoner"),
     "openai": _lazy("openai", "OpenAIReasoner"),
     "hf": _lazy("hf", "HFReasoner"),
+    "policy": _lazy("hf", "FrozenBaseReasoner"),
 }
+# objects a caller hands to the backends that take them (not settable from a spec string)
+CONTEXT = ("item_stats", "policy")
 
 
 def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
@@ -210,22 +213,24 @@ def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(factory)
 
 
-def make_reasoner(spec: str, *, item_stats: ItemStats | None = None) -> Reasoner:
+def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any = None) -> Reasoner:
     """Build a reasoner from ``name`` or ``name:key=value,...`` (see module docstring).
 
     Option values are converted to the type of the backend's default for that option. Unknown names
-    or options raise ValueError listing the valid ones. ``item_stats`` goes to backends that take it.
+    or options raise ValueError listing the valid ones. ``item_stats`` (training statistics) and
+    ``policy`` (a training run's ``(model, tokenizer)``) go to the backends that take them.
     """
+    context = {"item_stats": item_stats, "policy": policy}
     name, options = parse_spec(spec)
     if name not in REASONERS:
         raise ValueError(f"unknown reasoner {name!r}; valid names: {', '.join(sorted(REASONERS))}")
     factory = REASONERS[name]
     params = _signature_of(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k != "item_stats"]
+    valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k not in CONTEXT]
     kwargs: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in params or key == "item_stats":
+        if key not in params or key in CONTEXT:
             if takes_any:
                 kwargs[key] = value
                 continue
@@ -235,8 +240,7 @@ def make_reasoner(spec: str, *, item_stats: ItemStats | None = None) -> Reasoner
             )
         default = params[key].default
         kwargs[key] = _coerce(value, None if default is inspect.Parameter.empty else default, key)
-    if "item_stats" in params:
-        kwargs["item_stats"] = item_stats
+    kwargs.update({k: v for k, v in context.items() if k in params})
     return factory(**kwargs)
 
 

@@ -1,8 +1,12 @@
 """Log-likelihood reasoner on a transformers causal LM (torch): trained checkpoints, HF model dirs.
 
     make_reasoner("hf:model=runs/reasoner/checkpoints/step_000200")
-    make_reasoner("hf:model=/path/model_dir,norm=sum,device=cuda,dtype=bfloat16")
+    make_reasoner("hf:model=/path/model_dir,norm=sum,device=cuda,dtype=bfloat16")   # device: auto = cuda if any
     make_reasoner("hf:model=/path/model_dir,dtype=auto")   # bfloat16 where it runs natively (GPU, AMX CPU)
+    make_reasoner("hf:model=Qwen/Qwen3-8B,device=auto")     # a hub id: downloaded on a machine with internet
+
+    # the co-located oracle: the policy's own frozen base weights (LoRA adapter disabled) while it trains
+    make_reasoner("policy", policy=(peft_model, tokenizer))   # built by `minivz train verbalizer`
 
 Same scoring as the llamacpp backend (see minivz.reason.llamacpp): per query the prompt is run once
 with ``use_cache=True``; its KV cache is then expanded to the C candidates
@@ -13,8 +17,11 @@ ONE batch on top of it, right-padded:
     cands  (C, Lmax - 1) -> logits (C, Lmax - 1, V), row j predicts token j + 1; cache expanded to C
 
 Right padding is harmless: causal attention never lets a real token see the pads after it.
-``score_naive`` runs each prompt+candidate from scratch (the reference for tests). Loads local
-files only (HF_HUB_OFFLINE=1).
+``score_naive`` runs each prompt+candidate from scratch (the reference for tests). A local model
+directory is read offline (HF_HUB_OFFLINE=1); a hub id is fetched by transformers as usual. Chat
+templates are rendered with ``enable_thinking=False`` (``thinking=true`` to turn it on): a Qwen3 model
+otherwise opens its answer with a ``<think>`` block instead of the item; templates without the switch
+ignore it.
 """
 
 from __future__ import annotations
@@ -30,8 +37,18 @@ from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logp
 INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class HFReasoner:
     name = "hf"
+    thinking = False  # the chat template's enable_thinking
 
     def __init__(
         self,
@@ -39,13 +56,16 @@ class HFReasoner:
         norm: str = "mean",
         prompt: str = DEFAULT_SCORING_PROMPT,
         chat_template: bool = True,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "float32",
         max_length: int = 0,
+        thinking: bool = False,
     ) -> None:
         if not model:
             raise ValueError("the hf reasoner needs a model directory: hf:model=/path/to/model_dir")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        local = os.path.isdir(model)
+        if local:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,10 +84,11 @@ class HFReasoner:
         self._torch = torch
         self.norm = check_norm(norm)
         self.template = load_prompt(prompt)
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        self.device = device = resolve_device(device)
+        self.thinking = thinking
+        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local)
         self.model = (
-            AutoModelForCausalLM.from_pretrained(model, local_files_only=True, dtype=getattr(torch, dtype))
+            AutoModelForCausalLM.from_pretrained(model, local_files_only=local, dtype=getattr(torch, dtype))
             .to(device)
             .eval()
         )
@@ -81,7 +102,8 @@ class HFReasoner:
     def tokenize_prompt(self, context: str) -> list[int]:
         messages = self.template.messages(context=context)
         if self.use_chat_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=self.thinking)
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         ids = list(self.tokenizer(render_plain(messages), add_special_tokens=False)["input_ids"])
         bos = self.tokenizer.bos_token_id
@@ -115,7 +137,9 @@ class HFReasoner:
         torch = self._torch
         n, width = len(prefix), max((len(c) for c in cands), default=1) - 1
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            # logits of the last prompt position only: all P positions would be P x vocab floats
+            # (1.3 GiB in bf16 for a 4k-token prompt and Qwen3's 152k vocabulary)
+            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
             last = out.logits[0, -1].float().cpu().numpy()
             if width <= 0:  # every candidate is one token: the prefix logits are all we need
                 return self._scores(last, [np.zeros((0, len(last)))] * len(cands), cands)
@@ -155,3 +179,52 @@ class HFReasoner:
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
         return predict_by_likelihood(self, queries)
+
+
+class FrozenBaseReasoner(HFReasoner):
+    """The co-located oracle: the policy's frozen base model, read with its LoRA adapter disabled.
+
+    GRPO trains only the adapter, so the base weights the policy already holds on its GPU ARE a
+    frozen oracle: no second copy of the weights and no second server. Scoring runs in eval mode
+    (gradient checkpointing would otherwise switch the KV cache off), under ``inference_mode`` and
+    ``disable_adapter()``; the model's train/eval mode is restored afterwards. The oracle is thus the
+    policy's base model itself (the 4-bit base when the policy is loaded in 4 bits); a stronger
+    oracle needs its own weights -- ``hf:model=...`` on the same GPU or ``openai:url=...`` elsewhere.
+    """
+
+    name = "policy"
+
+    def __init__(self, policy=None, norm: str = "mean", prompt: str = DEFAULT_SCORING_PROMPT,
+                 chat_template: bool = True, max_length: int = 0, thinking: bool = False) -> None:
+        if policy is None:
+            raise ValueError(
+                "oracle `policy` is the policy's own frozen base weights, so it exists only while "
+                "`minivz train verbalizer` (or `minivz recipe`) holds the policy; to score elsewhere use "
+                "hf:model=<the policy's model dir or hub id>,device=auto")
+        import torch
+
+        self._torch = torch
+        self.model, self.tokenizer = policy
+        self.norm = check_norm(norm)
+        self.template = load_prompt(prompt)
+        self.device = str(next(self.model.parameters()).device)
+        self.dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        self.thinking = thinking
+        config = getattr(self.model, "config", None)
+        self.max_length = max_length or int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        self.use_chat_template = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.n_truncated = 0
+
+    def predict(self, queries: list[Query]) -> list[Prediction]:
+        import contextlib
+
+        was_training = self.model.training
+        disable = getattr(self.model, "disable_adapter", None)
+        self.model.eval()
+        try:
+            with disable() if disable is not None else contextlib.nullcontext():
+                return predict_by_likelihood(self, queries)
+        finally:
+            if was_training:
+                self.model.train()

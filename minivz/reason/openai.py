@@ -8,9 +8,17 @@ This is how the "strong oracle" of the paper is plugged in. Each query becomes o
 26), "answer with one label"), temperature 0, a couple of output tokens.
 
 Constrained output (``constrain=``):
+  auto     both of the next two (the default): llama.cpp's server reads ``grammar`` and ignores
+           ``structured_outputs``; vLLM reads ``structured_outputs`` and ignores ``grammar`` (its
+           request models allow extra fields and log them), so one spec works on either engine
   grammar  a GBNF grammar ``root ::= "A" | "B" | ...`` (llama.cpp server, llama-cpp-python server)
   choice   ``structured_outputs: {"choice": [...]}`` (vLLM >= 0.10)
   none     plain instruction only (hosted APIs that reject unknown fields)
+
+Thinking: ``chat_template_kwargs: {"enable_thinking": false}`` is sent (vLLM and llama.cpp's server
+pass it to the chat template), so a Qwen3 oracle answers with the label instead of opening a
+``<think>`` block that a 2-token budget never gets past; ``thinking=true`` leaves it on (then raise
+max_tokens), ``constrain=none`` sends neither field.
 
 Scores: with ``logprobs=true`` the first answer token's top_logprobs give score[k] = log p(label k)
 (-inf for labels absent from the top list). Without them the parsed answer scores 1, others 0.
@@ -37,7 +45,7 @@ import numpy as np
 from minivz.reason.base import PartialPredictions, Prediction, Query, ReasonerError
 from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, load_prompt
 
-CONSTRAINTS = ("grammar", "choice", "none")
+CONSTRAINTS = ("auto", "grammar", "choice", "none")
 MAX_RETRY_AFTER_S = 30.0  # a server asking for longer waits at most this per attempt
 _ANSWER = re.compile(r"^\W*([A-Za-z]|\d+)(?![A-Za-z0-9])")
 
@@ -94,12 +102,13 @@ class OpenAIReasoner:
         deadline: float = 180.0,
         backoff: float = 0.5,
         concurrency: int = 4,
-        constrain: str = "grammar",
+        constrain: str = "auto",
         logprobs: bool = True,
         top_logprobs: int = 10,
         max_tokens: int = 2,
         temperature: float = 0.0,
         prompt: str = DEFAULT_CHOICE_PROMPT,
+        thinking: bool = False,
     ) -> None:
         try:
             import httpx
@@ -119,6 +128,7 @@ class OpenAIReasoner:
         self.backoff = backoff
         self.concurrency = concurrency
         self.constrain = constrain
+        self.thinking = thinking
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.max_tokens = max_tokens
@@ -190,10 +200,12 @@ class OpenAIReasoner:
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
-        if self.constrain == "grammar":
+        if self.constrain in ("auto", "grammar"):
             body["grammar"] = "root ::= " + " | ".join(f'"{lab}"' for lab in labels)
-        elif self.constrain == "choice":
+        if self.constrain in ("auto", "choice"):
             body["structured_outputs"] = {"choice": labels}
+        if self.constrain != "none" and not self.thinking:
+            body["chat_template_kwargs"] = {"enable_thinking": False}
         return body, labels
 
     def predict_one(self, query: Query) -> Prediction:

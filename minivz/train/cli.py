@@ -56,7 +56,7 @@ def verbalizer_command(
     except ConfigError as e:
         _fail(str(e))
     if dry_run:
-        from minivz.train.memory import estimate_memory
+        from minivz.train.memory import check_fits, estimate_memory, plan_lines
 
         typer.echo(dump_yaml(cfg), nl=False)
         try:
@@ -64,14 +64,10 @@ def verbalizer_command(
         except (ValueError, ImportError) as e:
             typer.echo(f"# memory estimate: unavailable ({e})")
             return
-        typer.echo(f"# memory estimate ({est['device']}, {est['precision']}; "
-                   f"{est['params'] / 1e9:.2f}B params, {est['lora_params'] / 1e6:.1f}M LoRA params, "
-                   f"architecture from {est['architecture_from']}):")
-        for k, v in est.items():
-            if k.endswith("_gib") and k != "total_gib":
-                typer.echo(f"#   {k[:-4]:<12} {v:8.2f} GiB")
-        typer.echo(f"#   {'total':<12} {est['total_gib']:8.1f} GiB")
-        typer.echo(f"# how: {est['how']}")
+        typer.echo("\n".join(plan_lines(est, cfg.gpu_memory_gib)))
+        refusal = check_fits(cfg, est)
+        if refusal:
+            _fail(refusal)
         return
     if data is None or out is None:
         _fail("--data DIR and --out RUN are required (or --dry-run)")

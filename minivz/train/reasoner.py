@@ -227,24 +227,14 @@ def base_model_source(cfg) -> str:
 
 
 def load_reasoner_model(cfg, source: str):
-    """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer); float32 on CPU."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer); float32 on CPU,
+    bf16 on a GPU, NF4 base weights with ``reasoner_load_in_4bit`` (a Qwen3-8B reasoner on 24 GB)."""
+    from minivz.train.policy import load_lora_model
 
-    from minivz.train.policy import LORA_TARGETS, fix_special_tokens, top_layers
-
-    local = Path(source).is_dir()
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
-    fix_special_tokens(tok, model)
-    names = [n for n, _ in model.named_modules()]
-    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n in names)] or "all-linear"
-    lora = LoraConfig(r=cfg.reasoner_lora_r, lora_alpha=cfg.reasoner_lora_alpha,
-                      lora_dropout=cfg.reasoner_lora_dropout, target_modules=targets,
-                      layers_to_transform=top_layers(model, cfg.reasoner_lora_layers), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), tok
+    return load_lora_model(source, load_in_4bit=cfg.reasoner_load_in_4bit,
+                           gradient_checkpointing=cfg.reasoner_gradient_checkpointing, r=cfg.reasoner_lora_r,
+                           alpha=cfg.reasoner_lora_alpha, dropout=cfg.reasoner_lora_dropout,
+                           layers=cfg.reasoner_lora_layers)
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -282,6 +272,7 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         save_steps=cfg.reasoner_save_steps,
         save_total_limit=None,  # StepCheckpoints rotates step_* dirs
         bf16=fast_bf16(),  # autocast: a bf16 GPU, or a CPU with AMX-BF16 (fp32 master weights)
+        gradient_checkpointing=cfg.reasoner_gradient_checkpointing,
         use_cpu=not on_gpu,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -348,6 +339,8 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
         save_total_limit=None,
         logging_steps=cfg.reasoner_logging_steps,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=cfg.reasoner_gradient_checkpointing,
+        chat_template_kwargs={"enable_thinking": False},  # the answer is a title, not a <think> block
         use_cpu=not on_gpu,
         seed=cfg.seed,
         report_to="none",

@@ -33,6 +33,10 @@ class ReasonerTrainConfig:
     reasoner_lora_dropout: float = 0.0
     # LoRA on the last N decoder layers only (0 = every layer): backward stops there (faster on CPU)
     reasoner_lora_layers: int = 0
+    # NF4 base weights (QLoRA, CUDA only) and recomputed activations: an 8B reasoner reading
+    # 100-event histories on one 24 GB GPU needs both; pure overhead for 135M on a CPU.
+    reasoner_load_in_4bit: bool = False
+    reasoner_gradient_checkpointing: bool = False
 
     # -- data ----------------------------------------------------------------------------------
     # The FROZEN verbalizer (a minivz.verbalize spec): "template" = the paper's "reasoner only"
