@@ -45,8 +45,12 @@ def serve_command(
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context tokens per model."),
     n_threads: int = typer.Option(0, "--n-threads", help="CPU threads for llama.cpp (0 = its default)."),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Rewrite verbalizer output budget."),
-    reuse_kv: bool = typer.Option(False, "--reuse-kv", help="Reuse the previous request's KV prefix "
-                                  "(faster; scores then depend slightly on the previous request)."),
+    reuse_kv: bool = typer.Option(True, "--reuse-kv/--no-reuse-kv", help="Reuse earlier prompts' KV in whole "
+                                  "blocks (a returning user re-reads only the tail; scores are bitwise unchanged)."),
+    kv_slots: int = typer.Option(16, "--kv-slots", help="Earlier prompts kept in host memory for reuse "
+                                 "(~23 KB per token for SmolLM2-135M)."),
+    verbalization_cache: int = typer.Option(1024, "--verbalization-cache", help="Verbalizations kept per "
+                                            "distinct history (LRU; 0 = off)."),
     max_request_tokens: int = typer.Option(8192, "--max-request-tokens", help="Most reasoner tokens one request "
                                            "may cause (prompt + all candidates); more gets 413."),
     request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds from arrival to answer; "
@@ -84,6 +88,7 @@ def serve_command(
     try:
         cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
                           n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv,
+                          kv_slots=kv_slots, verbalization_cache=verbalization_cache,
                           max_request_tokens=max_request_tokens, request_timeout_s=request_timeout)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)

@@ -180,6 +180,40 @@ def test_llamacpp_shared_equals_naive(llama):
     assert all(p.valid and 0 <= p.choice < len(qq.candidates) for p, qq in zip(preds, queries))
 
 
+def test_llamacpp_kv_slots_reuse_returning_users_bitwise():
+    """Three users whose histories grow by one event per request, interleaved: with 3 KV slots and
+    block-aligned reuse every score equals the score from an empty cache EXACTLY, and returning users
+    re-read only the tail of their prompt."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
+    from minivz.reason.llamacpp import LlamaCppReasoner
+
+    rng = np.random.default_rng(0)
+    users = [[f"2024-01-{d:02d} | play | {t} ({1990 + d})" for d, t in
+              enumerate(rng.choice(["Heat", "Fargo", "Alien", "Babe", "Evita", "Clueless"], 14), 1)]
+             for _ in range(3)]
+    queries = [Query("\n".join(u[:n]), CANDS, np.arange(5)) for n in (10, 12, 14) for u in users]
+    fresh_r = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2)
+    slots_r = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2, kv_slots=3)
+    try:
+        fresh = []
+        for q in queries:
+            fresh_r.reset()
+            fresh.append(fresh_r.predict([q])[0].scores)
+        got = [p.scores for p in slots_r.predict(queries)]
+        np.testing.assert_array_equal(np.array(got), np.array(fresh))  # bitwise, not approximately
+        tokens = sum(len(slots_r.prepare(q)[0]) for q in queries[3:])
+        assert slots_r.reused_tokens > tokens // 2  # the second and third rounds re-read little
+        live_only = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2)  # kv_slots=0
+        try:  # the users evict each other: only the shared system prompt block is reused
+            np.testing.assert_array_equal(np.array([p.scores for p in live_only.predict(queries)]), np.array(fresh))
+            assert live_only.reused_tokens < slots_r.reused_tokens // 2
+        finally:
+            live_only.close()
+    finally:
+        fresh_r.close()
+        slots_r.close()
+
+
 def test_llamacpp_truncates_from_left():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
     r = make_reasoner("llamacpp:n_ctx=256,n_threads=2,norm=sum")

