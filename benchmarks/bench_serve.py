@@ -124,7 +124,9 @@ def wait_up(proc: subprocess.Popen, url: str, ready) -> None:
 def start_minivz(gguf: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "minivz.serve", "--reasoner", gguf, "--port", str(port),
-                             "--n-threads", str(threads), "--n-ctx", "2048", *extra],
+                             "--n-threads", str(threads), "--n-ctx", "2048",
+                             # 16 queued requests of ~4 s each outlast the default 60 s deadline
+                             "--request-timeout", "900", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_up(proc, url, lambda u: httpx.get(f"{u}/health", timeout=2).json().get("loaded"))
