@@ -237,14 +237,6 @@ class LlamaCppReasoner:
             self._cached.extend(tokens)
         return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab), np.float32)
 
-    @staticmethod
-    def _common(a: list[int], b: list[int], limit: int) -> int:
-        n = 0
-        limit = min(limit, len(a), len(b))
-        while n < limit and a[n] == b[n]:
-            n += 1
-        return n
-
     def _eval_prefix(self, prefix: list[int]) -> np.ndarray:
         """Logits after the prompt, (V,). Reuses the KV of the longest common prefix among the live
         prompt and the saved ones, in whole ``n_batch`` blocks (always re-decoding at least the last
