@@ -181,7 +181,7 @@ def test_llamacpp_shared_equals_naive(llama):
 
 
 def test_llamacpp_kv_slots_reuse_returning_users_bitwise():
-    """Three users whose histories grow by one event per request, interleaved: with 3 KV slots and
+    """Three users whose histories grow by one event per request, interleaved: with saved KV slots and
     block-aligned reuse every score equals the score from an empty cache EXACTLY, and returning users
     re-read only the tail of their prompt."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
@@ -193,7 +193,7 @@ def test_llamacpp_kv_slots_reuse_returning_users_bitwise():
              for _ in range(3)]
     queries = [Query("\n".join(u[:n]), CANDS, np.arange(5)) for n in (10, 12, 14) for u in users]
     fresh_r = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2)
-    slots_r = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2, kv_slots=3)
+    slots_r = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2, kv_slots=6)
     try:
         fresh = []
         for q in queries:
@@ -203,6 +203,8 @@ def test_llamacpp_kv_slots_reuse_returning_users_bitwise():
         np.testing.assert_array_equal(np.array(got), np.array(fresh))  # bitwise, not approximately
         tokens = sum(len(slots_r.prepare(q)[0]) for q in queries[3:])
         assert slots_r.reused_tokens > tokens // 2  # the second and third rounds re-read little
+        # each user's newer prompt took the place of their older one: 3 saved, the latest of each
+        assert sorted(t for t, _ in slots_r._saved) == sorted(slots_r.prepare(q)[0] for q in queries[-3:])
         live_only = LlamaCppReasoner(n_ctx=1024, n_batch=64, n_threads=2)  # kv_slots=0
         try:  # the users evict each other: only the shared system prompt block is reused
             np.testing.assert_array_equal(np.array([p.scores for p in live_only.predict(queries)]), np.array(fresh))

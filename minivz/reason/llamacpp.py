@@ -146,6 +146,7 @@ class LlamaCppReasoner:
         self._cached: list[int] = []  # tokens whose KV is in sequence 0, positions 0..len-1
         # saved prompts, least recently used first: (tokens, KV state of sequence 0 as bytes)
         self._saved: list[tuple[list[int], object]] = []
+        self._live_saved = False  # the prompt in sequence 0 is also the newest entry of _saved
         self.reused_tokens = 0  # prompt tokens whose KV came from an earlier query (all queries)
 
         def special_text(tok: int) -> str:
@@ -199,6 +200,7 @@ class LlamaCppReasoner:
         self._lib.llama_memory_seq_rm(self._mem, -1, 0, -1)
         self._cached = []
         self._saved.clear()
+        self._live_saved = False
 
     def _rewind(self, n: int) -> None:
         self._lib.llama_memory_seq_rm(self._mem, 0, n, -1)
@@ -241,24 +243,34 @@ class LlamaCppReasoner:
         """Logits after the prompt, (V,). Reuses the KV of the longest common prefix among the live
         prompt and the saved ones, in whole ``n_batch`` blocks (always re-decoding at least the last
         token), then saves the new prompt (module docstring: bitwise a fresh decode's numbers)."""
-        limit = len(prefix) - 1
-        keep = self._common(self._cached, prefix, limit) // self.n_batch * self.n_batch
-        best = None
-        for i, (tokens, _) in enumerate(self._saved):
-            k = self._common(tokens, prefix, limit) // self.n_batch * self.n_batch
-            if k > keep:
-                best, keep = i, k
-        if best is not None:
+        limit, block = len(prefix) - 1, self.n_batch
+        # (common prefix, saved index or None for the live prompt); the most whole blocks wins, the
+        # live prompt on a tie (nothing to restore)
+        found = [(self._common(self._cached, prefix, limit), None)]
+        found += [(self._common(tokens, prefix, limit), i) for i, (tokens, _) in enumerate(self._saved)]
+        common, best = max(found, key=lambda f: (f[0] // block, f[1] is None))
+        keep = common // block * block
+        if keep == 0:
+            common, best = found[0]
+        old = self._cached if best is None else self._saved[best][0]
+        # the same user's earlier prompt (this one shares at least half of it) is superseded by this
+        # one; a prompt that only shares the system prompt with another user's leaves it saved
+        same_user = common > 0 and 2 * common >= len(old)
+        replace = None
+        if same_user:
+            replace = best if best is not None else (len(self._saved) - 1 if self._live_saved else None)
+        if best is not None and keep:
             tokens, state = self._saved[best]
             self._lib.llama_memory_seq_rm(self._mem, -1, 0, -1)  # empty: the state lands at cells 0..
             if self._lib.llama_state_seq_set_data(self._ctx, state, len(state), 0) == 0:
                 raise RuntimeError("llama_state_seq_set_data failed to restore a saved prompt")
             self._cached = list(tokens)
+            self._live_saved = False
         self._rewind(keep)
         self.reused_tokens += keep
         last = self._decode(prefix[keep:], keep, len(prefix) - keep - 1)[-1]
         if self.kv_slots:
-            self._save(prefix, replace=best)
+            self._save(prefix, replace=replace)
         return last
 
     @staticmethod
@@ -270,14 +282,15 @@ class LlamaCppReasoner:
         return n
 
     def _save(self, tokens: list[int], replace: int | None) -> None:
-        """Keep sequence 0's KV (the prompt just decoded) in host memory; it supersedes the saved
-        prompt it was restored from, else the least recently used one goes when all slots are full."""
+        """Keep sequence 0's KV (the prompt just decoded) in host memory, in place of ``replace`` (the
+        same user's earlier prompt), else the least recently used one goes when all slots are full."""
         import ctypes
 
         lib = self._lib
         size = lib.llama_state_seq_get_size(self._ctx, 0)
         buf = (ctypes.c_uint8 * size)()
-        if lib.llama_state_seq_get_data(self._ctx, buf, size, 0) != size:
+        self._live_saved = lib.llama_state_seq_get_data(self._ctx, buf, size, 0) == size
+        if not self._live_saved:
             return  # not saved: a later query just re-reads this prompt
         if replace is not None:
             del self._saved[replace]
