@@ -81,14 +81,21 @@ def _merge_sort(perm, lo, hi, buf, ts, tb, use_tb, run):
 
 
 @njit(cache=True)
-def _counting_sort(user, umin, n_codes):
-    # Stable counting sort on the dense user code: O(n + n_codes).
-    n = user.shape[0]
+def _bucket_starts(user, umin, n_codes):
+    # start[c] = first output row of user code c (c = user - umin); start[n_codes] = n.
     start = np.zeros(n_codes + 1, np.int64)
-    for i in range(n):
+    for i in range(user.shape[0]):
         start[user[i] - umin + 1] += 1
     for c in range(n_codes):
         start[c + 1] += start[c]
+    return start
+
+
+@njit(cache=True)
+def _counting_sort(user, umin, n_codes):
+    # Stable counting sort on the dense user code: O(n + n_codes).
+    n = user.shape[0]
+    start = _bucket_starts(user, umin, n_codes)
     perm = np.empty(n, np.int64)
     for i in range(n):
         c = user[i] - umin
@@ -215,11 +222,7 @@ def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span, 
     # 10M shuffled rows, gathering ts[perm[i]] and user[perm[i]] afterwards missed the cache on
     # every row and made the sort 2x slower per row than at 1M).
     n = user.shape[0]
-    start = np.zeros(n_codes + 1, np.int64)
-    for i in range(n):
-        start[user[i] - umin + 1] += 1
-    for c in range(n_codes):
-        start[c + 1] += start[c]
+    start = _bucket_starts(user, umin, n_codes)
     bounds = start.copy()
     perm = np.empty(n, np.int64)
     key = np.empty(n, np.int64)
