@@ -270,14 +270,7 @@ def run_pandas(d: dict, seed: int = 0) -> dict:
     new_session = new_user | ts.diff().gt(GAP_US)
     df["session"] = new_session.cumsum() - 1
     df["run"] = (new_session | series.lt(0) | series.ne(series.shift())).cumsum() - 1
-    runs = df.groupby("run", sort=False).agg(
-        start=("row", "first"), length=("row", "size"), series=("series", "first"),
-        first_season=("season", "first"), first_episode=("episode", "first"),
-        last_season=("season", "last"), last_episode=("episode", "last"),
-        total_duration=("duration", "sum"), n_dur=("duration", "count"),
-        first_ts=("ts", "first"), last_ts=("ts", "last"),
-    )
-    runs.loc[runs["n_dur"] == 0, "total_duration"] = np.nan
+    runs = pandas_runs(df, "run")
     from_end = df.groupby("user", sort=False).cumcount(ascending=False)
     df["split"] = np.select([from_end.eq(0), from_end.eq(1)], [2, 1], 0).astype(np.int8)
     tie = new_tie.cumsum()
@@ -297,6 +290,20 @@ def run_pandas(d: dict, seed: int = 0) -> dict:
                          "first_row": df.loc[is_first, "row"].to_numpy()})
     negs = _pandas_negatives(ex[["row", "user", "g_end"]], seen, n_items, seed)
     return {"sorted": df, "runs": runs, "examples": ex, "negatives": negs}
+
+
+def pandas_runs(df, by):
+    """Per-run table of ``df`` grouped by ``by`` (a column or an array of run ids, contiguous runs):
+    first row, length, first/last season and episode, duration sum ignoring NaN (NaN if none), first/last ts."""
+    runs = df.groupby(by, sort=False).agg(
+        start=("row", "first"), length=("row", "size"), series=("series", "first"),
+        first_season=("season", "first"), first_episode=("episode", "first"),
+        last_season=("season", "last"), last_episode=("episode", "last"),
+        total_duration=("duration", "sum"), n_dur=("duration", "count"),
+        first_ts=("ts", "first"), last_ts=("ts", "last"),
+    )
+    runs.loc[runs["n_dur"] == 0, "total_duration"] = np.nan
+    return runs
 
 
 def _pandas_negatives(targets, seen, n_items: int, seed: int):

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from bench_kernels import GAP_US, best_of, make_data
+from bench_kernels import GAP_US, best_of, make_data, pandas_runs
 
 COLS = ("user", "ts", "series", "season", "episode", "duration")
 RUN_FIELDS = ("start", "length", "series", "first_season", "first_episode", "last_season", "last_episode",
@@ -109,15 +109,7 @@ def run_pandas(d: dict) -> dict:
     new_session = user.ne(user.shift()) | ts.diff().gt(GAP_US)
     session = new_session.cumsum() - 1
     run = (new_session | series.lt(0) | series.ne(series.shift())).cumsum() - 1
-    runs = df.groupby(run.to_numpy(), sort=False).agg(
-        start=("row", "first"), length=("row", "size"), series=("series", "first"),
-        first_season=("season", "first"), first_episode=("episode", "first"),
-        last_season=("season", "last"), last_episode=("episode", "last"),
-        total_duration=("duration", "sum"), n_dur=("duration", "count"),
-        first_ts=("ts", "first"), last_ts=("ts", "last"),
-    )
-    runs.loc[runs["n_dur"] == 0, "total_duration"] = np.nan
-    return {"session": session, "run": run, "runs": runs}
+    return {"session": session, "run": run, "runs": pandas_runs(df, run.to_numpy())}
 
 
 def assert_agree(ref: dict, got: dict, name: str) -> None:
