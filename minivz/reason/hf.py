@@ -26,6 +26,7 @@ ignore it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -81,20 +82,31 @@ class HFReasoner:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no per-load progress bars in eval logs
-        self._torch = torch
-        self.norm = check_norm(norm)
-        self.template = load_prompt(prompt)
         self.device = device = resolve_device(device)
-        self.thinking = thinking
-        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local)
-        self.model = (
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local)
+        loaded = (
             AutoModelForCausalLM.from_pretrained(model, local_files_only=local, dtype=getattr(torch, dtype))
             .to(device)
             .eval()
         )
-        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.use_chat_template = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.bind(loaded, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template, max_length=max_length,
+                  thinking=thinking)
+
+    def bind(self, model, tokenizer, *, norm: str = "mean", prompt: str = DEFAULT_SCORING_PROMPT,
+             chat_template: bool = True, max_length: int = 0, thinking: bool = False) -> None:
+        """Everything but the loading: the model (None = tokenization only, then max_length is
+        required), its tokenizer, the scoring norm, the prompt file and how it is rendered."""
+        import torch
+
+        self._torch = torch
+        self.model, self.tokenizer = model, tokenizer
+        self.norm = check_norm(norm)
+        self.template = load_prompt(prompt)
+        self.thinking = thinking
+        config = getattr(model, "config", None)
+        self.max_length = max_length or int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        self.use_chat_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.n_truncated = 0
 
     # -- text and tokens ------------------------------------------------------------------------
@@ -201,24 +213,13 @@ class FrozenBaseReasoner(HFReasoner):
                 "oracle `policy` is the policy's own frozen base weights, so it exists only while "
                 "`minivz train verbalizer` (or `minivz recipe`) holds the policy; to score elsewhere use "
                 "hf:model=<the policy's model dir or hub id>,device=auto")
-        import torch
-
-        self._torch = torch
-        self.model, self.tokenizer = policy
-        self.norm = check_norm(norm)
-        self.template = load_prompt(prompt)
-        self.device = str(next(self.model.parameters()).device)
-        self.dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        self.thinking = thinking
-        config = getattr(self.model, "config", None)
-        self.max_length = max_length or int(getattr(config, "max_position_embeddings", 2048) or 2048)
-        self.use_chat_template = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.n_truncated = 0
+        model, tokenizer = policy
+        self.bind(model, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template,
+                  max_length=max_length, thinking=thinking)
+        self.device = str(next(model.parameters()).device)
+        self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
-        import contextlib
-
         was_training = self.model.training
         disable = getattr(self.model, "disable_adapter", None)
         self.model.eval()

@@ -67,13 +67,7 @@ def _prompt_tokens_class():
 
         def __init__(self, tokenizer, prompt: str = "reasoner_v1", max_length: int = 2048,
                      chat_template: bool = True) -> None:
-            from minivz.reason.prompt import load_prompt
-
-            self.tokenizer = tokenizer
-            self.template = load_prompt(prompt)
-            self.max_length = max_length
-            self.use_chat_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
-            self.n_truncated = 0
+            self.bind(None, tokenizer, prompt=prompt, chat_template=chat_template, max_length=max_length)
 
     return PromptTokens
 
