@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -178,14 +179,12 @@ class Pipeline:
             self.say(f"  {row}: all R@1 {m['all']['recall@1']:.3f} (n={m['all']['n']})")
         return out
 
-    @property
+    @cached_property
     def oracle(self) -> str:
         """The spec every stage-1 row is scored with (``policy`` -> ``hf:`` on the base model)."""
-        if not hasattr(self, "_oracle"):
-            from minivz.train.config import eval_oracle
+        from minivz.train.config import eval_oracle
 
-            self._oracle = eval_oracle(self.cfg["verbalizer"])
-        return self._oracle
+        return eval_oracle(self.cfg["verbalizer"])
 
     @property
     def best_rule(self) -> str:

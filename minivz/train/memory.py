@@ -173,7 +173,7 @@ def estimate_memory(cfg, cuda: bool | None = None) -> dict:
     arch, source = architecture(cfg)
     if cuda is None:
         cuda = (cfg.backend == "unsloth" or cfg.load_in_4bit or "8B" in cfg.policy_model or "32B" in cfg.policy_model
-                or getattr(cfg, "gpu_memory_gib", 0) > 0)
+                or cfg.gpu_memory_gib > 0)
     linear = arch.layers * arch.linear_params_per_layer
     if cfg.load_in_4bit:
         weights = linear * 0.53 + arch.embedding_params * 2
@@ -251,7 +251,7 @@ def check_fits(cfg, est: dict | None = None) -> str | None:
     import dataclasses
 
     est = est or estimate_memory(cfg)
-    budget = float(getattr(cfg, "gpu_memory_gib", 0) or 0)
+    budget = float(cfg.gpu_memory_gib)
     if not budget or est["device"] != "cuda" or est["total_gib"] <= budget:
         return None
     fixes = []
