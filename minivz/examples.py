@@ -210,7 +210,6 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     episode_cat = _int_or(catalog["episode"], -1)
     if "duration_s" in ev.column_names:
         duration = pc.cast(ev["duration_s"], pa.float64()).to_numpy(zero_copy_only=False)
-        duration = np.where(np.isnan(duration), np.nan, duration).astype(np.float64)
     else:
         duration = np.full(ev.num_rows, np.nan)
     say("aggregate series")

@@ -1,4 +1,4 @@
-"""Bad input gets a clear answer and nothing is lost (issue 12, the data path and the CLI).
+"""Bad input gets a clear answer and nothing is lost (the data path and the CLI).
 
 Each test plants one fault a user meets with their own log and checks the answer: a one-line error
 naming the file/row/field and the fix, or rows rejected with a reason and counted.

