@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ns = ap.parse_args(argv)
 
     from minivz.config import resolve
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.config import VerbalizerTrainConfig
     from minivz.train.grpo import passive_omp
     from minivz.train.policy import resolve_backend
 

@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     from minivz.config import resolve
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.config import VerbalizerTrainConfig
     from minivz.train.grpo import train_verbalizer
 
     t0 = time.perf_counter()

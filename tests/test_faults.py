@@ -162,7 +162,7 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     import dataclasses
 
     from minivz.config import ConfigError
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.config import VerbalizerTrainConfig
     from minivz.train.grpo import record_run_config
 
     run, data = tmp_path / "run", tmp_path / "data"

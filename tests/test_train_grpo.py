@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from minivz.config import ConfigError, resolve, to_dict
-from minivz.train.config import VerbalizerTrainConfig
+from minivz.config import VerbalizerTrainConfig
 
 torch = pytest.importorskip("torch", reason="pip install torch==2.13.0")
 pytest.importorskip("trl", reason="pip install -e '.[train]'")
@@ -203,7 +203,7 @@ def test_memory_estimate_without_torch_import():
     import subprocess
     import sys
 
-    code = ("import sys; from minivz.config import resolve, to_dict; from minivz.train.config import VerbalizerTrainConfig;"
+    code = ("import sys; from minivz.config import resolve, to_dict; from minivz.config import VerbalizerTrainConfig;"
             "from minivz.train.memory import estimate_memory;"
             "e = estimate_memory(resolve(VerbalizerTrainConfig, recipe='paper-8b'));"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules);"
@@ -286,7 +286,7 @@ def test_colocated_policy_oracle_trains_with_the_frozen_base(tmp_path, ml_data, 
     """oracle=policy: GRPO's rewards come from the policy's own base weights with the adapter
     disabled (no second model), and evaluation outside training reads the same base through hf:."""
     from minivz.reason import hf
-    from minivz.train.config import eval_oracle
+    from minivz.config import eval_oracle
     from minivz.train.grpo import train_verbalizer
 
     calls = []
@@ -472,7 +472,7 @@ def test_importing_train_loads_no_torch():
     import sys
 
     code = ("import sys, minivz.train, minivz.train.cli, minivz.train.grpo, minivz.train.rewards, minivz.plot;"
-            "from minivz.train import VerbalizerTrainConfig;"
+            "from minivz.config import VerbalizerTrainConfig;"
             "bad = [m for m in ('torch', 'trl', 'transformers', 'unsloth', 'matplotlib') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -488,7 +488,7 @@ def test_unsloth_backend_on_gpu(tmp_path, ml_data, tiny_policy):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     pytest.importorskip("unsloth", reason="pip install unsloth==2026.10.9 trl==1.15.0")
-    code = ("from minivz.config import resolve; from minivz.train.config import VerbalizerTrainConfig;"
+    code = ("from minivz.config import resolve; from minivz.config import VerbalizerTrainConfig;"
             "from minivz.train.grpo import train_verbalizer;"
             f"cfg = resolve(VerbalizerTrainConfig, overrides=['policy_model={tiny_policy}', 'backend=unsloth',"
             "'max_steps=2', 'train_examples=8', 'train_history=5', 'max_completion_length=16', 'oracle=knn',"

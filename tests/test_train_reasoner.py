@@ -17,7 +17,7 @@ import pytest
 from minivz.config import SECTIONS, ConfigError, DataConfig, resolve
 from minivz.train.reasoner import accuracy_reward, build_sft_rows, named_candidate
 from minivz.verbalize.cache import select_examples, verbalize_split
-from minivz.train.reasoner_config import ReasonerTrainConfig
+from minivz.config import ReasonerTrainConfig
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

@@ -48,8 +48,7 @@ def verbalizer_command(
 
     Example: minivz train verbalizer --recipe tiny-cpu --data runs/tiny-cpu/data --out runs/tiny-cpu/verbalizer
     """
-    from minivz.config import ConfigError, dump_yaml, resolve
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.config import ConfigError, VerbalizerTrainConfig, dump_yaml, resolve
 
     try:
         cfg = resolve(VerbalizerTrainConfig, recipe=recipe, overrides=set_)

@@ -41,7 +41,7 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     from minivz.evaluate import evaluate
     from minivz.generate import adapter_base
     from minivz.plot import plot_heldout
-    from minivz.train.config import VerbalizerTrainConfig, eval_oracle
+    from minivz.config import VerbalizerTrainConfig, eval_oracle
 
     run = Path(run)
     cfg_path = run / "config.yaml"

@@ -1,7 +1,6 @@
 """GRPO training of the verbalizer (stage 1 of the paper) with TRL's ``GRPOTrainer``.
 
-    from minivz.config import resolve
-    from minivz.train.config import VerbalizerTrainConfig
+    from minivz.config import VerbalizerTrainConfig, resolve
     from minivz.train.grpo import train_verbalizer
     cfg = resolve(VerbalizerTrainConfig, recipe="tiny-cpu")
     summary = train_verbalizer(cfg, data_dir="runs/tiny-cpu/data", out="runs/tiny-cpu/verbalizer")

@@ -1,7 +1,6 @@
 """Stage 2 of the paper: freeze the verbalizer, train the REASONER on text it wrote (SFT, + GRPO).
 
-    from minivz.config import resolve
-    from minivz.train.reasoner_config import ReasonerTrainConfig
+    from minivz.config import ReasonerTrainConfig, resolve
     from minivz.train.reasoner import train_reasoner
     cfg = resolve(ReasonerTrainConfig, recipe="tiny-cpu",
                   overrides=["reasoner_verbalizer=rewrite:model=runs/tiny-cpu/verbalizer/final/merged"])
@@ -463,8 +462,7 @@ def train_reasoner_command(
 
     Example: minivz train reasoner --recipe tiny-cpu --data runs/tiny-cpu/data --verbalizer template --out runs/tiny-cpu/reasoner
     """
-    from minivz.config import ConfigError, resolve
-    from minivz.train.reasoner_config import ReasonerTrainConfig
+    from minivz.config import ConfigError, ReasonerTrainConfig, resolve
 
     try:
         cfg = resolve(ReasonerTrainConfig, recipe=recipe, overrides=set_, reasoner_verbalizer=verbalizer)
