@@ -162,8 +162,8 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     import dataclasses
 
     from minivz.config import ConfigError
+    from minivz.rundir import record_run_config
     from minivz.train.config import VerbalizerTrainConfig
-    from minivz.train.grpo import record_run_config
 
     run, data = tmp_path / "run", tmp_path / "data"
     cfg = VerbalizerTrainConfig(oracle="knn")
