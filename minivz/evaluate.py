@@ -24,44 +24,7 @@ from typing import Callable
 import numpy as np
 
 from minivz.config import EvalConfig, dump_yaml
-
-
-
-
-def _drop_partial_line(samples: Path) -> None:
-    """A run killed mid-write leaves a cut last line: cut the file back to its last newline."""
-    if not samples.exists():
-        return
-    data = samples.read_bytes()
-    if data and not data.endswith(b"\n"):
-        samples.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
-def _done_ids(samples: Path) -> set[int]:
-    done: set[int] = set()
-    _drop_partial_line(samples)
-    if samples.exists():
-        with samples.open() as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    done.add(int(json.loads(line)["example_id"]))
-                except (ValueError, KeyError):
-                    continue  # an unreadable line: that example is redone
-    return done
-
-
-def _read_samples(samples: Path) -> list[dict]:
-    rows = []
-    with samples.open() as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+from minivz.rundir import append_jsonl, read_jsonl, resume_jsonl, write_env
 
 
 def build_queries(data, examples, texts: list[str], history_ids: list[np.ndarray]):
@@ -105,7 +68,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     """Run (or resume) one evaluation; returns the metrics dict also written to metrics.json."""
     from minivz.audit import audit_verbalizations
     from minivz.dataset import PreparedData
-    from minivz.envinfo import collect
     from minivz.metrics import summarize
     from minivz.reason import make_reasoner
     from minivz.verbalize import make_verbalizer
@@ -115,11 +77,11 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     out.mkdir(parents=True, exist_ok=True)
     _check_same_run(out, cfg)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    (out / "env.json").write_text(json.dumps(collect(), indent=2))
+    write_env(out)
     data = PreparedData.load(cfg.data)
     ex = data.examples(cfg.eval_split, limit=cfg.limit or None)
     samples_path = out / "samples.jsonl"
-    done = _done_ids(samples_path)
+    done = resume_jsonl(samples_path)
     ids = ex["example_id"].to_numpy()
     todo = np.flatnonzero(~np.isin(ids, np.fromiter(done, dtype=np.int64, count=len(done))))
 
@@ -130,39 +92,35 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     n_total = ex.num_rows
     if progress:
         progress(n_total - len(todo), n_total)
-    with samples_path.open("a") as f:
-        for b in range(0, len(todo), cfg.batch_size):
-            sel = todo[b:b + cfg.batch_size]
-            batch = ex.take(sel)
-            hists = data.histories(batch, max_events=cfg.eval_history)
-            t0 = time.perf_counter()
-            texts = verbalizer.verbalize(hists)
-            t1 = time.perf_counter()
-            hist_ids = data.history_ids(batch, max_events=cfg.eval_history)
-            preds = reasoner.predict(build_queries(data, batch, texts, hist_ids))
-            t2 = time.perf_counter()
-            t_verb += t1 - t0
-            t_reason += t2 - t1
-            tmpl = template.verbalize(hists)
-            for row, text, tt, p in zip(batch.to_pylist(), texts, tmpl, preds):
-                rec = {
-                    "example_id": int(row["example_id"]),
-                    "user_id": row["user_id"],
-                    "discovery": bool(row["discovery"]),
-                    "label": int(row["label"]),
-                    "candidates": row["candidates"],
-                    "scores": [float(s) if np.isfinite(s) else None for s in np.asarray(p.scores, dtype=float)],
-                    "choice": int(p.choice),
-                    "valid": bool(p.valid),
-                    "verbalization": text,
-                    "template_chars": len(tt),
-                }
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if progress:
-                progress(n_total - len(todo) + b + len(sel), n_total)
+    for b in range(0, len(todo), cfg.batch_size):
+        sel = todo[b:b + cfg.batch_size]
+        batch = ex.take(sel)
+        hists = data.histories(batch, max_events=cfg.eval_history)
+        t0 = time.perf_counter()
+        texts = verbalizer.verbalize(hists)
+        t1 = time.perf_counter()
+        hist_ids = data.history_ids(batch, max_events=cfg.eval_history)
+        preds = reasoner.predict(build_queries(data, batch, texts, hist_ids))
+        t2 = time.perf_counter()
+        t_verb += t1 - t0
+        t_reason += t2 - t1
+        tmpl = template.verbalize(hists)
+        append_jsonl(samples_path, ({
+            "example_id": int(row["example_id"]),
+            "user_id": row["user_id"],
+            "discovery": bool(row["discovery"]),
+            "label": int(row["label"]),
+            "candidates": row["candidates"],
+            "scores": [float(s) if np.isfinite(s) else None for s in np.asarray(p.scores, dtype=float)],
+            "choice": int(p.choice),
+            "valid": bool(p.valid),
+            "verbalization": text,
+            "template_chars": len(tt),
+        } for row, text, tt, p in zip(batch.to_pylist(), texts, tmpl, preds)))
+        if progress:
+            progress(n_total - len(todo) + b + len(sel), n_total)
 
-    rows = [r for r in _read_samples(samples_path) if r["example_id"] in set(ids.tolist())]
+    rows = [r for r in read_jsonl(samples_path) if r["example_id"] in set(ids.tolist())]
     scores = np.array([[(-np.inf if s is None else s) for s in r["scores"]] for r in rows], dtype=float)
     labels = np.array([r["label"] for r in rows], dtype=int)
     valid = np.array([r["valid"] for r in rows], dtype=bool)

@@ -10,8 +10,9 @@ a moving average (window ~ steps/10) thick. matplotlib with the Agg backend: no 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from minivz.rundir import read_jsonl
 
 FIGURES = {
     "rewards": ("reward", ["reward", "accuracy", "length"]),
@@ -24,13 +25,7 @@ def read_metrics(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} a `minivz train verbalizer` run directory?")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break  # a line cut by a kill
-    return rows
+    return read_jsonl(path, stop_at_bad=True)
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

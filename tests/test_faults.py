@@ -163,7 +163,7 @@ def test_resume_refuses_changed_training_settings(tmp_path):
 
     from minivz.config import ConfigError
     from minivz.config import VerbalizerTrainConfig
-    from minivz.train.grpo import record_run_config
+    from minivz.rundir import record_run_config
 
     run, data = tmp_path / "run", tmp_path / "data"
     cfg = VerbalizerTrainConfig(oracle="knn")

@@ -347,7 +347,8 @@ def test_oracle_down_mid_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_pat
     """Training against an oracle that dies at step 3 stops with a clear message and a checkpoint at
     step 2 (save_steps=100 would have kept none); the rerun with the oracle back trains steps 3-4."""
     from minivz.reason.base import ReasonerError
-    from minivz.train.grpo import latest_checkpoint, train_verbalizer
+    from minivz.rundir import latest_checkpoint
+    from minivz.train.grpo import train_verbalizer
     from minivz.train.rewards import OracleDown
 
     class Dies(OverlapOracle):

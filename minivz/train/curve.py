@@ -23,7 +23,7 @@ from typing import Callable
 
 def _points(run: Path) -> list[tuple[int, Path | None]]:
     """(step, adapter dir) for the base policy (None) and each kept checkpoint, by step."""
-    from minivz.train.grpo import step_checkpoints
+    from minivz.rundir import step_checkpoints
 
     found = [(s, p) for s, p in step_checkpoints(run / "checkpoints") if (p / "adapter_config.json").is_file()]
     if not found:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import sys
 import time
@@ -43,9 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from minivz.config import dump_yaml
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+from minivz.rundir import (append_jsonl, record_run_config, resume_step, rotate_checkpoints,
+                           step_checkpoints_callback, truncate_jsonl, write_env)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -115,81 +113,6 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
     return rows
 
 
-# -- run directory helpers ------------------------------------------------------------------------------
-
-
-def rotate_checkpoints(ckpt_dir: Path, step: int, keep: int) -> None:
-    """Rename TRL's ``checkpoint-N`` to ``step_%06d`` (the run-dir contract) and keep the newest ``keep``."""
-    src = ckpt_dir / f"checkpoint-{step}"
-    dst = ckpt_dir / f"step_{step:06d}"
-    if src.is_dir():
-        if dst.exists():
-            shutil.rmtree(dst)
-        src.rename(dst)
-    for _s, p in step_checkpoints(ckpt_dir)[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def step_checkpoints(ckpt_dir: Path, resumable: bool = False) -> list[tuple[int, Path]]:
-    """``(step, dir)`` of the run-contract checkpoints ``step_NNNNNN`` in ``ckpt_dir``, oldest first;
-    ``resumable=True`` keeps only those a trainer can resume from (trainer_state.json written)."""
-    found = (((int(m.group(1)), p) for p in ckpt_dir.glob("step_*") if (m := _STEP_DIR.match(p.name)))
-             if ckpt_dir.is_dir() else ())
-    return sorted((s, p) for s, p in found if not resumable or (p / "trainer_state.json").is_file())
-
-
-def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
-    """``(step, dir)`` of the newest resumable checkpoint in ``ckpt_dir``, or None."""
-    ckpts = step_checkpoints(ckpt_dir, resumable=True)
-    return ckpts[-1] if ckpts else None
-
-
-# Settings a resumed run may change: how long it runs and what it keeps, not what it learns.
-RESUME_SAFE = frozenset({"max_steps", "save_steps", "save_total_limit", "logging_steps", "max_oracle_retries",
-                         "gpu_memory_gib",
-                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit"})
-
-
-def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> None:
-    """Write RUN/config.yaml (the run's record: its settings, the data dir in the first line), or, when
-    resuming from a checkpoint, refuse settings that would change the training, naming the keys."""
-    import yaml
-
-    from minivz.config import ConfigError
-
-    path = run / "config.yaml"
-    head = f"# data_dir: {Path(data_dir).resolve()}\n"
-    text = head + dump_yaml(cfg)
-    if resume and path.is_file() and latest_checkpoint(run / "checkpoints"):
-        old_text = path.read_text()
-        old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(text)
-        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*old, *new])
-                   if k not in RESUME_SAFE and old.get(k) != new.get(k)]
-        old_head = old_text.splitlines()[0] if old_text.startswith("# data_dir: ") else None
-        if old_head is not None and old_head != head.strip():
-            changed.append(f"data_dir: {old_head[len('# data_dir: '):]} -> {Path(data_dir).resolve()}")
-        if changed:
-            raise ConfigError(
-                f"{run} was trained with other settings ({'; '.join(changed)}); resuming would mix them. "
-                f"Resume with the recorded settings ({path}), train into a new --out, or start over "
-                "with --no-resume. Only " + ", ".join(sorted(RESUME_SAFE)) + " may change on resume.")
-    path.write_text(text)
-
-
-def _truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep lines with step <= max_step (a resumed run redoes the steps after its checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= max_step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            break  # a line cut by a kill: drop it and everything after
-    path.write_text("".join(x + "\n" for x in keep))
-
-
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -256,18 +179,19 @@ def _callbacks():
             if st.last_error:
                 rec["oracle_last_error"] = st.last_error
             self.t_step = now
-            with (self.run / "samples.jsonl").open("a") as f:
-                for i in range(n):
-                    eid = st.example_id[i] if i < len(st.example_id) else -1
-                    f.write(json.dumps({
-                        "step": rec["step"], "example_id": eid, "history": self.histories.get(eid, ""),
-                        "completion": st.completion[i] if i < len(st.completion) else "",
-                        "verbalization": st.verbalization[i] if i < len(st.verbalization) else "",
-                        "rewards": {"accuracy": _nan_to_none(acc[i]), "length": _nan_to_none(ln[i]),
-                                    "total": _nan_to_none(total[i])},
-                        "compression_ratio": st.ratio[i] if i < len(st.ratio) else None,
-                        "advantage": float(adv[i]), "excluded": bool(np.isnan(total[i])),
-                    }) + "\n")
+            samples = []
+            for i in range(n):
+                eid = st.example_id[i] if i < len(st.example_id) else -1
+                samples.append({
+                    "step": rec["step"], "example_id": eid, "history": self.histories.get(eid, ""),
+                    "completion": st.completion[i] if i < len(st.completion) else "",
+                    "verbalization": st.verbalization[i] if i < len(st.verbalization) else "",
+                    "rewards": {"accuracy": _nan_to_none(acc[i]), "length": _nan_to_none(ln[i]),
+                                "total": _nan_to_none(total[i])},
+                    "compression_ratio": st.ratio[i] if i < len(st.ratio) else None,
+                    "advantage": float(adv[i]), "excluded": bool(np.isnan(total[i])),
+                })
+            append_jsonl(self.run / "samples.jsonl", samples)
             self.last = rec
             if control.should_log:  # TRL's loss / kl / grad_norm arrive in on_log right after
                 self.pending = rec
@@ -289,18 +213,7 @@ def _callbacks():
                 self.pending = None
 
         def _write(self, rec: dict) -> None:
-            with (self.run / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    class StepCheckpoints(TrainerCallback):
-        """TRL saves ``checkpoint-N``; the run contract names them ``step_00000N``. Keeps the newest
-        ``keep`` (TRL's own rotation only knows its naming, so it is not used)."""
-
-        def __init__(self, ckpt_dir: Path, keep: int) -> None:
-            self.dir, self.keep = ckpt_dir, keep
-
-        def on_save(self, args, state, control, **kw):
-            rotate_checkpoints(self.dir, state.global_step, self.keep)
+            append_jsonl(self.run / "metrics.jsonl", [rec])
 
     class LiveProgress(TrainerCallback):
         """A rich progress bar with the live reward; one plain line per step when not a TTY."""
@@ -336,7 +249,7 @@ def _callbacks():
             if self.bar is not None:
                 self.bar.stop()
 
-    return RunLogger, StepCheckpoints, LiveProgress
+    return RunLogger, LiveProgress
 
 
 # -- training ---
@@ -387,7 +300,6 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     from trl import GRPOConfig, GRPOTrainer
 
     from minivz.dataset import PreparedData
-    from minivz.envinfo import collect
     from minivz.evaluate import item_stats_for
     from minivz.reason import make_reasoner
     from minivz.train.rewards import OracleDown, RewardState, build_reward_funcs
@@ -395,11 +307,9 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     run = Path(out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     record_run_config(run, cfg, data_dir, resume)
-    env = collect()
-    env.update({"train_backend": backend, "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
-    (run / "env.json").write_text(json.dumps(env, indent=2))
+    write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
 
-    step, ckpt = (latest_checkpoint(run / "checkpoints") if resume else None) or (0, None)
+    step, ckpt = resume_step(run / "checkpoints", resume)
     if not resume:  # starting over: old step_* dirs would mix into rotation and a later resume
         old = [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
         if old:
@@ -411,7 +321,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
             (run / name).unlink(missing_ok=True)
     else:
         for name in ("metrics.jsonl", "samples.jsonl"):
-            _truncate_jsonl(run / name, step)
+            truncate_jsonl(run / name, lambda rec: int(rec["step"]) <= step)
         print(f"resuming from {ckpt} (step {step})", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
@@ -461,10 +371,10 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
-    RunLogger, StepCheckpoints, LiveProgress = _callbacks()
+    RunLogger, LiveProgress = _callbacks()
     logger = RunLogger(run, rstate, dict(zip([f.__name__ for f in funcs], weights)), cfg.num_generations,
                        {r["example_id"]: r["history_text"] for r in rows})
-    callbacks = [logger, StepCheckpoints(run / "checkpoints", cfg.save_total_limit)]
+    callbacks = [logger, step_checkpoints_callback(run / "checkpoints", cfg.save_total_limit)]
     if progress:
         callbacks.append(LiveProgress(logger))
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,

@@ -48,7 +48,8 @@ import numpy as np
 import typer
 
 from minivz.config import dump_yaml
-from minivz.train.grpo import latest_checkpoint, record_run_config, rotate_checkpoints
+from minivz.rundir import (append_jsonl, record_run_config, resume_step, step_checkpoints_callback, truncate_jsonl,
+                           write_env)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -140,23 +141,16 @@ def accuracy_reward(completions, target, candidates, **kwargs) -> list[float]:
 
 def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
     """Drop this stage's lines past ``max_step`` (a resumed run redoes those steps) and any later stage."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            break
-        if rec.get("stage") == "sft" and (stage == "grpo" or rec["step"] <= max_step):
-            keep.append(line)
-        elif rec.get("stage") == "grpo" and stage == "grpo" and rec["step"] <= max_step:
-            keep.append(line)
-    path.write_text("".join(x + "\n" for x in keep))
+    def keep(rec: dict) -> bool:
+        if rec.get("stage") == "sft":
+            return stage == "grpo" or rec["step"] <= max_step
+        return rec.get("stage") == "grpo" and stage == "grpo" and rec["step"] <= max_step
+
+    truncate_jsonl(path, keep)
 
 
-def _callbacks():
-    """TrainerCallback subclasses, defined on first use (transformers is imported lazily)."""
+def _metrics_logger_class():
+    """The TrainerCallback subclass, defined on first use (transformers is imported lazily)."""
     from transformers import TrainerCallback
 
     class MetricsLogger(TrainerCallback):
@@ -181,8 +175,7 @@ def _callbacks():
                 if isinstance(v, (int, float)) and k != "epoch":
                     rec["lr" if k == "learning_rate" else k] = v
             self.t, self.last_step = now, state.global_step
-            with self.path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_jsonl(self.path, [rec])
             if self.progress:
                 extra = f"loss {rec['loss']:.4f}" if "loss" in rec else ""
                 if "reward" in rec:
@@ -190,21 +183,7 @@ def _callbacks():
                 print(f"{self.stage} step {state.global_step}/{state.max_steps}  {extra}  lr {rec.get('lr', 0):.2e}  "
                       f"{rec['step_seconds']:.1f}s/step", file=sys.stderr, flush=True)
 
-    class StepCheckpoints(TrainerCallback):
-        """TRL saves ``checkpoint-N``; the run contract names them ``step_00000N``; keeps the newest
-        ``keep``. Also saves at the last step, so a finished stage can be resumed past."""
-
-        def __init__(self, ckpt_dir: Path, keep: int) -> None:
-            self.dir, self.keep = ckpt_dir, keep
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step >= state.max_steps:
-                control.should_save = True
-
-        def on_save(self, args, state, control, **kw):
-            rotate_checkpoints(self.dir, state.global_step, self.keep)
-
-    return MetricsLogger, StepCheckpoints
+    return MetricsLogger
 
 
 # -- model --------------------------------------------------------------------------------------------
@@ -242,7 +221,7 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = run / "checkpoints"
-    step, ckpt = (latest_checkpoint(ckpt_dir) if resume else None) or (0, None)
+    step, ckpt = resume_step(ckpt_dir, resume)
     if ckpt is None:
         (run / "metrics.jsonl").unlink(missing_ok=True)
     else:
@@ -275,10 +254,11 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
-    MetricsLogger, StepCheckpoints = _callbacks()
+    MetricsLogger = _metrics_logger_class()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[MetricsLogger(run / "metrics.jsonl", "sft", progress),
-                                    StepCheckpoints(ckpt_dir, cfg.reasoner_save_total_limit)])
+                                    step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit,
+                                                              save_last=True)])
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     if ckpt is not None and _finished(ckpt, cfg.reasoner_max_steps):
@@ -313,7 +293,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
 
     ckpt_dir = run / "grpo" / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step, ckpt = (latest_checkpoint(ckpt_dir) if resume else None) or (0, None)
+    step, ckpt = resume_step(ckpt_dir, resume)
     _truncate_metrics(run / "metrics.jsonl", "grpo", step)
     on_gpu = torch.cuda.is_available()
     g = cfg.reasoner_grpo_generations
@@ -343,11 +323,12 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
     )
     (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
     dataset = Dataset.from_list(rows)
-    MetricsLogger, StepCheckpoints = _callbacks()
+    MetricsLogger = _metrics_logger_class()
     trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
                           callbacks=[MetricsLogger(run / "metrics.jsonl", "grpo", progress),
-                                     StepCheckpoints(ckpt_dir, cfg.reasoner_save_total_limit)])
+                                     step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit,
+                                                               save_last=True)])
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     if ckpt is not None and _finished(ckpt, cfg.reasoner_grpo_steps):
@@ -393,16 +374,13 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     import torch
 
     from minivz.dataset import PreparedData
-    from minivz.envinfo import collect
     from minivz.train.policy import check_versions, save_final
 
     check_versions("peft")
     run = Path(out)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     record_run_config(run, cfg, data_dir, resume)
-    env = collect()
-    env.update({"train_backend": "peft", "torch_device": "cuda" if torch.cuda.is_available() else "cpu"})
-    (run / "env.json").write_text(json.dumps(env, indent=2))
+    write_env(run, train_backend="peft", torch_device="cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
 
     data = PreparedData.load(data_dir)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from minivz.rundir import append_jsonl, read_jsonl, resume_jsonl
+
 
 def history_key(history: list[dict]) -> str:
     """A stable key of a history (its template text): how cached verbalizations are looked up."""
@@ -36,17 +38,6 @@ def select_examples(data, split: str, limit: int, seed: int = 0):
         rng = np.random.default_rng(seed)
         return ex.take(np.sort(rng.choice(ex.num_rows, size=limit, replace=False)))
     return ex.slice(0, limit)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill: that example is redone
-    return rows
 
 
 def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history: int, out_path: str | Path,
@@ -73,10 +64,7 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
                              f"{out_path} and {meta_path}")
     else:
         meta_path.write_text(json.dumps(meta, indent=2))
-    data_bytes = out_path.read_bytes() if out_path.exists() else b""
-    if data_bytes and not data_bytes.endswith(b"\n"):  # killed mid-write
-        out_path.write_bytes(data_bytes[: data_bytes.rfind(b"\n") + 1])
-    done = {int(r["example_id"]): r for r in _read_jsonl(out_path)}
+    done = resume_jsonl(out_path)
 
     ex = select_examples(data, split, limit, seed)
     ids = ex["example_id"].to_numpy()
@@ -84,22 +72,19 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
     if len(todo):
         verb = verbalizer if verbalizer is not None else make_verbalizer(verbalizer_spec)
         t0 = time.perf_counter()
-        with out_path.open("a") as f:
-            for b in range(0, len(todo), batch_size):
-                batch = ex.take(todo[b:b + batch_size])
-                hists = data.histories(batch, max_events=history)
-                texts = verb.verbalize(hists)
-                for row, hist, text in zip(batch.to_pylist(), hists, texts):
-                    rec = {"example_id": int(row["example_id"]), "key": history_key(hist), "verbalization": text,
-                           "label": int(row["label"]), "candidates": [int(c) for c in row["candidates"]],
-                           "n_events": len(hist)}
-                    done[rec["example_id"]] = rec
-                    f.write(json.dumps(rec) + "\n")
-                f.flush()
-                if progress and (b // batch_size % 10 == 9 or b + batch_size >= len(todo)):
-                    n = b + len(batch)
-                    print(f"verbalize {split}: {n}/{len(todo)}  {(time.perf_counter() - t0) / n:.2f}s/example",
-                          file=sys.stderr, flush=True)
+        for b in range(0, len(todo), batch_size):
+            batch = ex.take(todo[b:b + batch_size])
+            hists = data.histories(batch, max_events=history)
+            texts = verb.verbalize(hists)
+            recs = [{"example_id": int(row["example_id"]), "key": history_key(hist), "verbalization": text,
+                     "label": int(row["label"]), "candidates": [int(c) for c in row["candidates"]],
+                     "n_events": len(hist)} for row, hist, text in zip(batch.to_pylist(), hists, texts)]
+            done.update((rec["example_id"], rec) for rec in recs)
+            append_jsonl(out_path, recs)
+            if progress and (b // batch_size % 10 == 9 or b + batch_size >= len(todo)):
+                n = b + len(batch)
+                print(f"verbalize {split}: {n}/{len(todo)}  {(time.perf_counter() - t0) / n:.2f}s/example",
+                      file=sys.stderr, flush=True)
     return [done[int(i)] for i in ids]
 
 
@@ -118,7 +103,7 @@ class CachedVerbalizer:
         if not path:
             raise ValueError("the cached verbalizer needs path=FILE.jsonl (written by verbalize_split)")
         self.path = path
-        self.texts = {r["key"]: r["verbalization"] for p in path.split(";") for r in _read_jsonl(Path(p))}
+        self.texts = {r["key"]: r["verbalization"] for p in path.split(";") for r in read_jsonl(Path(p))}
         if not self.texts:
             raise ValueError(f"{path}: no cached verbalizations; run verbalize_split first")
         self.stats: dict = {"histories": 0, "cache_hits": 0}

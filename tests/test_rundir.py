@@ -1,0 +1,48 @@
+"""The run-directory helpers: JSONL resume/truncate after a kill, checkpoint listing and rotation."""
+
+import json
+
+from minivz.rundir import (append_jsonl, latest_checkpoint, read_jsonl, resume_jsonl, resume_step,
+                           rotate_checkpoints, step_checkpoints, truncate_jsonl)
+
+
+def test_jsonl_read_skips_or_stops_at_a_cut_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert read_jsonl(path) == []
+    append_jsonl(path, [{"step": 1}, {"step": 2}])
+    path.write_text(path.read_text() + '{"step": 3, "rew\n{"step": 4}\n')
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 4]
+    assert [r["step"] for r in read_jsonl(path, stop_at_bad=True)] == [1, 2]
+
+
+def test_resume_jsonl_cuts_the_partial_last_line(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    assert resume_jsonl(path) == {} and not path.exists()
+    path.write_text('{"example_id": 3, "x": 1}\n{"no_id": 1}\n{"example_id": 5, "x"')
+    assert resume_jsonl(path) == {3: {"example_id": 3, "x": 1}}
+    assert path.read_text().endswith('{"no_id": 1}\n')
+    append_jsonl(path, [{"example_id": 5}])
+    assert sorted(resume_jsonl(path)) == [3, 5]
+
+
+def test_truncate_jsonl_keeps_accepted_lines_up_to_a_cut_one(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    truncate_jsonl(path, lambda r: True)
+    assert not path.exists()
+    lines = [json.dumps({"step": s}) for s in (1, 2, 3)] + ['{"step": 4, "rew', json.dumps({"step": 1})]
+    path.write_text("\n".join(lines) + "\n")
+    truncate_jsonl(path, lambda r: int(r["step"]) <= 2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+
+
+def test_checkpoints_are_renamed_rotated_and_resumed_from(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    assert latest_checkpoint(ckpts) is None and resume_step(ckpts, True) == (0, None)
+    for step in (1, 2, 3):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        rotate_checkpoints(ckpts, step, keep=2)
+    assert [s for s, _ in step_checkpoints(ckpts)] == [2, 3]
+    (ckpts / "step_000004").mkdir()  # no trainer_state.json yet: not resumable
+    assert resume_step(ckpts, True) == (3, ckpts / "step_000003")
+    assert resume_step(ckpts, False) == (0, None)
