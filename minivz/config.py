@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minivz.verbalize.rules import DEFAULT_RULES
-
 # recipes/ at the repository root (editable install, source checkout) or minivz/recipes inside an
 # installed wheel (pyproject maps the package minivz.recipes to the recipes/ folder).
 _HERE = Path(__file__).resolve().parent
@@ -380,6 +378,12 @@ class ReasonerTrainConfig:
 
 
 # -- the whole method end to end (`minivz recipe`) -----------------------------------------------
+def _default_rules() -> list[str]:
+    from minivz.verbalize.rules import DEFAULT_RULES  # here, not at the top: verbalize imports this module
+
+    return list(DEFAULT_RULES)
+
+
 STAGES = ("data", "baselines", "verbalizer", "learned", "reasoner", "export", "table")
 
 
@@ -402,7 +406,7 @@ class PipelineConfig:
     policy_step0_row: bool = True
     # the headroom check: these rule verbalizers under the oracle on the first headroom_limit VALID
     # examples (0 = all); the best one is the rule row on test
-    headroom_rules: list[str] = field(default_factory=lambda: list(DEFAULT_RULES))
+    headroom_rules: list[str] = field(default_factory=_default_rules)
     headroom_limit: int = 0
     # GGUF quantization of the exported verbalizer and reasoner (stage export)
     export_quant: str = "q8_0"
