@@ -6,7 +6,8 @@
 
 Modules: ``config`` (VerbalizerTrainConfig), ``rewards`` (accuracy / length reward registry),
 ``policy`` (LoRA policy via peft or Unsloth), ``unsloth_policy`` (the only module importing unsloth),
-``grpo`` (dataset, TRL GRPOTrainer, run directory), ``memory`` (dry-run estimate), ``cli``.
+``grpo`` (dataset, TRL GRPOTrainer, run directory), ``memory`` (dry-run estimate); the commands
+are in ``minivz.cli``.
 Importing this package imports no torch, trl or unsloth.
 """
 
