@@ -260,7 +260,7 @@ def main() -> None:
             systems.remove("learned")
             print("(no --run: the learned-verbalizer row is skipped)")
         else:
-            from minivz.serve_cli import run_models
+            from minivz.pipeline import run_models
 
             learned_spec = run_models(args.run)[1]
     print(f"SmolLM2-135M-Instruct Q4_1 ({Path(gguf).name}); {args.history}-event histories, {args.candidates} "

@@ -6,16 +6,25 @@
     minivz eval --data data/ml100k --verbalizer template --reasoner knn --limit 500 --out runs/tmpl-knn
     minivz compare runs/tmpl-knn runs/tmpl-emb
     minivz headroom --data data/ml100k --reasoner mention --split valid
+    minivz recipe tiny-cpu --dry-run
+    minivz train verbalizer --recipe tiny-cpu --data runs/tiny-cpu/data --out runs/tiny-cpu/verbalizer
+    minivz plot runs/tiny-cpu/verbalizer
+    minivz export runs/tiny-cpu/verbalizer/final/merged --quant q4_k_m
+    minivz serve --run runs/tiny-cpu
     minivz env
 
-Importing this module imports no torch: each command imports what it needs.
+Every command is defined here. Importing this module (and so ``minivz --help``) imports no torch,
+transformers, trl, pydantic, fastapi, llama_cpp or matplotlib: each command imports what it needs.
 Usage errors exit 2 with one clear line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -32,6 +41,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare and inspect data: log -> examples.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train models: the GRPO verbalizer, the reasoner; held-out curves.",
+                        no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False)
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback()
+def _group() -> None:
+    """Train models: the GRPO verbalizer, the reasoner; held-out curves."""  # a callback keeps `verbalizer` a subcommand
 
 
 def _console():
@@ -44,6 +62,19 @@ def _fail(msg: str, code: int = 2) -> None:
     """One clear line on stderr, then exit (2 = usage error)."""
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _exit_on(failure: tuple = (), usage: tuple = ()):
+    """Errors a user can fix, as one line: ``failure`` ones and a missing extra exit 1, ``usage`` ones 2."""
+    try:
+        yield
+    except failure as e:
+        _fail(str(e), code=1)
+    except ImportError as e:
+        _fail(explain_import_error(e), code=1)
+    except usage as e:
+        _fail(str(e))
 
 
 def _parse_map(text: Optional[str]) -> dict[str, str]:
@@ -106,15 +137,11 @@ def data_prepare(
     from minivz.examples import prepare
     from minivz.ingest import IngestError
 
-    try:
+    with _exit_on(failure=(IngestError, FileNotFoundError)):
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("prepare", total=None)
             summary = prepare(cfg, out, progress=lambda m: bar.update(task, description=m))
-    except (IngestError, FileNotFoundError) as e:
-        _fail(str(e), code=1)
-    except ImportError as e:
-        _fail(explain_import_error(e), code=1)
     _print_summary(console, summary)
 
 
@@ -208,17 +235,11 @@ def eval_cmd(
 
     from minivz.evaluate import evaluate
 
-    try:
+    with _exit_on(failure=(FileNotFoundError,), usage=(ValueError,)):
         with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("eval", total=None)
             metrics = evaluate(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except FileNotFoundError as e:
-        _fail(str(e), code=1)
-    except ImportError as e:
-        _fail(explain_import_error(e), code=1)
-    except ValueError as e:
-        _fail(str(e))
     _print_metrics(console, metrics, out)
 
 
@@ -264,15 +285,9 @@ def headroom_cmd(
     specs = [r.strip() for r in rules.split(";") if r.strip()] if rules else list(DEFAULT_RULES)
     if split not in ("train", "valid", "test"):
         _fail(f"--split {split!r}: use valid (to choose) or test (to report)")
-    try:
+    with _exit_on(failure=(FileNotFoundError,), usage=(ValueError, ConfigError)):
         report = headroom(data, reasoner, out, split=split, limit=limit, history=history, rules=specs,
                           say=typer.echo)
-    except FileNotFoundError as e:
-        _fail(str(e), code=1)
-    except ImportError as e:
-        _fail(explain_import_error(e), code=1)
-    except (ValueError, ConfigError) as e:
-        _fail(str(e))
     typer.echo(f"wrote {out / 'headroom.md'} and {out / 'headroom.json'} (best: {report['best']})")
 
 
@@ -353,27 +368,17 @@ def recipe_cmd(
         for section, cfg in p["configs"].items():
             console.print(f"# {section}", style="bold")
             console.print(dump_yaml(cfg), end="", markup=False, highlight=False)
-        from minivz.train.memory import check_fits, estimate_memory, plan_lines
-
-        vcfg = p["configs"]["verbalizer"]
-        try:
-            est = estimate_memory(vcfg)
-        except (ValueError, ImportError) as e:
-            console.print(f"# memory estimate unavailable: {e}", markup=False)
-            return
-        console.print("# verbalizer training, one process:", markup=False)
-        console.print("\n".join(plan_lines(est, vcfg.gpu_memory_gib)), markup=False, highlight=False, soft_wrap=True)
-        refusal = check_fits(vcfg, est)
-        if refusal:
-            _fail(refusal)
+        _print_memory_plan(p["configs"]["verbalizer"],
+                           lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
+                           header="# verbalizer training, one process:")
         return
     pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     pipe.run()
     md = pipe.out / "results.md"
     if md.exists():
         console.print(md.read_text(), markup=False, highlight=False)
-    console.print(f"wall time {__import__('time').perf_counter() - t0:.0f} s; results in {pipe.out}")
+    console.print(f"wall time {time.perf_counter() - t0:.0f} s; results in {pipe.out}")
 
 
 @app.command("env")
@@ -398,29 +403,261 @@ def env(json_out: bool = typer.Option(False, "--json", help="Print JSON instead 
     _console().print(t)
 
 
-def _register_model_commands() -> None:
-    """Commands whose modules are light to import (they import torch/llama.cpp inside the command)."""
-    from minivz.export import export_command
-    from minivz.serve_cli import serve_command
-    from minivz.train.cli import plot_command, train_app
-    from minivz.train.reasoner import train_reasoner_command
+def _print_memory_plan(cfg, echo, header: str | None = None) -> None:
+    """Print the verbalizer training's memory plan (dry runs); exit 2 when it does not fit the GPU."""
+    from minivz.train.memory import check_fits, estimate_memory, plan_lines
 
-    train_app.command("reasoner")(train_reasoner_command)
-    app.add_typer(train_app, name="train")
-    app.command("plot")(plot_command)
-    app.command("export")(export_command)
-    app.command("serve")(serve_command)
+    try:
+        est = estimate_memory(cfg)
+    except (ValueError, ImportError) as e:
+        echo(f"# memory estimate unavailable: {e}")
+        return
+    if header:
+        echo(header)
+    echo("\n".join(plan_lines(est, cfg.gpu_memory_gib)))
+    refusal = check_fits(cfg, est)
+    if refusal:
+        _fail(refusal)
 
 
-_register_model_commands()
+@train_app.command("verbalizer")
+def verbalizer_command(
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (tiny-cpu, paper-8b) or YAML path."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set max_steps=20."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data dir (minivz data prepare)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (resumed if it has checkpoints)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and a memory estimate; "
+                                 "load nothing."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from RUN/checkpoints/step_* "
+                                "(default); --no-resume deletes the run's checkpoints and logs first."),
+) -> None:
+    """GRPO-train the verbalizer policy against a frozen oracle reasoner.
+
+    Example: minivz train verbalizer --recipe tiny-cpu --data runs/tiny-cpu/data --out runs/tiny-cpu/verbalizer
+    """
+    from minivz.config import ConfigError, VerbalizerTrainConfig, dump_yaml, resolve
+
+    try:
+        cfg = resolve(VerbalizerTrainConfig, recipe=recipe, overrides=set_)
+    except ConfigError as e:
+        _fail(str(e))
+    if dry_run:
+        typer.echo(dump_yaml(cfg), nl=False)
+        _print_memory_plan(cfg, typer.echo)
+        return
+    if data is None or out is None:
+        _fail("--data DIR and --out RUN are required (or --dry-run)")
+    if not (data / "manifest.json").is_file():
+        _fail(f"--data {data}: not a prepared data dir; create it with: minivz data prepare --recipe "
+              f"{recipe or 'tiny-cpu'} --out {data}")
+    from minivz.train.grpo import passive_omp, train_verbalizer
+
+    passive_omp()  # before torch is imported (see its docstring: 9x faster generation on shared cores)
+    with _exit_on():
+        summary = train_verbalizer(cfg, data, out, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@train_app.command("curve")
+def curve_command(
+    run: Path = typer.Argument(..., help="A `minivz train verbalizer` run directory."),
+    data: Path = typer.Option(..., "--data", help="Prepared data dir the run was trained on."),
+    split: str = typer.Option("valid", "--split", help="Held-out split: valid (default) or test."),
+    limit: int = typer.Option(60, "--limit", help="Held-out examples per point (the same ones every time)."),
+    oracle: Optional[str] = typer.Option(None, "--oracle", help="Reasoner spec; default: the run's oracle."),
+    sampled: bool = typer.Option(False, "--sampled", help="Decode as in training (the run's temperature, "
+                                 "seeded) instead of greedy."),
+) -> None:
+    """Held-out reward curve: the base policy and every kept checkpoint, evaluated on the same
+    held-out examples under the run's oracle (RUN/heldout.jsonl, RUN/plots/heldout.png).
+
+    Example: minivz train curve runs/tiny-cpu/verbalizer --data runs/tiny-cpu/data --limit 60
+    """
+    if split not in ("valid", "test"):
+        _fail(f"--split {split}: use valid or test (train examples are what the policy saw)")
+    if limit < 1:
+        _fail(f"--limit {limit}: need at least 1 example per point")
+    if not (data / "manifest.json").is_file():
+        _fail(f"--data {data}: not a prepared data dir (minivz data prepare)")
+    from minivz.train.curve import heldout_curve
+    from minivz.train.grpo import passive_omp
+
+    passive_omp()
+    with _exit_on(usage=(FileNotFoundError, ValueError)):
+        rows = heldout_curve(run, data, split=split, limit=limit, oracle=oracle, sampled=sampled, say=typer.echo)
+    tag = "heldout-sampled" if sampled else "heldout"
+    typer.echo(f"wrote {run / (tag + '.jsonl')} and {run / 'plots' / (tag + '.png')} ({len(rows)} points)")
+
+
+@train_app.command("reasoner")
+def train_reasoner_command(
+    data: Path = typer.Option(..., "--data", help="A directory written by `minivz data prepare`."),
+    out: Path = typer.Option(..., "--out", help="Run directory (resumes from its latest checkpoint)."),
+    verbalizer: Optional[str] = typer.Option(
+        None, "--verbalizer", help="The frozen verbalizer: template | rewrite:model=RUN/final/merged | ..."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name or YAML path."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set reasoner_max_steps=50."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
+) -> None:
+    """Stage 2: train the reasoner (LoRA SFT, optional GRPO) on text from a frozen verbalizer.
+
+    Example: minivz train reasoner --recipe tiny-cpu --data runs/tiny-cpu/data --verbalizer template --out runs/tiny-cpu/reasoner
+    """
+    from minivz.config import ConfigError, ReasonerTrainConfig, dump_yaml, resolve
+
+    try:
+        cfg = resolve(ReasonerTrainConfig, recipe=recipe, overrides=set_, reasoner_verbalizer=verbalizer)
+    except ConfigError as e:
+        _fail(str(e))
+    if dry_run:
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    from minivz.train.reasoner import train_reasoner
+
+    with _exit_on(failure=(FileNotFoundError,), usage=(ValueError,)):
+        summary = train_reasoner(cfg, data, out, resume=not fresh)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2, default=str))
+    for name, res in summary.get("eval", {}).items():
+        a = res.get("all", {})
+        if a:
+            lo, hi = a["recall@1_ci"]
+            typer.echo(f"{name:>10}: Recall@1 {a['recall@1']:.3f} [{lo:.3f}, {hi:.3f}]  n={a['n']}  "
+                       f"({res['seconds']:.0f}s)")
+
+
+@app.command("plot")
+def plot_command(run: Path = typer.Argument(..., help="A run directory with metrics.jsonl.")) -> None:
+    """Write PNG curves (rewards, compression ratio, seconds per step) to RUN/plots/.
+
+    Example: minivz plot runs/tiny-cpu/verbalizer
+    """
+    from minivz.plot import plot_run, summarize_run
+
+    with _exit_on(usage=(FileNotFoundError, ValueError)):
+        paths = plot_run(run)
+    for p in paths:
+        typer.echo(str(p))
+    typer.echo(json.dumps(summarize_run(run), indent=2))
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Run dir (final/ or final/merged/), LoRA adapter dir, HF model dir or .gguf."),
+    quant: str = typer.Option("f16", "--quant", help="f32 | f16 | q8_0 | q4_k_m."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default RUN/export)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter dir to merge into RUN."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base model (HF dir or .gguf) for an adapter "
+                                        "whose recorded base is not a local path."),
+) -> None:
+    """Export a run (or an HF model dir, LoRA adapter, GGUF) to GGUF for llama.cpp.
+
+    Example: minivz export runs/verbalizer --quant q4_k_m --out exports/verbalizer
+    """
+    from rich.table import Table
+
+    from minivz.export import QUANTS, ExportError, export_gguf
+
+    if quant not in QUANTS:
+        _fail(f"--quant {quant!r}: choose one of {', '.join(QUANTS)}")
+    out = out or Path(run) / "export"
+    t0 = time.perf_counter()
+    try:
+        summary = export_gguf(run, out, quant=quant, adapter=adapter, base=base)
+    except (ExportError, FileNotFoundError, NotImplementedError, ImportError) as e:
+        _fail(str(e), code=1)
+    t = Table(title=f"minivz export -> {summary['gguf']}")
+    t.add_column("file")
+    t.add_column("size", justify="right")
+    for path, size in summary["files"].items():
+        t.add_row(str(Path(path).relative_to(out)), f"{size / 2**20:,.1f} MiB")
+    console = _console()
+    console.print(t)
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items())
+    console.print(f"{summary['arch']} {summary['params'] / 1e6:,.1f}M params, {summary['tensors']} tensors, "
+                  f"tokenizer pre={summary['tokenizer_pre']}, {quant}; {secs}; "
+                  f"total {time.perf_counter() - t0:.1f}s")
+
+
+@app.command("serve")
+def serve_command(
+    reasoner: Optional[str] = typer.Option(None, "--reasoner", help="Reasoner GGUF (scores candidates by "
+                                           "log-likelihood). Default: the packaged SmolLM2-135M GGUF."),
+    verbalizer: Optional[str] = typer.Option(None, "--verbalizer", help="'template' (no model, the default), a "
+                                             "verbalizer spec, or a rewrite-verbalizer GGUF."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Serve a `minivz recipe` run's exported pair "
+                                       "(RUN/export/), e.g. --run runs/tiny-cpu."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", help="Layers to offload to the GPU (llama.cpp; -1 = all)."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context tokens per model."),
+    n_threads: int = typer.Option(0, "--n-threads", help="CPU threads for llama.cpp (0 = its default)."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Rewrite verbalizer output budget."),
+    reuse_kv: bool = typer.Option(True, "--reuse-kv/--no-reuse-kv", help="Reuse earlier prompts' KV in whole "
+                                  "blocks (a returning user re-reads only the tail; scores are bitwise unchanged)."),
+    kv_slots: int = typer.Option(16, "--kv-slots", help="Earlier prompts kept in host memory for reuse "
+                                 "(~23 KB per token for SmolLM2-135M)."),
+    verbalization_cache: int = typer.Option(1024, "--verbalization-cache", help="Verbalizations kept per "
+                                            "distinct history (LRU; 0 = off)."),
+    max_request_tokens: int = typer.Option(8192, "--max-request-tokens", help="Most reasoner tokens one request "
+                                           "may cause (prompt + all candidates); more gets 413."),
+    request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds from arrival to answer; "
+                                          "past it the work stops and the client gets 503 + Retry-After."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve recommendations over HTTP: verbalize a history, rank candidates (FastAPI + llama.cpp).
+
+    Examples: minivz serve (the embedded default) | minivz serve --run runs/tiny-cpu |
+    minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template --port 8000
+    """
+    # Before llama_cpp is first imported (OpenMP reads it once): busy-waiting OpenMP threads crawl
+    # on shared CPUs (see minivz.generate). export OMP_WAIT_POLICY=active on a dedicated box.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        from minivz.serve import ServeConfig, _gpu_offload_supported, create_app, is_loopback
+    except ImportError as e:
+        _fail(f"serving needs the serve extra ({e}): pip install 'minivz[serve]'", code=1)
+    if run is not None:
+        from minivz.pipeline import run_models
+
+        try:
+            run_reasoner, run_verbalizer = run_models(run)
+        except FileNotFoundError as e:
+            _fail(str(e))
+        reasoner, verbalizer = reasoner or run_reasoner, verbalizer or run_verbalizer
+    if reasoner is None:
+        from minivz.reason.llamacpp import default_gguf
+
+        reasoner = default_gguf()
+        typer.echo(f"minivz serve: no --reasoner, serving the embedded default: SmolLM2-135M-Instruct ({reasoner}); "
+                   "--run RUN serves a recipe run's trained pair", err=True)
+    verbalizer = verbalizer or "template"
+    typer.echo(f"minivz serve: reasoner {reasoner}; verbalizer {verbalizer}", err=True)
+    try:
+        cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
+                          n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv,
+                          kv_slots=kv_slots, verbalization_cache=verbalization_cache,
+                          max_request_tokens=max_request_tokens, request_timeout_s=request_timeout)
+    except ValueError as e:
+        _fail(str(e))
+    if not is_loopback(host):
+        typer.echo("\n" + "!" * 78 + f"\nWARNING: binding to {host}, NOT loopback: anyone who can reach this "
+                   "machine can\nquery the models. There is no authentication. Put it behind a proxy with auth.\n"
+                   + "!" * 78 + "\n", err=True)
+    try:
+        import uvicorn
+    except ImportError as e:
+        _fail(f"serving needs fastapi and uvicorn ({e}): pip install 'minivz[serve]'", code=1)
+    gpu = _gpu_offload_supported()
+    typer.echo(f"minivz serve on http://{host}:{port}  (docs /docs); llama.cpp GPU offload "
+               f"{'available' if gpu else 'not built in'}; n_gpu_layers={n_gpu_layers}", err=True)
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level)
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
     """Learn how to verbalize interaction logs for LLM-based recommendation."""
     if debug:
-        import os
-
         os.environ["MINIVZ_DEBUG"] = "1"
 
 
@@ -445,8 +682,6 @@ def _user_error(e: BaseException) -> str | None:
 
 def main() -> None:
     """The console script: errors a user can fix print one line (exit 1) unless --debug or MINIVZ_DEBUG=1."""
-    import os
-
     try:
         app()
     except Exception as e:  # noqa: BLE001 -- classified below; anything else is a bug and re-raised

@@ -35,9 +35,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
-
-import typer  # light (core dependency); export_command's parameters are typer declarations
+from typing import Any
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 SUPPORTED = {
@@ -507,41 +505,3 @@ def export_gguf(run_or_model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     files = {str(p): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     return {"gguf": str(final), "hf_dir": str(hf_dir), "quant": quant, **info, "files": files,
             "seconds": seconds}
-
-
-def export_command(
-    run: Path = typer.Argument(..., help="Run dir (final/ or final/merged/), LoRA adapter dir, HF model dir or .gguf."),
-    quant: str = typer.Option("f16", "--quant", help="f32 | f16 | q8_0 | q4_k_m."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default RUN/export)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter dir to merge into RUN."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model (HF dir or .gguf) for an adapter "
-                                        "whose recorded base is not a local path."),
-) -> None:
-    """Export a run (or an HF model dir, LoRA adapter, GGUF) to GGUF for llama.cpp.
-
-    Example: minivz export runs/verbalizer --quant q4_k_m --out exports/verbalizer
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    if quant not in QUANTS:
-        typer.echo(f"error: --quant {quant!r}: choose one of {', '.join(QUANTS)}", err=True)
-        raise typer.Exit(2)
-    out = out or Path(run) / "export"
-    t0 = time.perf_counter()
-    try:
-        summary = export_gguf(run, out, quant=quant, adapter=adapter, base=base)
-    except (ExportError, FileNotFoundError, NotImplementedError, ImportError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
-    t = Table(title=f"minivz export -> {summary['gguf']}")
-    t.add_column("file")
-    t.add_column("size", justify="right")
-    for path, size in summary["files"].items():
-        t.add_row(str(Path(path).relative_to(out)), f"{size / 2**20:,.1f} MiB")
-    console = Console()
-    console.print(t)
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items())
-    console.print(f"{summary['arch']} {summary['params'] / 1e6:,.1f}M params, {summary['tensors']} tensors, "
-                  f"tokenizer pre={summary['tokenizer_pre']}, {quant}; {secs}; "
-                  f"total {time.perf_counter() - t0:.1f}s")

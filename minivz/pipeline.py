@@ -360,3 +360,25 @@ def list_recipes() -> list[tuple[str, str]]:
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
         out.append((p.stem, load_recipe(str(p)).get("description", "")))
     return out
+
+
+def run_models(run: Path) -> tuple[str, str]:
+    """(reasoner GGUF, verbalizer spec) of a `minivz recipe` run's export: the verbalizer served the way it
+    was trained (select / action / rewrite, its render and completion budget, from RUN/verbalizer/config.yaml)."""
+    import yaml
+
+    def gguf(kind: str) -> str:
+        found = sorted((run / "export" / kind).glob("model-*.gguf"))
+        if not found:
+            raise FileNotFoundError(f"--run {run}: no {run / 'export' / kind}/model-*.gguf; finish the run "
+                                    f"(minivz recipe ... --out {run}) or export it (minivz export)")
+        return str(found[0])
+
+    cfg_path = run / "verbalizer" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    variant, verb = cfg.get("variant", "rewrite"), gguf("verbalizer")
+    if variant == "rewrite":
+        return gguf("reasoner"), verb
+    extra = f",render={cfg.get('select_render', 'template')}" if variant == "select" else ""
+    return gguf("reasoner"), (f"{variant}:model={verb},backend=llama,max_new_tokens="
+                              f"{cfg.get('max_completion_length', 48)}{extra}")

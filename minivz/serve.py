@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Optional, Union
 
-import typer
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -451,6 +450,8 @@ def is_loopback(host: str) -> bool:
 
 
 if __name__ == "__main__":
-    from minivz.serve_cli import serve_command
+    import typer
+
+    from minivz.cli import serve_command
 
     typer.run(serve_command)

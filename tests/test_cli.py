@@ -32,6 +32,32 @@ def test_import_and_help_load_no_torch():
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+HEAVY = ("torch", "transformers", "trl", "fastapi", "pydantic", "llama_cpp", "matplotlib")
+
+
+def test_import_cli_loads_nothing_heavy():
+    code = f"import sys, minivz.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_help_of_every_command_loads_nothing_heavy():
+    """`minivz --help`, then `minivz CMD --help` for every command, through the console script's main()
+    in one process. Typer (0.29) itself imports pydantic to parse a command's parameters, so only the
+    root help is held to pydantic too."""
+    code = ("import contextlib, io, sys\n"
+            "from minivz.cli import main\n"
+            "def helps(cmds):\n"
+            "    for cmd in cmds:\n"
+            "        sys.argv = ['minivz', *cmd, '--help']\n"
+            "        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "            main()\n"
+            f"helps([[]]); print([m for m in {HEAVY!r} if m in sys.modules])\n"
+            f"helps({COMMANDS!r}); print([m for m in {HEAVY!r} if m != 'pydantic' and m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.split() == ["[]", "[]"], p.stdout + p.stderr
+
+
 def test_dry_run_prints_resolved_config(tmp_path):
     p = run("data", "prepare", "--recipe", "tiny-cpu", "--set", "history_len=7", "--out", str(tmp_path), "--dry-run")
     assert "history_len: 7" in p.stdout and "source: movielens-100k" in p.stdout

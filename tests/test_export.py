@@ -260,7 +260,7 @@ def test_export_command_cli(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from minivz.export import export_command
+    from minivz.cli import export_command
 
     app = typer.Typer()
     app.command("export")(export_command)

@@ -97,7 +97,7 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
     assert "Stage 2" in md and (out / "results.png").stat().st_size > 0
     assert list((out / "export" / "verbalizer").glob("*.gguf")) and list((out / "export" / "reasoner").glob("*.gguf"))
     # the run's exported pair is one flag away, served the way the verbalizer was trained (select)
-    from minivz.serve_cli import run_models
+    from minivz.pipeline import run_models
 
     reasoner, verbalizer = run_models(out)
     assert reasoner.endswith("model-q8_0.gguf") and verbalizer.startswith("select:model=") and "backend=llama" in verbalizer

@@ -410,7 +410,7 @@ def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, m
 def test_cli_help_dry_run_and_usage_errors():
     from typer.testing import CliRunner
 
-    from minivz.train.cli import train_app
+    from minivz.cli import train_app
 
     runner = CliRunner()
     res = runner.invoke(train_app, ["verbalizer", "--help"])
@@ -447,7 +447,7 @@ def test_plot_writes_pngs(tmp_path):
 
     import typer
 
-    from minivz.train.cli import plot_command
+    from minivz.cli import plot_command
 
     app = typer.Typer()
     app.command()(plot_command)
@@ -472,7 +472,7 @@ def test_importing_train_loads_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, minivz.train, minivz.train.cli, minivz.train.grpo, minivz.train.rewards, minivz.plot;"
+    code = ("import sys, minivz.train, minivz.cli, minivz.train.grpo, minivz.train.rewards, minivz.plot;"
             "from minivz.config import VerbalizerTrainConfig;"
             "bad = [m for m in ('torch', 'trl', 'transformers', 'unsloth', 'matplotlib') if m in sys.modules];"
             "assert not bad, bad")

@@ -289,7 +289,7 @@ def test_cli_command_dry_run_and_run(data_dir, tiny_model, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from minivz.train.reasoner import train_reasoner_command
+    from minivz.cli import train_reasoner_command
 
     app = typer.Typer()
     app.command()(train_reasoner_command)

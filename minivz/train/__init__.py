@@ -9,5 +9,6 @@ Modules: ``rewards`` (accuracy / length reward registry), ``policy`` (LoRA polic
 Unsloth), ``unsloth_policy`` (the only module importing unsloth), ``grpo`` (dataset, TRL
 GRPOTrainer, run directory), ``reasoner`` (SFT + GRPO of the reasoner), ``memory`` (dry-run
 estimate), ``curve``. Importing this package imports no torch, trl or unsloth; the config classes
-live in ``minivz.config``.
+live in ``minivz.config``, the
+commands in ``minivz.cli``.
 """

@@ -42,12 +42,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
-import typer
 
-from minivz.config import dump_yaml
 from minivz.rundir import (append_jsonl, record_run_config, resume_step, step_checkpoints_callback, truncate_jsonl,
                            write_env)
 from minivz.verbalize.cache import verbalize_split
@@ -421,49 +419,3 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
         summary["eval"] = self_evaluate(cfg, data_dir, run, summary["merged"], base if evaluate_base else None, spec)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def train_reasoner_command(
-    data: Path = typer.Option(..., "--data", help="A directory written by `minivz data prepare`."),
-    out: Path = typer.Option(..., "--out", help="Run directory (resumes from its latest checkpoint)."),
-    verbalizer: Optional[str] = typer.Option(
-        None, "--verbalizer", help="The frozen verbalizer: template | rewrite:model=RUN/final/merged | ..."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name or YAML path."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set reasoner_max_steps=50."),
-    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
-) -> None:
-    """Stage 2: train the reasoner (LoRA SFT, optional GRPO) on text from a frozen verbalizer.
-
-    Example: minivz train reasoner --recipe tiny-cpu --data runs/tiny-cpu/data --verbalizer template --out runs/tiny-cpu/reasoner
-    """
-    from minivz.config import ConfigError, ReasonerTrainConfig, resolve
-
-    try:
-        cfg = resolve(ReasonerTrainConfig, recipe=recipe, overrides=set_, reasoner_verbalizer=verbalizer)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    if dry_run:
-        typer.echo(dump_yaml(cfg), nl=False)
-        return
-    try:
-        summary = train_reasoner(cfg, data, out, resume=not fresh)
-    except (FileNotFoundError, ImportError) as e:
-        from minivz.envinfo import explain_import_error
-
-        typer.echo(f"error: {explain_import_error(e) if isinstance(e, ImportError) else e}", err=True)
-        raise typer.Exit(1) from None
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2, default=str))
-    for name, res in summary.get("eval", {}).items():
-        a = res.get("all", {})
-        if a:
-            lo, hi = a["recall@1_ci"]
-            typer.echo(f"{name:>10}: Recall@1 {a['recall@1']:.3f} [{lo:.3f}, {hi:.3f}]  n={a['n']}  "
-                       f"({res['seconds']:.0f}s)")
