@@ -196,7 +196,7 @@ class VerbalizerTrainConfig:
     length_hi: float = 0.6
     length_softness: float = 0.25
 
-    # -- GRPO (TRL GRPOConfig fields of the same name) -------------------------------------------
+    # -- GRPO: TRL GRPOConfig fields of the same name, passed by name (trl_args) ----------------------
     num_generations: int = 4  # G: completions per prompt (the group)
     per_device_train_batch_size: int = 4  # completions per micro-batch
     gradient_accumulation_steps: int = 1
@@ -320,22 +320,22 @@ class ReasonerTrainConfig:
     # exactly as the hf backend does at scoring time.
     reasoner_max_length: int = 1024
 
-    # -- SFT (TRL SFTConfig fields) ------------------------------------------------------------
-    reasoner_epochs: float = 1.0
-    reasoner_max_steps: int = 0  # > 0 overrides reasoner_epochs
-    reasoner_lr: float = 2e-4
-    reasoner_batch_size: int = 4
-    reasoner_grad_accum: int = 1
-    reasoner_warmup_ratio: float = 0.03
+    # -- SFT: reasoner_<f> is TRL's SFTConfig field <f>, passed by name (minivz.config.trl_args) ------
+    reasoner_num_train_epochs: float = 1.0
+    reasoner_max_steps: int = 0  # > 0 overrides reasoner_num_train_epochs
+    reasoner_learning_rate: float = 2e-4
+    reasoner_per_device_train_batch_size: int = 4
+    reasoner_gradient_accumulation_steps: int = 1
+    reasoner_warmup_steps: float = 0.03  # TRL's rule: < 1 is a ratio of the total steps
     reasoner_logging_steps: int = 1
     reasoner_save_steps: int = 50
     reasoner_save_total_limit: int = 2
 
-    # -- optional GRPO on top of SFT (accuracy reward) -------------------------------------------
-    reasoner_grpo_steps: int = 0  # 0 = SFT only
-    reasoner_grpo_generations: int = 4  # group size G; also the micro-batch (one prompt per step)
-    reasoner_grpo_lr: float = 5e-5
-    reasoner_grpo_max_completion: int = 24  # a title is ~5-15 tokens
+    # -- optional GRPO on top of SFT (accuracy reward): reasoner_grpo_<f> is GRPOConfig's <f> ------
+    reasoner_grpo_max_steps: int = 0  # 0 = SFT only
+    reasoner_grpo_num_generations: int = 4  # group size G; also the micro-batch (one prompt per step)
+    reasoner_grpo_learning_rate: float = 5e-5
+    reasoner_grpo_max_completion_length: int = 24  # a title is ~5-15 tokens
 
     # -- self-evaluation after training --------------------------------------------------------
     reasoner_eval_split: str = "valid"
@@ -344,29 +344,34 @@ class ReasonerTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("reasoner_lora_r", "reasoner_lora_alpha", "reasoner_history", "reasoner_max_length",
-                     "reasoner_batch_size", "reasoner_grad_accum", "reasoner_logging_steps",
-                     "reasoner_save_steps", "reasoner_save_total_limit", "reasoner_grpo_max_completion"):
+                     "reasoner_per_device_train_batch_size", "reasoner_gradient_accumulation_steps",
+                     "reasoner_logging_steps", "reasoner_save_steps", "reasoner_save_total_limit",
+                     "reasoner_grpo_max_completion_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("reasoner_train_examples", "reasoner_max_steps", "reasoner_grpo_steps",
+        for name in ("reasoner_train_examples", "reasoner_max_steps", "reasoner_grpo_max_steps",
                      "reasoner_eval_limit", "reasoner_lora_layers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 = "
-                                  + {"reasoner_train_examples": "all", "reasoner_max_steps": "use reasoner_epochs",
-                                     "reasoner_grpo_steps": "SFT only", "reasoner_eval_limit": "no self-eval",
+                                  + {"reasoner_train_examples": "all",
+                                     "reasoner_max_steps": "use reasoner_num_train_epochs",
+                                     "reasoner_grpo_max_steps": "SFT only", "reasoner_eval_limit": "no self-eval",
                                      "reasoner_lora_layers": "every layer"}[name]
                                   + ")")
-        if self.reasoner_max_steps == 0 and not self.reasoner_epochs > 0:
-            raise ConfigError(f"reasoner_epochs={self.reasoner_epochs} with reasoner_max_steps=0 trains nothing; "
-                              "try --set reasoner_epochs=1 or --set reasoner_max_steps=100")
-        if not self.reasoner_lr > 0 or not self.reasoner_grpo_lr > 0:
-            raise ConfigError(f"reasoner_lr={self.reasoner_lr}, reasoner_grpo_lr={self.reasoner_grpo_lr} must be > 0; "
-                              "try --set reasoner_lr=2e-4")
-        if not 0 <= self.reasoner_lora_dropout < 1 or not 0 <= self.reasoner_warmup_ratio < 1:
-            raise ConfigError("reasoner_lora_dropout and reasoner_warmup_ratio must lie in [0, 1)")
-        if self.reasoner_grpo_generations < 2:
-            raise ConfigError(f"reasoner_grpo_generations={self.reasoner_grpo_generations}: GRPO needs a group of "
-                              ">= 2 completions per prompt; try --set reasoner_grpo_generations=4")
+        if self.reasoner_max_steps == 0 and not self.reasoner_num_train_epochs > 0:
+            raise ConfigError(f"reasoner_num_train_epochs={self.reasoner_num_train_epochs} with reasoner_max_steps=0 "
+                              "trains nothing; try --set reasoner_num_train_epochs=1 or --set reasoner_max_steps=100")
+        if not self.reasoner_learning_rate > 0 or not self.reasoner_grpo_learning_rate > 0:
+            raise ConfigError(f"reasoner_learning_rate={self.reasoner_learning_rate}, reasoner_grpo_learning_rate="
+                              f"{self.reasoner_grpo_learning_rate} must be > 0; try --set reasoner_learning_rate=2e-4")
+        if not 0 <= self.reasoner_lora_dropout < 1:
+            raise ConfigError(f"reasoner_lora_dropout={self.reasoner_lora_dropout} must lie in [0, 1)")
+        if self.reasoner_warmup_steps < 0:
+            raise ConfigError(f"reasoner_warmup_steps={self.reasoner_warmup_steps} must be >= 0 (< 1: a ratio of "
+                              "the total steps, as in TRL); try --set reasoner_warmup_steps=0.03")
+        if self.reasoner_grpo_num_generations < 2:
+            raise ConfigError(f"reasoner_grpo_num_generations={self.reasoner_grpo_num_generations}: GRPO needs a "
+                              "group of >= 2 completions per prompt; try --set reasoner_grpo_num_generations=4")
         if self.reasoner_eval_split not in SPLITS:
             raise ConfigError(f"reasoner_eval_split={self.reasoner_eval_split!r}: use valid or test "
                               "(train would measure memorisation)")
@@ -438,6 +443,21 @@ class PipelineConfig:
 
 # Every config class a recipe feeds: a recipe key must be a field of one of them.
 SECTIONS: tuple[type, ...] = (DataConfig, EvalConfig, VerbalizerTrainConfig, ReasonerTrainConfig, PipelineConfig)
+
+
+def trl_args(trl_cls: type, cfg: Any, prefix: str = "", **fixed: Any):
+    """TRL's ``trl_cls`` (``GRPOConfig`` / ``SFTConfig``) built from ``cfg``: every field of ``cfg`` named
+    ``prefix`` + a field of ``trl_cls`` goes in under TRL's name, then ``fixed`` (what minivz itself
+    decides, e.g. the output dir). A TRL setting a recipe may change is so written once, as a field
+    named after TRL's, and never copied across by hand.
+
+        trl_args(GRPOConfig, verbalizer_cfg, output_dir=...)            # learning_rate, max_steps, ...
+        trl_args(SFTConfig, reasoner_cfg, "reasoner_", output_dir=...)  # reasoner_learning_rate, ...
+    """
+    names = {f.name for f in dataclasses.fields(trl_cls)}
+    from_cfg = {f.name[len(prefix):]: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                if f.name.startswith(prefix) and f.name[len(prefix):] in names}
+    return trl_cls(**{**from_cfg, **fixed})
 
 
 def eval_oracle(cfg) -> str:

@@ -53,7 +53,7 @@ def test_paper_8b_dry_run_shows_the_one_gpu_plan_and_refuses_what_does_not_fit()
     text = out.stdout
     for needle in ("reasoner_model: Qwen/Qwen3-8B", "policy_model: Qwen/Qwen3-8B", "reasoner_history: 100",
                    "eval_history: 100", "train_history: 100", "n_candidates: 10", "accuracy_reward: binary",
-                   "oracle: policy", "enable_thinking: false", "reasoner_grpo_steps: 300",
+                   "oracle: policy", "enable_thinking: false", "reasoner_grpo_max_steps: 300",
                    "co-located: the policy's base weights", "GPU budget gpu_memory_gib=24"):
         assert needle in text, needle
     total = float(re.search(r"#   total\s+([\d.]+) GiB", text).group(1))
@@ -143,7 +143,7 @@ def test_gpu_recipe_and_its_benchmark_script_run_shortened_on_cpu(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_recipe.py"
-    sets = [x for s in SHORT + ["num_generations=4", "reasoner_batch_size=2"] for x in ("--set", s)]
+    sets = [x for s in SHORT + ["num_generations=4", "reasoner_per_device_train_batch_size=2"] for x in ("--set", s)]
     p = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "run"), "--results", str(tmp_path),
                         "--colocated-steps", "1", *sets], capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -86,8 +86,8 @@ def tiny_model(tmp_path_factory, data):
 
 def tiny_cfg(model: str, **kw) -> ReasonerTrainConfig:
     base = dict(reasoner_model=model, reasoner_verbalizer="template", reasoner_train_examples=4,
-                reasoner_history=3, reasoner_max_length=512, reasoner_batch_size=4, reasoner_max_steps=3,
-                reasoner_lr=1e-2, reasoner_warmup_ratio=0.0, reasoner_lora_r=4, reasoner_lora_alpha=8,
+                reasoner_history=3, reasoner_max_length=512, reasoner_per_device_train_batch_size=4, reasoner_max_steps=3,
+                reasoner_learning_rate=1e-2, reasoner_warmup_steps=0.0, reasoner_lora_r=4, reasoner_lora_alpha=8,
                 reasoner_save_steps=2, reasoner_eval_limit=0)
     base.update(kw)
     return ReasonerTrainConfig(**base)
@@ -107,17 +107,17 @@ def test_config_registered_and_resolves():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("reasoner_grpo_generations", 1, "reasoner_grpo_generations=4"),
-    ("reasoner_lr", 0.0, "reasoner_lr=2e-4"),
+    ("reasoner_grpo_num_generations", 1, "reasoner_grpo_num_generations=4"),
+    ("reasoner_learning_rate", 0.0, "reasoner_learning_rate=2e-4"),
     ("reasoner_eval_split", "dev", "valid or test"),
     ("reasoner_prompt", "reasoner_choice_v1", "reasoner_v1"),
-    ("reasoner_batch_size", 0, ">= 1"),
+    ("reasoner_per_device_train_batch_size", 0, ">= 1"),
 ])
 def test_config_errors_say_how_to_fix(field, value, match):
     with pytest.raises(ConfigError, match=match):
         ReasonerTrainConfig(**{field: value})
-    with pytest.raises(ConfigError, match="reasoner_epochs=1"):
-        ReasonerTrainConfig(reasoner_epochs=0, reasoner_max_steps=0)
+    with pytest.raises(ConfigError, match="reasoner_num_train_epochs=1"):
+        ReasonerTrainConfig(reasoner_num_train_epochs=0, reasoner_max_steps=0)
 
 
 # -- verbalization cache ---------------------------------------------------------------------------
@@ -274,8 +274,8 @@ def test_grpo_stage_runs_after_sft(data_dir, tiny_model, tmp_path):
     from minivz.train.reasoner import train_reasoner
 
     run = tmp_path / "run"
-    cfg = tiny_cfg(tiny_model, reasoner_max_steps=2, reasoner_grpo_steps=2, reasoner_grpo_generations=2,
-                   reasoner_grpo_max_completion=8)
+    cfg = tiny_cfg(tiny_model, reasoner_max_steps=2, reasoner_grpo_max_steps=2, reasoner_grpo_num_generations=2,
+                   reasoner_grpo_max_completion_length=8)
     s = train_reasoner(cfg, data_dir, run, progress=False)
     assert s["grpo_steps"] == 2
     stages = [(r["stage"], r["step"]) for r in metrics(run)]
@@ -301,8 +301,8 @@ def test_cli_command_dry_run_and_run(data_dir, tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     assert "reasoner_max_steps: 5" in res.output and not (tmp_path / "r").exists()
     res = runner.invoke(app, ["train-reasoner-command", "--data", str(data_dir), "--out", str(tmp_path / "r"),
-                              "--set", "reasoner_lr=0"])
-    assert res.exit_code == 2 and "reasoner_lr" in res.output
+                              "--set", "reasoner_learning_rate=0"])
+    assert res.exit_code == 2 and "reasoner_learning_rate" in res.output
     args = ["train-reasoner-command", "--data", str(data_dir), "--out", str(tmp_path / "r")]
     for kv in (f"reasoner_model={tiny_model}", "reasoner_train_examples=4", "reasoner_history=3",
                "reasoner_max_steps=2", "reasoner_eval_limit=3", "reasoner_lora_r=2"):

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from minivz.config import trl_args
 from minivz.rundir import (append_jsonl, record_run_config, resume_step, rotate_checkpoints,
                            step_checkpoints_callback, truncate_jsonl, write_env)
 
@@ -273,14 +274,12 @@ def passive_omp() -> bool:
 # -- training -----------------------------------------------------------------------------------------
 
 
-def _vllm_args(cfg, on_gpu: bool) -> dict:
-    """TRL's own vLLM rollouts (colocated with training, or a `trl vllm-serve` server)."""
-    if not cfg.use_vllm:
-        return {}
-    if not on_gpu:
+def _check_vllm(cfg, on_gpu: bool) -> None:
+    """TRL's own vLLM rollouts (use_vllm, vllm_mode: colocated with training, or a `trl vllm-serve`
+    server) need a GPU; say so before TRL fails deep inside."""
+    if cfg.use_vllm and not on_gpu:
         raise ImportError("use_vllm=true needs CUDA and vllm (pip install vllm==0.33.0); "
                           "on CPU use --set use_vllm=false")
-    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
 
 
 def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any = None,
@@ -340,34 +339,25 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     funcs, weights = build_reward_funcs(["accuracy", "length"], rstate, [cfg.w_accuracy, cfg.w_length])
 
     on_gpu = torch.cuda.is_available()
-    args = GRPOConfig(
+    _check_vllm(cfg, on_gpu)
+    # num_generations, batch sizes, max_steps, learning_rate, beta, temperature, save/logging steps,
+    # gradient_checkpointing, seed, use_vllm/vllm_mode: the recipe's GRPOConfig fields, by name
+    args = trl_args(
+        GRPOConfig, cfg,
         output_dir=str(run / "checkpoints"),
-        num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        beta=cfg.beta,
-        temperature=cfg.temperature,
-        max_completion_length=cfg.max_completion_length,
         chat_template_kwargs={"enable_thinking": cfg.enable_thinking},
         reward_weights=weights,
         # TRL's own group advantages: (r - mean_g) / (std_g + 1e-4), which tests/test_advantages_trl.py
         # proves equal to minivz.kernels.group_advantages (used for samples.jsonl).
         scale_rewards="group",
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=None,  # StepCheckpoints rotates step_* dirs
-        logging_steps=cfg.logging_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        save_total_limit=None,  # StepCheckpoints rotates step_* dirs (cfg.save_total_limit of them)
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
-        seed=cfg.seed,
         report_to="none",
         disable_tqdm=True,  # LiveProgress draws the bar
         log_completions=False,
         dataloader_num_workers=0,
-        **_vllm_args(cfg, on_gpu),
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
 

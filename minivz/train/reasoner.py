@@ -20,7 +20,7 @@ What one SFT example is (prompt-completion, loss on the completion only):
     input_ids (L,) = prompt (P,) ++ completion (C + 1,);  completion_mask (L,) = 0 * P ++ 1 * (C + 1)
 
 The reasoner_v1 prompt does not list the candidates (the backend scores each candidate's text as
-the reply), so neither does the training prompt. Optional GRPO (``reasoner_grpo_steps > 0``) samples
+the reply), so neither does the training prompt. Optional GRPO (``reasoner_grpo_max_steps > 0``) samples
 G replies to the same prompt; accuracy reward = 1 when the reply names the target candidate.
 
 The run directory is the contract (as ``minivz train verbalizer``):
@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from minivz.config import trl_args
 from minivz.rundir import (append_jsonl, record_run_config, resume_step, step_checkpoints_callback, truncate_jsonl,
                            write_env)
 from minivz.verbalize.cache import verbalize_split
@@ -226,23 +227,18 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         _truncate_metrics(run / "metrics.jsonl", "sft", step)
         print(f"resuming SFT from {ckpt}", file=sys.stderr)
     on_gpu = torch.cuda.is_available()
-    args = SFTConfig(
+    # reasoner_<f> for each SFTConfig field <f> (epochs, learning rate, batch, warmup, logging/save
+    # steps, gradient checkpointing), by name
+    args = trl_args(
+        SFTConfig, cfg, "reasoner_",
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.reasoner_batch_size,
-        gradient_accumulation_steps=cfg.reasoner_grad_accum,
-        num_train_epochs=cfg.reasoner_epochs,
-        max_steps=cfg.reasoner_max_steps or -1,
-        learning_rate=cfg.reasoner_lr,
-        warmup_steps=cfg.reasoner_warmup_ratio,  # a float in [0, 1) = ratio of total steps
+        max_steps=cfg.reasoner_max_steps or -1,  # 0 = train reasoner_num_train_epochs
         lr_scheduler_type="cosine",
         completion_only_loss=True,  # loss on the target's tokens only (completion_mask)
         max_length=None,  # build_sft_rows already fitted every row; TRL's keep_start would cut the target
-        logging_steps=cfg.reasoner_logging_steps,
         save_strategy="steps",
-        save_steps=cfg.reasoner_save_steps,
         save_total_limit=None,  # StepCheckpoints rotates step_* dirs
         bf16=fast_bf16(),  # autocast: a bf16 GPU, or a CPU with AMX-BF16 (fp32 master weights)
-        gradient_checkpointing=cfg.reasoner_gradient_checkpointing,
         use_cpu=not on_gpu,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -294,16 +290,15 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
     step, ckpt = resume_step(ckpt_dir, resume)
     _truncate_metrics(run / "metrics.jsonl", "grpo", step)
     on_gpu = torch.cuda.is_available()
-    g = cfg.reasoner_grpo_generations
-    args = GRPOConfig(
+    g = cfg.reasoner_grpo_num_generations
+    # reasoner_grpo_<f> for each GRPOConfig field <f> (max_steps, num_generations, learning_rate,
+    # max_completion_length), by name; logging/save steps and checkpointing as in the SFT stage
+    args = trl_args(
+        GRPOConfig, cfg, "reasoner_grpo_",
         output_dir=str(ckpt_dir),
-        num_generations=g,
         per_device_train_batch_size=g,  # one prompt's group per step
-        max_steps=cfg.reasoner_grpo_steps,
-        learning_rate=cfg.reasoner_grpo_lr,
         beta=0.0,
         temperature=1.0,
-        max_completion_length=cfg.reasoner_grpo_max_completion,
         scale_rewards="group",
         save_strategy="steps",
         save_steps=cfg.reasoner_save_steps,
@@ -329,7 +324,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
                                                                save_last=True)])
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    if ckpt is not None and _finished(ckpt, cfg.reasoner_grpo_steps):
+    if ckpt is not None and _finished(ckpt, cfg.reasoner_grpo_max_steps):
         _load_adapter(trainer.model, ckpt)
         steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
     else:
@@ -400,9 +395,9 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
                                "train_examples": len(rows), "verbalize_seconds": round(verbalize_seconds, 1),
                                "tokens_per_example_mean": round(float(np.mean(lengths)), 1),
                                "tokens_per_example_max": int(max(lengths)), **sft}
-    if cfg.reasoner_grpo_steps > 0:
+    if cfg.reasoner_grpo_max_steps > 0:
         grpo_rows = build_grpo_rows(data, rows, tokenizer, cfg.reasoner_prompt, cfg.reasoner_max_length,
-                                    cfg.reasoner_grpo_max_completion)
+                                    cfg.reasoner_grpo_max_completion_length)
         grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
         summary.update(grpo)
