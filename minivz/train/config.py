@@ -177,11 +177,8 @@ def eval_oracle(cfg) -> str:
     name, opts = parse_spec(cfg.oracle)
     if name != "policy":
         return cfg.oracle
-    if cfg.policy_gguf:
-        from minivz.train.policy import hf_dir_from_gguf  # converted once, cached
+    from minivz.models import model_source  # a GGUF is converted once, cached
 
-        source = str(hf_dir_from_gguf(cfg.policy_gguf))
-    else:
-        source = cfg.policy_model
+    source = model_source(cfg.policy_model, cfg.policy_gguf)
     opts = {"device": "auto", "dtype": "auto", **opts}
     return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": source, **opts}.items())

