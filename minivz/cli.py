@@ -626,7 +626,7 @@ def serve_command(
             _fail(str(e))
         reasoner, verbalizer = reasoner or run_reasoner, verbalizer or run_verbalizer
     if reasoner is None:
-        from minivz.reason.llamacpp import default_gguf
+        from minivz.models import default_gguf
 
         reasoner = default_gguf()
         typer.echo(f"minivz serve: no --reasoner, serving the embedded default: SmolLM2-135M-Instruct ({reasoner}); "

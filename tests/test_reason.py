@@ -146,7 +146,7 @@ CANDS = ["Star Trek: First Contact (1996)", "Toy Story (1995)", "Fargo (1996)", 
 @pytest.fixture(scope="module")
 def llama():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
-    from minivz.reason.llamacpp import SMOLLM2_PACKAGE
+    from minivz.models import SMOLLM2_PACKAGE
     import importlib.util
 
     if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
@@ -453,7 +453,7 @@ def test_openai_against_real_llama_cpp_server(tmp_path):
         pytest.importorskip(mod, reason=f"{mod} not installed (pip install 'llama-cpp-python[server]')")
     import httpx
 
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     port = free_port()
     log = tmp_path / "server.log"

@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 def _start_server(*args: str, timeout: float = 180.0, reasoner: bool = True):
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     port = _free_port()
     cmd = [sys.executable, "-m", "minivz.serve", *(["--reasoner", default_gguf()] if reasoner else []),
@@ -265,7 +265,7 @@ def test_deadline_and_client_disconnect_stop_a_heavy_request():
 
 def test_bare_serve_runs_the_embedded_default():
     """`minivz serve` with no model flags: the packaged SmolLM2 GGUF as reasoner, the template verbalizer."""
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     proc, url = _start_server(reasoner=False)
     try:
@@ -302,7 +302,7 @@ def test_50_concurrent_clients(url, server):
 
 @pytest.mark.slow
 def test_gguf_rewrite_verbalizer():
-    from minivz.reason.llamacpp import default_gguf
+    from minivz.models import default_gguf
 
     proc, url = _start_server("--verbalizer", default_gguf(), "--max-new-tokens", "16")
     try:

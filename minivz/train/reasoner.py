@@ -13,7 +13,8 @@ What one SFT example is (prompt-completion, loss on the completion only):
     prompt     = EXACTLY the token ids the ``hf`` backend scores with: the ``reasoner_v1`` chat prompt
                  with the verbalized history as {context}, the model's chat template with the
                  assistant header, context cut from its oldest lines to fit (``HFReasoner.prepare``
-                 itself is run, through ``PromptTokens``, so training and scoring cannot drift apart)
+                 itself is run, on ``HFReasoner.from_model(None, tokenizer)``, so training and
+                 scoring cannot drift apart)
     completion = the target item's candidate text ("Toy Story (1995)"), tokenized on its own as the
                  backend tokenizes candidates, + the end-of-turn token (teaches the model to stop,
                  which GRPO's generation needs; the scorer never reads it)
@@ -54,23 +55,6 @@ from minivz.verbalize.cache import verbalize_split
 CACHE_VERBALIZER = "cached"
 
 
-# -- the scoring backend's prompt, as token ids ---------------------------------------------------------
-
-
-def _prompt_tokens_class():
-    from minivz.reason.hf import HFReasoner
-
-    class PromptTokens(HFReasoner):
-        """The ``hf`` backend's prompt/candidate tokenization without a model: ``prepare(query)``
-        IS ``HFReasoner.prepare`` (same chat template, prompt file, fitting from the left)."""
-
-        def __init__(self, tokenizer, prompt: str = "reasoner_v1", max_length: int = 2048,
-                     chat_template: bool = True) -> None:
-            self.bind(None, tokenizer, prompt=prompt, chat_template=chat_template, max_length=max_length)
-
-    return PromptTokens
-
-
 def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int) -> list[dict]:
     """Tokenized prompt-completion rows (see module docstring) for TRL's SFTTrainer.
 
@@ -78,10 +62,10 @@ def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: i
     ``max_length`` bounds L; the eos and the longest candidate are reserved before fitting.
     """
     from minivz.reason.base import Query
+    from minivz.reason.hf import HFReasoner
 
-    PromptTokens = _prompt_tokens_class()
     eos = tokenizer.eos_token_id
-    view = PromptTokens(tokenizer, prompt=prompt, max_length=max_length - (eos is not None))
+    view = HFReasoner.from_model(None, tokenizer, prompt=prompt, max_length=max_length - (eos is not None))
     out = []
     for r in rows:
         texts = data.item_texts(r["candidates"])
@@ -95,10 +79,10 @@ def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: i
 def build_grpo_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int, max_completion: int) -> list[dict]:
     """Conversational prompts (the same messages, fitted the same way) + the target text for GRPO."""
     from minivz.reason.base import Query
+    from minivz.reason.hf import HFReasoner
     from minivz.reason.prompt import fit_context
 
-    PromptTokens = _prompt_tokens_class()
-    view = PromptTokens(tokenizer, prompt=prompt, max_length=max_length - max_completion)
+    view = HFReasoner.from_model(None, tokenizer, prompt=prompt, max_length=max_length - max_completion)
     out = []
     for r in rows:
         texts = data.item_texts(r["candidates"])
@@ -190,17 +174,15 @@ def _metrics_logger_class():
 
 def base_model_source(cfg) -> str:
     """HF dir or hub id of the base reasoner (a GGUF is converted once and cached)."""
-    if cfg.reasoner_gguf:
-        from minivz.train.policy import hf_dir_from_gguf
+    from minivz.models import model_source
 
-        return str(hf_dir_from_gguf(cfg.reasoner_gguf))
-    return cfg.reasoner_model
+    return model_source(cfg.reasoner_model, cfg.reasoner_gguf)
 
 
 def load_reasoner_model(cfg, source: str):
     """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer); float32 on CPU,
     bf16 on a GPU, NF4 base weights with ``reasoner_load_in_4bit`` (a Qwen3-8B reasoner on 24 GB)."""
-    from minivz.train.policy import load_lora_model
+    from minivz.models import load_lora_model
 
     return load_lora_model(source, load_in_4bit=cfg.reasoner_load_in_4bit,
                            gradient_checkpointing=cfg.reasoner_gradient_checkpointing, r=cfg.reasoner_lora_r,

@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 def load_unsloth_policy(source: str, cfg: Any, targets: list[str]) -> tuple[Any, Any]:
     """(PeftModel with LoRA, tokenizer) through ``FastLanguageModel``: the same object type the peft
     backend returns, so GRPOTrainer sees one kind of policy."""
-    from minivz.train.policy import top_layers
+    from minivz.models import top_layers
 
     model, tok = FastLanguageModel.from_pretrained(
         model_name=source,
