@@ -22,6 +22,7 @@ from typing import List, Optional
 import typer
 
 from minivz.envinfo import explain_import_error
+from minivz.spec import parse_options
 
 app = typer.Typer(
     name="minivz",
@@ -49,13 +50,10 @@ def _fail(msg: str, code: int = 2) -> None:
 def _parse_map(text: Optional[str]) -> dict[str, str]:
     if not text:
         return {}
-    out = {}
-    for pair in text.split(","):
-        if "=" not in pair:
-            _fail(f"--map {text!r}: expected canonical=column pairs, e.g. --map user_id=uid,item_id=movie,ts=time")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    try:
+        return parse_options(text)
+    except ValueError:
+        _fail(f"--map {text!r}: expected canonical=column pairs, e.g. --map user_id=uid,item_id=movie,ts=time")
 
 
 @data_app.command("prepare")

@@ -38,7 +38,7 @@ from typing import Callable
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
 from minivz.report import cell
-from minivz.verbalize import parse_spec
+from minivz.spec import parse_spec
 from minivz.verbalize.rules import DEFAULT_RULES
 
 

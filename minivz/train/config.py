@@ -172,7 +172,7 @@ def eval_oracle(cfg) -> str:
     """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
     weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
     model, on the GPU when there is one; any other spec is returned as it is."""
-    from minivz.reason.base import parse_spec
+    from minivz.spec import parse_spec
 
     name, opts = parse_spec(cfg.oracle)
     if name != "policy":
