@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     ns = ap.parse_args(argv)
 
     from minivz.config import resolve
+    from minivz.envinfo import passive_omp
     from minivz.train.config import VerbalizerTrainConfig
-    from minivz.train.grpo import passive_omp
     from minivz.train.policy import resolve_backend
 
     passive_omp()  # as `minivz train verbalizer` does; OMP_WAIT_POLICY=active to measure spinning

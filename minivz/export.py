@@ -39,13 +39,16 @@ from typing import Any, Optional
 
 import typer  # light (core dependency); export_command's parameters are typer declarations
 
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, TORCH, TRANSFORMERS, pip
+
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 SUPPORTED = {
     # HF architecture -> (gguf arch name, permute q/k like llama.cpp's LlamaModel converter)
     "LlamaForCausalLM": ("llama", True),
     "Qwen3ForCausalLM": ("qwen3", False),
 }
-INSTALL = "pip install torch==2.13.0 transformers==5.17.0 peft gguf llama-cpp-python==0.3.36"
+INSTALL = pip(TORCH, TRANSFORMERS, "peft", "gguf", LLAMA_CPP)
 
 # Probe for the tokenizer self-check: digits (SmolLM2 splits them one by one), runs of spaces,
 # newlines, accents, emoji, a contraction, and chat special tokens.
@@ -226,7 +229,7 @@ def load_merged(path: str | os.PathLike, adapter: str | os.PathLike | None = Non
         try:
             from peft import PeftModel
         except ImportError as e:
-            raise ImportError(f"merging a LoRA adapter needs peft ({e}); pip install peft torch==2.13.0") from e
+            raise ImportError(f"merging a LoRA adapter needs peft ({e}); {pip('peft', TORCH)}") from e
         model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False).merge_and_unload()
         if any((adapter_path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             from transformers import AutoTokenizer  # the run saves the tokenizer it trained with
@@ -438,11 +441,11 @@ def check_tokenizer(hf_tokenizer, gguf_path: str | os.PathLike,
 
 
 def _llama_cpp():
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see minivz.generate: shared CPUs crawl otherwise
+    passive_omp()  # before llama_cpp is first imported
     try:
         import llama_cpp
     except ImportError as e:
-        raise ImportError(f"GGUF export needs llama-cpp-python ({e}); pip install llama-cpp-python==0.3.36") from e
+        raise ImportError(f"GGUF export needs llama-cpp-python ({e}); {pip(LLAMA_CPP)}") from e
     return llama_cpp
 
 

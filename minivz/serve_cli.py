@@ -3,11 +3,13 @@ uvicorn), so ``minivz --help`` works on the core install; the server itself is `
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from minivz.envinfo import passive_omp
+from minivz.install import extra, pip
 
 
 def run_models(run: Path) -> tuple[str, str]:
@@ -62,13 +64,11 @@ def serve_command(
     Examples: minivz serve (the embedded default) | minivz serve --run runs/tiny-cpu |
     minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template --port 8000
     """
-    # Before llama_cpp is first imported (OpenMP reads it once): busy-waiting OpenMP threads crawl
-    # on shared CPUs (see minivz.generate). export OMP_WAIT_POLICY=active on a dedicated box.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    passive_omp()  # before llama_cpp is first imported
     try:
         from minivz.serve import ServeConfig, _gpu_offload_supported, create_app, is_loopback
     except ImportError as e:
-        typer.echo(f"error: serving needs the serve extra ({e}): pip install 'minivz[serve]'", err=True)
+        typer.echo(f"error: serving needs the serve extra ({e}): {pip(extra('serve'))}", err=True)
         raise typer.Exit(1)
     if run is not None:
         try:
@@ -100,7 +100,7 @@ def serve_command(
     try:
         import uvicorn
     except ImportError as e:
-        typer.echo(f"error: serving needs fastapi and uvicorn ({e}): pip install 'minivz[serve]'", err=True)
+        typer.echo(f"error: serving needs fastapi and uvicorn ({e}): {pip(extra('serve'))}", err=True)
         raise typer.Exit(1)
     gpu = _gpu_offload_supported()
     typer.echo(f"minivz serve on http://{host}:{port}  (docs /docs); llama.cpp GPU offload "

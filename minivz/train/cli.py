@@ -74,7 +74,8 @@ def verbalizer_command(
     if not (data / "manifest.json").is_file():
         _fail(f"--data {data}: not a prepared data dir; create it with: minivz data prepare --recipe "
               f"{recipe or 'tiny-cpu'} --out {data}")
-    from minivz.train.grpo import passive_omp, train_verbalizer
+    from minivz.envinfo import passive_omp
+    from minivz.train.grpo import train_verbalizer
 
     passive_omp()  # before torch is imported (see its docstring: 9x faster generation on shared cores)
     try:
@@ -123,8 +124,8 @@ def curve_command(
         _fail(f"--limit {limit}: need at least 1 example per point")
     if not (data / "manifest.json").is_file():
         _fail(f"--data {data}: not a prepared data dir (minivz data prepare)")
+    from minivz.envinfo import passive_omp
     from minivz.train.curve import heldout_curve
-    from minivz.train.grpo import passive_omp
 
     passive_omp()
     try:

@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from minivz.install import TORCH, TRANSFORMERS, TRL_PEFT, TRL_UNSLOTH, UNSLOTH, extra, pip
+
 # The versions this module was tested with. Another version fails loudly here rather than deep
 # inside a training step (TRL moves fast: 1.15 without Unsloth does not run GRPO on CPU).
 TESTED = {
@@ -31,8 +33,8 @@ TESTED = {
     "unsloth": {"unsloth": "2026.10.9", "trl": "1.15.0", "transformers": "5.17.0"},
 }
 INSTALL = {
-    "peft": "pip install torch==2.13.0 'minivz[train]'   (trl==1.16.0 transformers==5.17.0 peft accelerate datasets)",
-    "unsloth": "pip install unsloth==2026.10.9 trl==1.15.0 transformers==5.17.0   (in a CUDA environment)",
+    "peft": f"{pip(TORCH, extra('train'))}   ({TRL_PEFT} {TRANSFORMERS} peft accelerate datasets)",
+    "unsloth": f"{pip(UNSLOTH, TRL_UNSLOTH, TRANSFORMERS)}   (in a CUDA environment)",
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CACHE_DIR = Path(os.environ.get("MINIVZ_CACHE", Path.home() / ".cache" / "minivz")) / "policies"
