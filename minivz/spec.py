@@ -36,15 +36,12 @@ def parse_options(text: str) -> dict[str, str]:
 
 def parse_spec(spec: str, kind: str = "") -> tuple[str, dict[str, str]]:
     """``"name:k=v,k2=v2"`` -> ``("name", {"k": "v", "k2": "v2"})``. ``kind`` ("reasoner") names
-    the registry in errors."""
+    the registry in errors; an unknown or empty name is the registry's to reject (it knows the valid ones)."""
     name, _, rest = spec.strip().partition(":")
-    where = f"{kind} spec {spec!r}" if kind else f"spec {spec!r}"
-    if not name.strip():
-        raise ValueError(f"empty name in {where}; write name or name:key=value")
     try:
         return name.strip(), parse_options(rest)
     except ValueError as e:
-        raise ValueError(f"{e} in {where}") from None
+        raise ValueError(f"{e} in {kind + ' ' if kind else ''}spec {spec!r}") from None
 
 
 def parse_value(value: str, typ: Any) -> Any:
