@@ -20,7 +20,7 @@ from minivz.dataset import PreparedData
 from minivz.evaluate import evaluate
 from minivz.examples import prepare
 from minivz.report import bar_chart, compare_runs, to_markdown
-from minivz.verbalize import parse_spec
+from minivz.spec import parse_spec
 from minivz.verbalize.cache import verbalize_split
 
 

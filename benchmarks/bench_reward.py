@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from minivz.config import resolve
     from minivz.config import VerbalizerTrainConfig
-    from minivz.train.grpo import passive_omp
+    from minivz.envinfo import passive_omp
     from minivz.train.policy import resolve_backend
 
     passive_omp()  # as `minivz train verbalizer` does; OMP_WAIT_POLICY=active to measure spinning

@@ -5,7 +5,7 @@
 Under the `mention` oracle a completion earns more than the random floor only by naming catalog
 titles, so the share of completions that name at least one title (and how many distinct ones)
 is the behaviour the reward should grow. Reads RUN/samples.jsonl (every completion of every step,
-with its rewards); titles are found with minivz.audit.TitleMatcher, as in the audit.
+with its rewards); titles are found with minivz.reason.mention.TitleMatcher, as in the audit.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import json
 import statistics as st
 from pathlib import Path
 
-from minivz.audit import TitleMatcher
 from minivz.dataset import PreparedData
+from minivz.reason.mention import TitleMatcher
 
 
 def main() -> None:

@@ -5,6 +5,8 @@ aggregate repeated episodes. Written per run next to the metrics.
     report["hallucination_rate"], report["compression_chars"]["p50"]
     row = audit_one(text, history, template_text, TitleMatcher(catalog_titles))   # per sample
 
+Titles are found with ``minivz.reason.mention.TitleMatcher``, the mention oracle's matcher.
+
 Hallucination: a catalog title named in the text (case-insensitive, whole words, titles shorter
 than 4 characters ignored) that is not in that user's history. A text-reading oracle can be gamed
 by naming likely targets, so this rate is watched and can be penalized in the reward. Titles are
@@ -21,76 +23,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
-_ARTICLE = re.compile(r"^(.*),\s*(the|a|an|les|la|le|il|el|das|der|die)$", re.IGNORECASE)
-_WS = re.compile(r"\s+")
+from minivz.reason.mention import TitleMatcher, normalize, title_variants
+
 _NUM_WORDS = "two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\\d+"
 _EPISODE_COUNT = re.compile(rf"\b(?:{_NUM_WORDS})\s+(?:\w+\s+){{0,2}}episodes?\b")
 _SERIES_WINDOW = 80  # characters around a series mention in which its episode count must appear
-
-
-def _norm(text: str) -> str:
-    return _WS.sub(" ", text.replace("\u2019", "'").lower()).strip()
-
-
-def title_variants(title: str, year: int | None = None) -> set[str]:
-    """Normalized spellings of one title (lowercase, single spaces)."""
-    t = _norm(title)
-    out = {t}
-    bare = _YEAR.sub("", t).strip()
-    out.add(bare)
-    m = _ARTICLE.match(bare)
-    if m:
-        out.add(f"{m.group(2)} {m.group(1)}".strip())
-    if year is not None:
-        out |= {f"{v} ({int(year)})" for v in list(out)}
-    return {v for v in out if v}
-
-
-def _trie_pattern(words: list[str]) -> str:
-    """A regex matching exactly ``words``, shaped as a character trie so the engine does one
-    branch per character instead of trying thousands of alternatives at every position."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = True  # end of a word
-
-    def build(node: dict) -> str:
-        end = "" in node
-        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch != ""]
-        if not alts:
-            return ""
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        # Greedy optional: the longer title is tried first, the shorter one is the fallback.
-        return (f"(?:{body})?" if len(alts) > 1 or len(alts[0]) > 1 else f"{body}?") if end else body
-
-    return build(trie)
-
-
-class TitleMatcher:
-    """Finds catalog titles in text: one compiled trie regex over all spellings of all titles."""
-
-    def __init__(self, catalog_titles: list[str], min_chars: int = 4) -> None:
-        self.min_chars = min_chars
-        self.variant_to_titles: dict[str, set[int]] = {}
-        for i, t in enumerate(catalog_titles):
-            if t is None:
-                continue
-            for v in title_variants(str(t)):
-                if len(v) >= min_chars:
-                    self.variant_to_titles.setdefault(v, set()).add(i)
-        self.catalog_titles = list(catalog_titles)
-        words = sorted(self.variant_to_titles)
-        # (?<!\w) / (?!\w) rather than \b: titles may start or end with punctuation, "(1995)".
-        self._re = re.compile(rf"(?<!\w)(?:{_trie_pattern(words)})(?!\w)") if words else None
-
-    def find(self, text: str) -> list[str]:
-        """Normalized title spellings mentioned in ``text``, in order (non-overlapping)."""
-        if self._re is None or not text:
-            return []
-        return [m.group(0) for m in self._re.finditer(_norm(text))]
 
 
 _MATCHERS: OrderedDict[tuple, TitleMatcher] = OrderedDict()
@@ -138,7 +75,7 @@ def series_runs(history: list[dict]) -> dict[str, int]:
 def mentions_series_count(text: str, series_title: str) -> bool:
     """Whether ``text`` names ``series_title`` with an episode count nearby ("5 episodes of X",
     "X (three episodes)")."""
-    t, s = _norm(text), _norm(series_title)
+    t, s = normalize(text), normalize(series_title)
     if not s:
         return False
     for m in re.finditer(rf"(?<!\w){re.escape(s)}(?!\w)", t):

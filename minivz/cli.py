@@ -30,7 +30,9 @@ from typing import List, Optional
 
 import typer
 
-from minivz.envinfo import explain_import_error
+from minivz.envinfo import explain_import_error, passive_omp
+from minivz.install import extra, pip
+from minivz.spec import parse_options
 
 app = typer.Typer(
     name="minivz",
@@ -80,13 +82,10 @@ def _exit_on(failure: tuple = (), usage: tuple = ()):
 def _parse_map(text: Optional[str]) -> dict[str, str]:
     if not text:
         return {}
-    out = {}
-    for pair in text.split(","):
-        if "=" not in pair:
-            _fail(f"--map {text!r}: expected canonical=column pairs, e.g. --map user_id=uid,item_id=movie,ts=time")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    try:
+        return parse_options(text)
+    except ValueError:
+        _fail(f"--map {text!r}: expected canonical=column pairs, e.g. --map user_id=uid,item_id=movie,ts=time")
 
 
 @data_app.command("prepare")
@@ -450,7 +449,7 @@ def verbalizer_command(
     if not (data / "manifest.json").is_file():
         _fail(f"--data {data}: not a prepared data dir; create it with: minivz data prepare --recipe "
               f"{recipe or 'tiny-cpu'} --out {data}")
-    from minivz.train.grpo import passive_omp, train_verbalizer
+    from minivz.train.grpo import train_verbalizer
 
     passive_omp()  # before torch is imported (see its docstring: 9x faster generation on shared cores)
     with _exit_on():
@@ -480,7 +479,6 @@ def curve_command(
     if not (data / "manifest.json").is_file():
         _fail(f"--data {data}: not a prepared data dir (minivz data prepare)")
     from minivz.train.curve import heldout_curve
-    from minivz.train.grpo import passive_omp
 
     passive_omp()
     with _exit_on(usage=(FileNotFoundError, ValueError)):
@@ -610,13 +608,11 @@ def serve_command(
     Examples: minivz serve (the embedded default) | minivz serve --run runs/tiny-cpu |
     minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template --port 8000
     """
-    # Before llama_cpp is first imported (OpenMP reads it once): busy-waiting OpenMP threads crawl
-    # on shared CPUs (see minivz.generate). export OMP_WAIT_POLICY=active on a dedicated box.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    passive_omp()  # before llama_cpp is first imported
     try:
         from minivz.serve import ServeConfig, _gpu_offload_supported, create_app, is_loopback
     except ImportError as e:
-        _fail(f"serving needs the serve extra ({e}): pip install 'minivz[serve]'", code=1)
+        _fail(f"serving needs the serve extra ({e}): {pip(extra('serve'))}", code=1)
     if run is not None:
         from minivz.pipeline import run_models
 
@@ -647,7 +643,7 @@ def serve_command(
     try:
         import uvicorn
     except ImportError as e:
-        _fail(f"serving needs fastapi and uvicorn ({e}): pip install 'minivz[serve]'", code=1)
+        _fail(f"serving needs fastapi and uvicorn ({e}): {pip(extra('serve'))}", code=1)
     gpu = _gpu_offload_supported()
     typer.echo(f"minivz serve on http://{host}:{port}  (docs /docs); llama.cpp GPU offload "
                f"{'available' if gpu else 'not built in'}; n_gpu_layers={n_gpu_layers}", err=True)

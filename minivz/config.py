@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minivz.spec import parse_options, parse_value
+
 # recipes/ at the repository root (editable install, source checkout) or minivz/recipes inside an
 # installed wheel (pyproject maps the package minivz.recipes to the recipes/ folder).
 _HERE = Path(__file__).resolve().parent
@@ -464,7 +466,7 @@ def eval_oracle(cfg) -> str:
     """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
     weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
     model, on the GPU when there is one; any other spec is returned as it is."""
-    from minivz.reason.base import parse_spec
+    from minivz.spec import parse_spec
 
     name, opts = parse_spec(cfg.oracle)
     if name != "policy":
@@ -531,19 +533,12 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return float(value)
         return value
     try:
-        if tp is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if tp in (int, float):
-            return tp(value)
+        if tp in (bool, int, float):
+            return parse_value(value, tp)
         if origin is list:  # "a,b" or, when the items hold commas themselves, "a:x=1,y=2;b"
             return [x.strip() for x in value.split(";" if ";" in value else ",") if x.strip()]
         if origin is dict:
-            pairs = [x for x in value.split(",") if x.strip()]
-            return dict(p.split("=", 1) if "=" in p else (p, "") for p in pairs)
+            return parse_options(value)
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
     return value

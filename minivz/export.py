@@ -38,13 +38,16 @@ from pathlib import Path
 
 from minivz.models import adapter_base, find_gguf, load_model, merge_adapter
 
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, TORCH, TRANSFORMERS, pip
+
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 SUPPORTED = {
     # HF architecture -> (gguf arch name, permute q/k like llama.cpp's LlamaModel converter)
     "LlamaForCausalLM": ("llama", True),
     "Qwen3ForCausalLM": ("qwen3", False),
 }
-INSTALL = "pip install torch==2.13.0 transformers==5.17.0 peft gguf llama-cpp-python==0.3.36"
+INSTALL = pip(TORCH, TRANSFORMERS, "peft", "gguf", LLAMA_CPP)
 
 # Probe for the tokenizer self-check: digits (SmolLM2 splits them one by one), runs of spaces,
 # newlines, accents, emoji, a contraction, and chat special tokens.
@@ -319,11 +322,11 @@ def check_tokenizer(hf_tokenizer, gguf_path: str | os.PathLike,
 
 
 def _llama_cpp():
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see minivz.generate: shared CPUs crawl otherwise
+    passive_omp()  # before llama_cpp is first imported
     try:
         import llama_cpp
     except ImportError as e:
-        raise ImportError(f"GGUF export needs llama-cpp-python ({e}); pip install llama-cpp-python==0.3.36") from e
+        raise ImportError(f"GGUF export needs llama-cpp-python ({e}); {pip(LLAMA_CPP)}") from e
     return llama_cpp
 
 

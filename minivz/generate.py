@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, pip
 from minivz.models import adapter_base, default_gguf, load_adapter, load_model, resolve_device
 
 # Chat-template tokens around each message (role header, end-of-turn); a safe over-estimate so that
@@ -55,16 +57,11 @@ class LlamaCppGenerator:
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, verbose: bool = False) -> None:
-        # llama.cpp's CPU backend uses OpenMP; its default busy-wait turns a shared or oversubscribed
-        # CPU into a crawl (measured on 2 shared cores: 64 tokens in 31 s spinning vs 1.9 s passive).
-        # Only a default: export OMP_WAIT_POLICY=active on a dedicated machine. It must be set before
-        # the OpenMP runtime starts, i.e. before llama_cpp is first imported.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        passive_omp()  # before llama_cpp is first imported
         try:
             from llama_cpp import Llama
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("LlamaCppGenerator needs llama.cpp bindings: "
-                              "pip install llama-cpp-python==0.3.36") from e
+            raise ImportError(f"LlamaCppGenerator needs llama.cpp bindings: {pip(LLAMA_CPP)}") from e
         self.model_path = Path(model_path or default_gguf())
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")

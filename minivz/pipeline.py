@@ -37,8 +37,9 @@ from typing import Callable
 
 from minivz.config import (STAGES, ConfigError, DataConfig, EvalConfig, PipelineConfig, ReasonerTrainConfig,
                            VerbalizerTrainConfig, dump_yaml, eval_oracle, load_recipe, packaged_path, resolve)
+from minivz.install import pip
 from minivz.report import cell
-from minivz.verbalize import parse_spec
+from minivz.spec import parse_spec
 
 
 # The paper's relative gains over its baselines (Qwen3-8B, Discovery Recall@1), printed beside ours.
@@ -178,7 +179,7 @@ class Pipeline:
         import subprocess
 
         if shutil.which(argv[0]) is None:
-            raise ImportError("multi-GPU stages run through accelerate: pip install accelerate deepspeed")
+            raise ImportError(f"multi-GPU stages run through accelerate: {pip('accelerate', 'deepspeed')}")
         self.say("  $ " + " ".join(argv))
         subprocess.run(argv, check=True)
         return {"launched": argv}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minivz.install import MATPLOTLIB, pip
 from minivz.rundir import read_jsonl
 
 FIGURES = {
@@ -44,7 +45,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("minivz plots need matplotlib: pip install 'matplotlib>=3.8'") from e
+        raise ImportError(f"minivz plots need matplotlib: {pip(MATPLOTLIB)}") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -43,6 +43,9 @@ from typing import Annotated, Optional, Union
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP_CUDA
+
 MAX_HISTORY = 200
 MAX_CANDIDATES = 100
 MAX_TITLE = 300
@@ -195,8 +198,7 @@ class Engine:
         self.stats = {"verbalizations_cached": 0, "prompt_tokens": 0, "prompt_tokens_reused": 0}
 
     def load(self) -> None:
-        # Passive OpenMP waiting: busy-waiting threads crawl on shared CPUs (see minivz.generate).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        passive_omp()  # before llama_cpp is first imported
         from minivz.reason.llamacpp import LlamaCppReasoner
 
         cfg = self.cfg
@@ -204,8 +206,7 @@ class Engine:
         if cfg.n_gpu_layers:
             if not _gpu_offload_supported():
                 print(f"WARNING: --n-gpu-layers {cfg.n_gpu_layers} asked, but this llama-cpp-python build has no "
-                      "GPU backend: every layer runs on the CPU. Rebuild with "
-                      "CMAKE_ARGS='-DGGML_CUDA=on' pip install llama-cpp-python==0.3.36", file=sys.stderr)
+                      f"GPU backend: every layer runs on the CPU. Rebuild with {LLAMA_CPP_CUDA}", file=sys.stderr)
             else:
                 self.device = f"gpu ({cfg.n_gpu_layers} layers offloaded)"
             gpu = {"n_gpu_layers": cfg.n_gpu_layers}

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from minivz.install import RECBOLE, package_dir, pip
 from minivz.ingest import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
@@ -43,23 +44,15 @@ __all__ = [
     "generate_streaming",
 ]
 
-RECBOLE_INSTALL = "pip install --no-deps recbole==1.2.1"
-
-
 # ------------------------------------------------------------------------------------- MovieLens-100K
 
 
 def movielens_100k_dir() -> Path:
     """The ``dataset_example/ml-100k`` folder of the installed recbole package (found without importing
     recbole itself: its ``__init__`` may pull torch)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("recbole")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"MovieLens-100K is read from the recbole package, which is not installed; run: {RECBOLE_INSTALL}"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
+    install = pip(RECBOLE, no_deps=True)
+    missing = f"MovieLens-100K is read from the recbole package, which is not installed; run: {install}"
+    return package_dir("recbole", install, missing) / "dataset_example" / "ml-100k"
 
 
 def load_movielens_100k() -> IngestResult:
@@ -76,7 +69,7 @@ def load_movielens_100k() -> IngestResult:
         if not f.exists():
             raise FileNotFoundError(
                 f"{f} is missing from the installed recbole package; reinstall it: "
-                f"pip install --force-reinstall --no-deps recbole==1.2.1"
+                f"{pip(RECBOLE, no_deps=True, reinstall=True)}"
             )
 
     def read_tsv(path: Path, types: dict) -> pa.Table:

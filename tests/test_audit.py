@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from minivz.audit import (TitleMatcher, audit_one, audit_verbalizations, mentions_series_count, series_runs,
-                          title_variants)
+from minivz.audit import audit_one, audit_verbalizations, mentions_series_count, series_runs
+from minivz.reason.mention import TitleMatcher, title_variants
 
 CATALOG = ["Toy Story (1995)", "Toy Story 2 (1999)", "Usual Suspects, The (1995)", "Heat (1995)",
            "Up (2009)", "Fargo (1996)", "Stranger Things", "Dark"]

@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from minivz.reason import REASONERS, ItemStats, Prediction, Query, ReasonerError, make_reasoner, parse_spec
+from minivz.reason import REASONERS, ItemStats, Prediction, Query, ReasonerError, make_reasoner
+from minivz.spec import parse_spec
 
 # ---------------------------------------------------------------------------------------------
 # Hand-made stats: users [0,1,2], [1,2], [3,3]; item 4 never seen.

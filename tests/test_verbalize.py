@@ -13,7 +13,8 @@ from minivz.generate import Generator
 from minivz.models import default_gguf
 from minivz.verbalize import (VERBALIZERS, ActionVerbalizer, RewriteVerbalizer, TemplateVerbalizer,
                               ZeroShotVerbalizer, action_grammar, available_prompts, load_prompt,
-                              make_verbalizer, parse_decisions, parse_spec, render_actions, template_line)
+                              make_verbalizer, parse_decisions, render_actions, template_line)
+from minivz.spec import parse_spec
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 HAS_HF = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None

@@ -18,7 +18,6 @@ from minivz.reason.base import (
     Reasoner,
     ReasonerError,
     make_reasoner,
-    parse_spec,
 )
 
 __all__ = [
@@ -29,5 +28,4 @@ __all__ = [
     "Reasoner",
     "ReasonerError",
     "make_reasoner",
-    "parse_spec",
 ]

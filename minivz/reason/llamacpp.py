@@ -40,12 +40,13 @@ import os
 
 import numpy as np
 
+from minivz.envinfo import passive_omp
+from minivz.install import LLAMA_CPP, pip
 from minivz.models import default_gguf
 from minivz.reason.base import Prediction, Query
 from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
-TESTED_VERSION = "0.3.36"
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
           "llama_batch_free", "llama_decode", "llama_get_logits", "llama_context_default_params",
           "llama_init_from_model", "llama_free", "llama_state_seq_get_size", "llama_state_seq_get_data",
@@ -57,21 +58,19 @@ class Cancelled(RuntimeError):
 
 
 def import_llama_cpp():
-    # llama.cpp's OpenMP threads busy-wait by default: on a shared or oversubscribed CPU that is a
-    # crawl (see minivz.generate). Only a default, and only effective before llama_cpp loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    passive_omp()  # before llama_cpp is first imported
     try:
         import llama_cpp
     except ImportError as e:
         raise ImportError(
             f"the llamacpp reasoner needs llama-cpp-python ({e}); install with "
-            f"`pip install llama-cpp-python=={TESTED_VERSION}` (builds from source, ~10 min on 2 cores)"
+            f"`{pip(LLAMA_CPP)}` (builds from source, ~10 min on 2 cores)"
         ) from e
     missing = [f for f in _C_API if not hasattr(llama_cpp, f)]
     if missing:
         raise ImportError(
             f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} lacks {', '.join(missing)}; "
-            f"minivz was tested with llama-cpp-python=={TESTED_VERSION}"
+            f"minivz was tested with {LLAMA_CPP}"
         )
     return llama_cpp
 

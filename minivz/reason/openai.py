@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from minivz.install import pip
 from minivz.reason.base import PartialPredictions, Prediction, Query, ReasonerError
 from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, load_prompt
 
@@ -114,7 +115,7 @@ class OpenAIReasoner:
             import httpx
         except ImportError as e:
             raise ImportError(
-                f"the openai reasoner needs httpx ({e}); install with `pip install httpx`"
+                f"the openai reasoner needs httpx ({e}); install with `{pip('httpx')}`"
             ) from e
         if constrain not in CONSTRAINTS:
             raise ValueError(f"constrain={constrain!r}; use one of {', '.join(CONSTRAINTS)}")

@@ -1,69 +1,29 @@
 """Versioned reasoner prompts (``minivz/prompts/reasoner_*.txt``) and how they become messages.
 
-A prompt file has comment lines ("#") and then "### system" / "### user" sections with ``{context}``
-(and for choice prompts ``{candidates}``, ``{labels}``) placeholders. ``load_prompt("reasoner_v1")``
+A prompt file (read by ``minivz.prompt``) has comment lines ("#") and then "### system" / "### user"
+sections with ``{context}`` (and for choice prompts ``{candidates}``, ``{labels}``) placeholders,
+filled with ``str.format`` (literal braces are doubled). ``load_prompt("reasoner_v1")``
 or ``load_prompt("/path/to/file.txt")``.
 """
 
 from __future__ import annotations
 
-import string
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+from minivz.prompt import PromptFile, load_prompt_file
+
 DEFAULT_SCORING_PROMPT = "reasoner_v1"
 DEFAULT_CHOICE_PROMPT = "reasoner_choice_v1"
 
 
-@dataclass(frozen=True)
-class PromptTemplate:
-    name: str
-    system: str
-    user: str
-
+class PromptTemplate(PromptFile):
     def messages(self, **fields: str) -> list[dict[str, str]]:
         """Chat messages with the placeholders filled (``str.format`` syntax)."""
-        out = []
-        if self.system:
-            out.append({"role": "system", "content": self.system.format(**fields)})
-        out.append({"role": "user", "content": self.user.format(**fields)})
-        return out
-
-    def fields(self) -> set[str]:
-        names = set()
-        for text in (self.system, self.user):
-            names |= {f for _, f, _, _ in string.Formatter().parse(text) if f}
-        return names
+        return self.chat(lambda s: s.format(**fields))
 
 
 def load_prompt(name_or_path: str) -> PromptTemplate:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PROMPTS_DIR / f"{name_or_path}.txt"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROMPTS_DIR.glob("reasoner_*.txt"))
-        raise ValueError(f"prompt {name_or_path!r} not found; known prompts: {', '.join(known)}")
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("### "):
-            current = line[4:].strip()
-            if current not in ("system", "user"):
-                raise ValueError(f"{path}: unknown section {line!r}; use '### system' or '### user'")
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-        elif line.strip() and not line.startswith("#"):
-            raise ValueError(f"{path}: text before the first '### system'/'### user' section: {line!r}")
-    if "user" not in sections:
-        raise ValueError(f"{path}: needs a '### user' section")
-    return PromptTemplate(
-        name=path.stem,
-        system="\n".join(sections.get("system", [])).strip(),
-        user="\n".join(sections["user"]).strip(),
-    )
+    return load_prompt_file(name_or_path, "reasoner", PromptTemplate)
 
 
 def render_plain(messages: list[dict[str, str]]) -> str:

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from minivz.config import trl_args
+from minivz.envinfo import passive_omp
+from minivz.install import VLLM, pip
 from minivz.rundir import (append_jsonl, record_run_config, resume_step, rotate_checkpoints,
                            step_checkpoints_callback, truncate_jsonl, write_env)
 
@@ -253,24 +255,6 @@ def _callbacks():
     return RunLogger, LiveProgress
 
 
-# -- training ---
-
-
-def passive_omp() -> bool:
-    """Default OpenMP threads to sleep, not spin, while waiting (``OMP_WAIT_POLICY=PASSIVE``).
-
-    torch's CPU ops run on OpenMP; its default busy-wait makes the many small ops of token-by-token
-    generation crawl on a shared or oversubscribed CPU. Measured on 2 shared cores, SmolLM2-135M,
-    4 x 64 sampled tokens: 87.6 s spinning vs 9.8 s passive (8.9 s with 1 thread). Only a default
-    (export OMP_WAIT_POLICY=active on a dedicated box), and only effective before torch is first
-    imported: returns False when it came too late.
-    """
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return "torch" not in sys.modules
-
-
 # -- training -----------------------------------------------------------------------------------------
 
 
@@ -278,7 +262,7 @@ def _check_vllm(cfg, on_gpu: bool) -> None:
     """TRL's own vLLM rollouts (use_vllm, vllm_mode: colocated with training, or a `trl vllm-serve`
     server) need a GPU; say so before TRL fails deep inside."""
     if cfg.use_vllm and not on_gpu:
-        raise ImportError("use_vllm=true needs CUDA and vllm (pip install vllm==0.33.0); "
+        raise ImportError(f"use_vllm=true needs CUDA and vllm ({pip(VLLM)}); "
                           "on CPU use --set use_vllm=false")
 
 

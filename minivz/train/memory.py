@@ -152,7 +152,7 @@ def _scoring_bytes(arch: Arch, prompt: int, n_candidates: int, act_bytes: int) -
 
 def oracle_memory(cfg, arch: Arch, cuda: bool, n_candidates: int = 10) -> tuple[float, float, str]:
     """(weights bytes, scoring bytes, what) of the oracle on the policy's device (module docstring)."""
-    from minivz.reason.base import parse_spec
+    from minivz.spec import parse_spec
 
     name, opts = parse_spec(cfg.oracle)
     act_bytes = 2 if cuda else 4

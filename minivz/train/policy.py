@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from minivz.install import TORCH, TRANSFORMERS, TRL_PEFT, TRL_UNSLOTH, UNSLOTH, extra, pip
 from minivz.models import LORA_TARGETS, fix_special_tokens, load_lora_model, merge_trained, model_source
 
 # The versions this module was tested with. Another version fails loudly here rather than deep
@@ -31,8 +32,8 @@ TESTED = {
     "unsloth": {"unsloth": "2026.10.9", "trl": "1.15.0", "transformers": "5.17.0"},
 }
 INSTALL = {
-    "peft": "pip install torch==2.13.0 'minivz[train]'   (trl==1.16.0 transformers==5.17.0 peft accelerate datasets)",
-    "unsloth": "pip install unsloth==2026.10.9 trl==1.15.0 transformers==5.17.0   (in a CUDA environment)",
+    "peft": f"{pip(TORCH, extra('train'))}   ({TRL_PEFT} {TRANSFORMERS} peft accelerate datasets)",
+    "unsloth": f"{pip(UNSLOTH, TRL_UNSLOTH, TRANSFORMERS)}   (in a CUDA environment)",
 }
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from minivz.install import TRANSFORMERS, TRL_UNSLOTH, UNSLOTH, pip
+
 try:
     import unsloth  # noqa: F401 - must precede trl/transformers/peft
     from unsloth import FastLanguageModel
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"backend=unsloth needs Unsloth ({e}); install with: "
-                      "pip install unsloth==2026.10.9 trl==1.15.0 transformers==5.17.0") from e
+                      f"{pip(UNSLOTH, TRL_UNSLOTH, TRANSFORMERS)}") from e
 
 
 def load_unsloth_policy(source: str, cfg: Any, targets: list[str]) -> tuple[Any, Any]:

@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from minivz.spec import parse_spec, parse_value
 from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, SelectVerbalizer, ZeroShotVerbalizer,
                                   action_grammar, parse_decisions, parse_selection, render_actions,
                                   render_selection, select_grammar, select_lines)
@@ -24,7 +25,7 @@ from minivz.verbalize.prompt import available_prompts, load_prompt
 from minivz.verbalize.rules import CleanRule, RecentRule, RuleVerbalizer, SeriesRule, TitlesRule
 from minivz.verbalize.template import TemplateVerbalizer, display_title, template_line, template_text
 
-__all__ = ["Verbalizer", "VERBALIZERS", "make_verbalizer", "parse_spec", "template_line", "template_text",
+__all__ = ["Verbalizer", "VERBALIZERS", "make_verbalizer", "template_line", "template_text",
            "display_title", "TemplateVerbalizer", "ZeroShotVerbalizer", "ActionVerbalizer",
            "RewriteVerbalizer", "SelectVerbalizer", "RuleVerbalizer", "action_grammar", "parse_decisions",
            "render_actions", "select_grammar", "select_lines", "parse_selection", "render_selection",
@@ -58,18 +59,6 @@ VERBALIZERS: dict[str, Callable[..., Verbalizer]] = {
 _OBJECT_ARGS = {"generator", "stats", "name"}
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"rewrite:model=/x,temperature=0.7"`` -> ``("rewrite", {"model": "/x", "temperature": "0.7"})``."""
-    name, _, rest = spec.strip().partition(":")
-    kwargs: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"bad verbalizer option {part!r} in {spec!r}: expected key=value")
-        kwargs[key.strip()] = value.strip()
-    return name.strip(), kwargs
-
-
 def _coerce(value: str, annotation: Any, key: str) -> Any:
     """Turn a spec string into the type the factory's annotation asks for."""
     if value.lower() in ("none", "null", ""):
@@ -77,18 +66,11 @@ def _coerce(value: str, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
     for typ in options:
-        if typ is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-        elif typ in (int, float):
+        if typ in (bool, int, float, str):
             try:
-                return typ(value)
+                return parse_value(value, typ)
             except ValueError:
                 pass
-        elif typ is str:
-            return value
     raise ValueError(f"{key}={value!r} is not a valid {annotation}")
 
 
@@ -96,7 +78,7 @@ def make_verbalizer(spec: str, **objects: Any) -> Verbalizer:
     """Build a verbalizer from ``name`` or ``name:key=value,...``; ``objects`` pass non-text
     arguments (e.g. ``generator=`` to share one loaded model). Unknown names or keys raise
     ``ValueError`` listing the valid ones."""
-    name, raw = parse_spec(spec)
+    name, raw = parse_spec(spec, "verbalizer")
     if name not in VERBALIZERS:
         raise ValueError(f"unknown verbalizer {name!r}; valid: {', '.join(VERBALIZERS)}")
     factory = VERBALIZERS[name]
