@@ -12,7 +12,7 @@ A model is one of:
     a .gguf file       (or a dir holding exactly one) de-quantized by transformers, tokenizer repaired
     an HF model dir    config.json + safetensors, read offline
     a hub id           fetched by transformers as usual
-Training (minivz.train), the ``hf`` reasoner, the HF verbalizer backend (minivz.generate) and the
+Training (minivz.train), the ``hf`` reasoner, the HF verbalizer backend (minivz.verbalize.generate) and the
 GGUF export all load through here; serving runs llama.cpp on GGUF files and needs ``default_gguf``.
 
 Heavy imports (torch, transformers, peft, gguf) happen inside the functions; Unsloth is imported

@@ -226,7 +226,7 @@ class Engine:
 
     @staticmethod
     def _generator_cls():
-        from minivz.generate import LlamaCppGenerator
+        from minivz.verbalize.generate import LlamaCppGenerator
 
         return LlamaCppGenerator
 

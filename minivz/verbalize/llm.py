@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from minivz.generate import Generator  # light: the backends import their engines lazily
+from minivz.verbalize.generate import Generator  # light: the backends import their engines lazily
 from minivz.verbalize.prompt import Prompt, fit_lines, load_prompt
 from minivz.verbalize.template import display_title, template_line
 
@@ -49,7 +49,7 @@ class _LLMVerbalizer:
     @property
     def generator(self) -> Generator:
         if self._generator is None:
-            from minivz.generate import load_generator
+            from minivz.verbalize.generate import load_generator
             self._generator = load_generator(self.backend, self.model, self.adapter, self.n_ctx, self.n_threads)
         return self._generator
 
@@ -66,7 +66,7 @@ class _LLMVerbalizer:
 
     def _budget_tokens(self, max_new_tokens: int) -> int:
         gen = self.generator
-        from minivz.generate import count_message_tokens
+        from minivz.verbalize.generate import count_message_tokens
         fixed = count_message_tokens(gen, self.prompt.messages("", 0))
         return gen.n_ctx - max_new_tokens - fixed
 
