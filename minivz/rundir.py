@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -107,8 +108,16 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
 
 def resume_step(ckpt_dir: Path, resume: bool) -> tuple[int, Path | None]:
     """``(step, dir)`` a trainer starts from: the latest resumable checkpoint, or ``(0, None)`` when
-    there is none or ``resume`` is off."""
-    return (latest_checkpoint(ckpt_dir) if resume else None) or (0, None)
+    there is none. ``resume=False`` starts over: the old checkpoints are deleted first, since they
+    would mix into the rotation and into a later resume."""
+    if resume:
+        return latest_checkpoint(ckpt_dir) or (0, None)
+    old = [p for p in ckpt_dir.iterdir() if p.is_dir()] if ckpt_dir.is_dir() else []
+    if old:
+        print(f"starting over: deleting {len(old)} old checkpoints in {ckpt_dir}", file=sys.stderr)
+    for p in old:
+        shutil.rmtree(p)
+    return 0, None
 
 
 def rotate_checkpoints(ckpt_dir: Path, step: int, keep: int) -> None:

@@ -46,3 +46,6 @@ def test_checkpoints_are_renamed_rotated_and_resumed_from(tmp_path):
     (ckpts / "step_000004").mkdir()  # no trainer_state.json yet: not resumable
     assert resume_step(ckpts, True) == (3, ckpts / "step_000003")
     assert resume_step(ckpts, False) == (0, None)
+    # starting over deletes them: an old step_000003 would otherwise outlive a new run's step_000001
+    # in the rotation and be resumed from later
+    assert not any(ckpts.iterdir())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -293,12 +292,6 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
 
     step, ckpt = resume_step(run / "checkpoints", resume)
-    if not resume:  # starting over: old step_* dirs would mix into rotation and a later resume
-        old = [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
-        if old:
-            print(f"resume=False: deleting {len(old)} old checkpoints in {run / 'checkpoints'}", file=sys.stderr)
-        for p in old:
-            shutil.rmtree(p)
     if ckpt is None:
         for name in ("metrics.jsonl", "samples.jsonl"):
             (run / name).unlink(missing_ok=True)

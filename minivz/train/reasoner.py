@@ -198,7 +198,6 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
 
     from minivz.envinfo import fast_bf16
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = run / "checkpoints"
@@ -230,22 +229,29 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
-    MetricsLogger = _metrics_logger_class()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[MetricsLogger(run / "metrics.jsonl", "sft", progress),
-                                    step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit,
-                                                              save_last=True)])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return _train_stage(trainer, "sft", cfg, run, ckpt_dir, ckpt, cfg.reasoner_max_steps, progress)
+
+
+def _train_stage(trainer, stage: str, cfg, run: Path, ckpt_dir: Path, ckpt: Path | None, max_steps: int,
+                 progress: bool) -> dict:
+    """Run one stage's trainer from ``ckpt`` (or load a checkpoint that already holds the whole stage);
+    metrics go to RUN/metrics.jsonl tagged with ``stage``, checkpoints to ``ckpt_dir/step_*``."""
+    from transformers import PrinterCallback
+
+    trainer.add_callback(_metrics_logger_class()(run / "metrics.jsonl", stage, progress))
+    trainer.add_callback(step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit, save_last=True))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    if ckpt is not None and _finished(ckpt, cfg.reasoner_max_steps):
+    if ckpt is not None and _finished(ckpt, max_steps):
         # Trainer.train would take one more step before noticing it is done: load the adapter instead
         _load_adapter(trainer.model, ckpt)
         steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
     else:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         steps = trainer.state.global_step
-    return {"sft_steps": int(steps), "sft_seconds": round(time.perf_counter() - t0, 1),
-            "sft_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
+    return {f"{stage}_steps": int(steps), f"{stage}_seconds": round(time.perf_counter() - t0, 1),
+            f"{stage}_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
 
 
 def _finished(ckpt: Path, max_steps: int) -> bool:
@@ -264,7 +270,6 @@ def _load_adapter(model, ckpt: Path) -> None:
 def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     ckpt_dir = run / "grpo" / "checkpoints"
@@ -297,23 +302,9 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
         dataloader_num_workers=0,
     )
     (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
-    dataset = Dataset.from_list(rows)
-    MetricsLogger = _metrics_logger_class()
-    trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=dataset,
-                          processing_class=tokenizer,
-                          callbacks=[MetricsLogger(run / "metrics.jsonl", "grpo", progress),
-                                     step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit,
-                                                               save_last=True)])
-    trainer.remove_callback(PrinterCallback)
-    t0 = time.perf_counter()
-    if ckpt is not None and _finished(ckpt, cfg.reasoner_grpo_max_steps):
-        _load_adapter(trainer.model, ckpt)
-        steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
-    else:
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        steps = trainer.state.global_step
-    return {"grpo_steps": int(steps), "grpo_seconds": round(time.perf_counter() - t0, 1),
-            "grpo_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
+    trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer)
+    return _train_stage(trainer, "grpo", cfg, run, ckpt_dir, ckpt, cfg.reasoner_grpo_max_steps, progress)
 
 
 def self_evaluate(cfg, data_dir: str | Path, run: Path, merged: str, base: str | None,
