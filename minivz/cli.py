@@ -134,7 +134,7 @@ def data_prepare(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from minivz.examples import prepare
-    from minivz.ingest import IngestError
+    from minivz.log import IngestError
 
     with _exit_on(failure=(IngestError, FileNotFoundError)):
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -660,7 +660,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 def _user_error(e: BaseException) -> str | None:
     """The one line to print for an error a user can fix (bad input, a server down), else None."""
     from minivz.config import ConfigError
-    from minivz.ingest import IngestError
+    from minivz.log import IngestError
     from minivz.reason.base import ReasonerError
 
     if isinstance(e, ReasonerError):

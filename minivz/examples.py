@@ -128,11 +128,11 @@ def _no_events_message(res, out: Path) -> str:
 
 def ingest(cfg: DataConfig):
     """Read the configured source into canonical tables (an ``IngestResult``)."""
-    from minivz import ingest as ing
     from minivz import sources
+    from minivz.events import read_log
 
     if cfg.input is not None:
-        return ing.read_log(
+        return read_log(
             cfg.input,
             cfg.map or None,
             fmt=cfg.fmt,
@@ -154,7 +154,8 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     """Run the whole data stage and write ``out`` (see the module docstring for the layout)."""
     from minivz import kernels
 
-    from minivz.ingest import IngestError, write_rejects
+    from minivz.events import write_rejects
+    from minivz.log import IngestError
 
     say = progress or (lambda _msg: None)
     out = Path(out)

@@ -26,8 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from minivz.install import RECBOLE, package_dir, pip
-from minivz.ingest import (
+from minivz.events import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
     REJECTS_SCHEMA,
@@ -35,6 +34,7 @@ from minivz.ingest import (
     check_catalog,
     events_from_table,
 )
+from minivz.install import RECBOLE, package_dir, pip
 
 __all__ = [
     "SOURCES",
@@ -461,6 +461,6 @@ def load_source(name: str, **options) -> IngestResult:
     except KeyError:
         raise ValueError(
             f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))} "
-            "(or ingest your own log with minivz.ingest.read_log)"
+            "(or ingest your own log with minivz.events.read_log)"
         ) from None
     return fn(**options)

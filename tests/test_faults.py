@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from minivz.config import DataConfig
 from minivz.examples import prepare
-from minivz.ingest import IngestError, read_log
+from minivz.events import read_log
+from minivz.log import IngestError
 
 T0 = 1_773_498_631  # 2026-03-14 in epoch seconds
 

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivz.ingest import (
+from minivz.events import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
     REJECTS_SCHEMA,
-    IngestError,
     read_log,
     write_rejects,
 )
+from minivz.log import IngestError
 
 MAP = {"user_id": "uid", "item_id": "movie", "ts": "time", "duration_s": "secs", "interaction": "kind"}
 ROWS = [
@@ -194,7 +194,7 @@ def test_one_bad_timestamp_rejects_only_its_row(tmp_path):
 )
 def test_vectorized_iso_matches_python(dt, offset_min, sep, with_frac):
     """The vectorized ISO parser agrees with datetime.fromisoformat (the obvious reference)."""
-    from minivz.ingest import _iso_vectorized
+    from minivz.timestamps import _iso_vectorized
 
     tz = timezone(timedelta(minutes=offset_min))
     aware = dt.replace(tzinfo=tz)

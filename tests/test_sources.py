@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from minivz.ingest import EVENTS_SCHEMA, ITEMS_SCHEMA, REJECTS_SCHEMA
+from minivz.events import EVENTS_SCHEMA, ITEMS_SCHEMA, REJECTS_SCHEMA
 from minivz.sources import (
     SOURCES,
     generate_streaming,

@@ -1,0 +1,270 @@
+"""Log: one raw log file (CSV / TSV / Parquet / JSONL, any column names) -> an Arrow table of its columns.
+
+How to run::
+
+    from minivz.log import read_table
+    table, row_numbers, bad_rows = read_table("views.csv", string_columns=["uid", "movie", "time"])
+
+The format comes from the file's magic bytes (Parquet) or suffix (``.gz``/``.bz2``/``.zst``/``.lz4``
+compression allowed), or ``fmt``. Nothing is dropped silently: a record the parser cannot read comes back
+in ``bad_rows`` as ``(row, reason, raw_json)`` (``row``: 1-based data row, header excluded; for CSV the
+file line number minus the header line), blank lines are neither read nor reported, and
+``minivz.events`` turns both into canonical events and rejects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["IngestError", "read_table"]
+
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+# Defined in the first stage of the data path so that timestamps and events raise this same class
+# without importing each other (the CLI maps it to a one-line usage error).
+class IngestError(ValueError):
+    """A log cannot be ingested as given; the message names the column or row and the fix."""
+
+
+def _infer_format(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        f = fmt.lower().lstrip(".")
+        f = {"pq": "parquet", "ndjson": "jsonl", "json": "jsonl"}.get(f, f)
+        if f not in ("csv", "tsv", "parquet", "jsonl"):
+            raise IngestError(f"fmt={fmt!r} is not supported; use one of csv, tsv, parquet, jsonl.")
+        return f
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PAR1":  # Parquet's magic bytes: Parquet whatever the file is called
+                return "parquet"
+    except OSError:
+        pass
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".zst", ".lz4"):
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _FORMATS:
+        return _FORMATS[suffixes[-1]]
+    raise IngestError(
+        f"cannot tell the format of {str(path)!r} from its suffix; name the file .csv, .tsv, .parquet, "
+        ".jsonl (optionally .gz) or pass fmt='csv'|'tsv'|'parquet'|'jsonl' (CLI: --set fmt=csv)."
+    )
+
+
+def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
+    """Read one file as an Arrow table of its source columns.
+
+    Returns ``(table, row_numbers, bad_rows)``: ``row_numbers[i]`` is the 1-based data row of table row
+    ``i``; ``bad_rows`` are records the parser itself could not read, as ``(row, reason, raw_json)``.
+    ``string_columns`` (source names) are read as strings so IDs keep leading zeros and timestamps are
+    not guessed by the parser (it would mix naive and offset ISO strings into one naive column).
+    ``encoding`` is the text encoding of CSV/TSV/JSONL (e.g. ``latin-1``); text that is not valid in it
+    is an error naming the line and the fix. Duplicate column names are an error naming them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"log file {str(path)!r} does not exist; check the path.")
+    kind = _infer_format(path, fmt)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
+        out = table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
+    elif kind in ("csv", "tsv"):
+        out = _read_csv(path, "\t" if kind == "tsv" else ",", string_columns, encoding)
+    else:
+        out = _read_json(path, string_columns, encoding)
+    names = out[0].column_names
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise IngestError(
+            f"{str(path)!r} has duplicate column names {', '.join(repr(c) for c in dup)}; rename them in the "
+            "header so each column has one name, then map the one you mean (--map ts=<col>)."
+        )
+    return out
+
+
+def _not_encoded(path: Path, data: bytes, encoding: str) -> IngestError:
+    """The error for text that is not valid in ``encoding``: the line and byte, and how to fix it."""
+    try:
+        data.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        where = f" at line {line} (byte {e.start}: {data[e.start:e.start + 1]!r})"
+    except LookupError:
+        return IngestError(f"encoding={encoding!r} is not a known text encoding; try utf-8 or latin-1")
+    return IngestError(
+        f"{str(path)!r} is not valid {encoding}{where}. If the file is Latin-1 / Windows-1252, pass "
+        "--set encoding=latin-1 (or cp1252), or convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    with pa.input_stream(str(path), compression="detect") as f:
+        return f.read()
+
+
+def _read_csv(path: Path, delimiter: str, string_columns, encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
+    import pyarrow.csv as pcsv
+
+    def read(use_threads: bool):
+        invalid = []
+
+        def handler(row):
+            invalid.append(row)
+            return "skip"
+
+        # Empty lines are not skipped by the parser but handed to the handler (they have too few
+        # columns), so every physical line is either a table row or a reported line: with one thread
+        # the reported line numbers then give every table row its line number.
+        table = pcsv.read_csv(
+            pa.input_stream(str(path), compression="detect"),
+            read_options=pcsv.ReadOptions(use_threads=use_threads, encoding=encoding),
+            parse_options=pcsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=handler, ignore_empty_lines=False
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types={c: pa.string() for c in string_columns}
+            ),
+        )
+        return table, invalid
+
+    try:
+        table, invalid = read(True)
+        if invalid:  # line numbers are only known single-threaded; pay that only when needed
+            table, invalid = read(False)
+    except (pa.ArrowInvalid, UnicodeDecodeError, LookupError) as e:
+        if "UTF8" in str(e) or isinstance(e, (UnicodeDecodeError, LookupError)):
+            raise _not_encoded(path, _read_bytes(path), encoding) from e
+        raise IngestError(
+            f"cannot parse {str(path)!r} as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}. "
+            "Check the delimiter (pass fmt='tsv' for tab-separated files) and the quoting."
+        ) from e
+    bad, skipped = [], []
+    for r in invalid:
+        skipped.append(r.number - 1)
+        if r.text.strip() == "":
+            continue  # a blank line is not a record: neither read nor rejected
+        bad.append(
+            (
+                r.number - 1,
+                f"csv: expected {r.expected_columns} columns, got {r.actual_columns}",
+                json.dumps(r.text, ensure_ascii=False),
+            )
+        )
+    total = table.num_rows + len(skipped)
+    rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), np.asarray(skipped, np.int64))
+    # With ignore_empty_lines=False a blank line comes back as a row of empty values: drop those (a
+    # blank line, or a line of bare delimiters, is not a record, so it is neither read nor rejected).
+    blank = np.ones(table.num_rows, bool)
+    for col in table.columns:
+        empty = pc.is_null(col)
+        if pa.types.is_string(col.type):
+            empty = pc.or_(empty, pc.equal(col, ""))
+        blank &= np.asarray(pc.fill_null(empty, True))
+    if table.num_columns and blank.any():
+        table, rows = table.filter(pa.array(~blank)), rows[~blank]
+    return table, rows, bad
+
+
+def _read_json(path: Path, string_columns, encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
+    import pyarrow.json as pj
+
+    data = _read_bytes(path)
+    try:  # Arrow's JSON reader lets invalid UTF-8 through into string columns: validate here
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as e:
+        raise _not_encoded(path, data, encoding) from e
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        data = text.encode("utf-8")
+    if data.lstrip()[:1] == b"[":  # a JSON array file, not JSON lines
+        return _json_records_to_table(path, data, array=True)
+    try:
+        table = pj.read_json(io.BytesIO(data))
+        # Arrow infers ISO strings as timestamps but folds offsets and naive values into one naive
+        # column; re-read those columns as plain strings and parse them ourselves.
+        retype = [
+            c
+            for c in string_columns
+            if c in table.column_names and pa.types.is_timestamp(table.schema.field(c).type)
+        ]
+        if retype:
+            schema = pa.schema([(c, pa.string()) for c in retype])
+            table = pj.read_json(
+                io.BytesIO(data),
+                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"),
+            )
+    except pa.ArrowInvalid:
+        # Mixed types in one field (user 7 and user "x7") or a broken line: go record by record.
+        return _json_records_to_table(path, data, array=False)
+    return table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
+
+
+def _json_records_to_table(path: Path, data: bytes, array: bool):
+    """Slow path for JSON: one record at a time; unreadable lines are rejected, mixed types become text."""
+    bad: list = []
+    records: list[dict] = []
+    rows: list[int] = []
+    if array:
+        try:
+            items = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise IngestError(f"{str(path)!r} is not valid JSON: {e}; fix it or write JSON lines.") from e
+        for i, rec in enumerate(items, start=1):
+            if isinstance(rec, dict):
+                records.append(rec)
+                rows.append(i)
+            else:
+                bad.append((i, "json: record is not an object", json.dumps(rec, default=str)))
+    else:
+        n = 0
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append((n, f"json: invalid line ({e.msg})", json.dumps(line, ensure_ascii=False)))
+                continue
+            if not isinstance(rec, dict):
+                bad.append((n, "json: record is not an object", json.dumps(line, ensure_ascii=False)))
+                continue
+            records.append(rec)
+            rows.append(n)
+    names: dict[str, None] = {}
+    for rec in records:
+        for k in rec:
+            names.setdefault(k, None)
+    columns = {}
+    for name in names:
+        values = [rec.get(name) for rec in records]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array(
+                [None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values],
+                pa.string(),
+            )
+    table = pa.table(columns)  # no columns at all → the caller's "missing columns" error
+    return table, np.asarray(rows, np.int64), bad
+
