@@ -216,6 +216,9 @@ class VerbalizerTrainConfig:
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     logging_steps: int = 1
+    # Any other GRPOConfig field a recipe or --set gives (max_grad_norm, loss_type, epsilon_high,
+    # top_p, lr_scheduler_type, ...): collected here by resolve() and handed to TRL as it is.
+    trl_extra: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -342,6 +345,9 @@ class ReasonerTrainConfig:
     # -- self-evaluation after training --------------------------------------------------------
     reasoner_eval_split: str = "valid"
     reasoner_eval_limit: int = 200  # 0 = skip the self-evaluation
+    # Any other reasoner_<SFTConfig field> / reasoner_grpo_<GRPOConfig field> a recipe or --set gives
+    # (reasoner_weight_decay, reasoner_grpo_top_p, ...), collected by resolve() and handed to TRL.
+    reasoner_trl_extra: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -447,18 +453,77 @@ class PipelineConfig:
 SECTIONS: tuple[type, ...] = (DataConfig, EvalConfig, VerbalizerTrainConfig, ReasonerTrainConfig, PipelineConfig)
 
 
+# Where TRL's own settings go in a flat recipe: the verbalizer's GRPO takes GRPOConfig's field names
+# as they are; the reasoner's SFT takes reasoner_<SFTConfig field>, its GRPO reasoner_grpo_<GRPOConfig
+# field>. (config class, key prefix, TRL class name, the class's field collecting undeclared ones)
+TRL_SECTIONS = ((VerbalizerTrainConfig, "", "GRPOConfig", "trl_extra"),
+                (ReasonerTrainConfig, "reasoner_grpo_", "GRPOConfig", "reasoner_trl_extra"),
+                (ReasonerTrainConfig, "reasoner_", "SFTConfig", "reasoner_trl_extra"))
+_trl_names: dict[str, frozenset[str]] = {}
+
+
+def _trl_field_names(trl_name: str) -> frozenset[str]:
+    """Field names of TRL's ``GRPOConfig`` / ``SFTConfig`` (empty when TRL is not installed). Read only
+    for a key minivz does not declare itself, so a recipe of minivz fields never imports TRL."""
+    if trl_name not in _trl_names:
+        try:
+            import trl
+        except ImportError:
+            return frozenset()
+        _trl_names[trl_name] = frozenset(f.name for f in dataclasses.fields(getattr(trl, trl_name)))
+    return _trl_names[trl_name]
+
+
+def trl_owner(key: str) -> type | None:
+    """The config class whose TRL section takes ``key`` (a TRL field under that section's prefix)."""
+    for cls, prefix, trl_name, _extra in TRL_SECTIONS:
+        if key.startswith(prefix) and key[len(prefix):] in _trl_field_names(trl_name):
+            return cls
+    return None
+
+
+def _unknown_key(what: str, key: str) -> ConfigError:
+    """``what`` ("recipes/x.yaml: unknown key 'k'", "--set k=...: unknown field"), with the nearest
+    known name."""
+    known = {f.name for c in SECTIONS for f in dataclasses.fields(c)}
+    known |= {prefix + name for _c, prefix, trl_name, _e in TRL_SECTIONS for name in _trl_field_names(trl_name)}
+    hint = difflib.get_close_matches(key, known, n=1)
+    trl_note = "" if _trl_field_names("GRPOConfig") else (
+        " (TRL is not installed, so TRL's own GRPOConfig / SFTConfig fields could not be checked)")
+    return ConfigError(what + (f"; did you mean {hint[0]!r}?" if hint else "") + trl_note)
+
+
+def _guess_value(text: str) -> Any:
+    """A ``--set`` value for a TRL field minivz does not declare: int, float, bool, none or text (TRL
+    checks it)."""
+    for typ in (int, float, bool):
+        try:
+            return parse_value(text, typ)
+        except ValueError:
+            pass
+    return None if text.lower() in ("none", "null") else text
+
+
 def trl_args(trl_cls: type, cfg: Any, prefix: str = "", **fixed: Any):
     """TRL's ``trl_cls`` (``GRPOConfig`` / ``SFTConfig``) built from ``cfg``: every field of ``cfg`` named
-    ``prefix`` + a field of ``trl_cls`` goes in under TRL's name, then ``fixed`` (what minivz itself
-    decides, e.g. the output dir). A TRL setting a recipe may change is so written once, as a field
-    named after TRL's, and never copied across by hand.
+    ``prefix`` + a field of ``trl_cls`` goes in under TRL's name, then the recipe's other TRL fields
+    (``trl_extra``), then ``fixed`` (what minivz itself decides, e.g. the output dir; a recipe that
+    sets one of those is refused). A TRL setting is so written once, named after TRL's field, and
+    never copied across by hand.
 
         trl_args(GRPOConfig, verbalizer_cfg, output_dir=...)            # learning_rate, max_steps, ...
         trl_args(SFTConfig, reasoner_cfg, "reasoner_", output_dir=...)  # reasoner_learning_rate, ...
     """
     names = {f.name for f in dataclasses.fields(trl_cls)}
+    extra_field = next(extra for cls, p, t, extra in TRL_SECTIONS if isinstance(cfg, cls) and p == prefix)
     from_cfg = {f.name[len(prefix):]: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                 if f.name.startswith(prefix) and f.name[len(prefix):] in names}
+    for key, value in getattr(cfg, extra_field).items():
+        if key.startswith(prefix) and key[len(prefix):] in names:
+            if key[len(prefix):] in fixed:
+                raise ConfigError(f"{key}: minivz sets {trl_cls.__name__}.{key[len(prefix):]} itself "
+                                  f"({fixed[key[len(prefix):]]!r}); remove it from the recipe / --set")
+            from_cfg[key[len(prefix):]] = value
     return trl_cls(**{**from_cfg, **fixed})
 
 
@@ -501,9 +566,8 @@ def load_recipe(name_or_path: str | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: a recipe is a flat mapping of field: value, got {type(data).__name__}")
     known = {f.name for cls in SECTIONS for f in dataclasses.fields(cls)} | {"name", "description"}
     for key in data:
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"{path}: unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if key not in known and trl_owner(key) is None:
+            raise _unknown_key(f"{path}: unknown key {key!r}", key)
     return data
 
 
@@ -547,21 +611,29 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 def resolve(cls: type, recipe: str | None = None, overrides: list[str] | None = None, **explicit: Any):
     """Build ``cls`` from defaults < recipe < explicit keyword args < ``--set`` overrides."""
     names = {f.name for f in dataclasses.fields(cls)}
+    all_known = {f.name for c in SECTIONS for f in dataclasses.fields(c)}
+    extra_field = next((extra for c, _p, _t, extra in TRL_SECTIONS if c is cls), None)
     values: dict[str, Any] = {}
+    trl_extra: dict[str, Any] = {}
     for k, v in load_recipe(recipe).items():
         if k in names:
             values[k] = _coerce(cls, k, v)
+        elif extra_field and k not in all_known and k not in ("name", "description") and trl_owner(k) is cls:
+            trl_extra[k] = v
     for k, v in explicit.items():
         if v is not None:
             values[k] = _coerce(cls, k, v)
     for k, v in parse_overrides(overrides).items():
-        if k not in names:
-            all_known = {f.name for c in SECTIONS for f in dataclasses.fields(c)}
-            if k in all_known:
-                continue  # belongs to another stage of the same recipe
-            hint = difflib.get_close_matches(k, all_known, n=1)
-            raise ConfigError(f"--set {k}=...: unknown field" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        values[k] = _coerce(cls, k, v)
+        if k in names:
+            values[k] = _coerce(cls, k, v)
+        elif k in all_known:
+            continue  # belongs to another stage of the same recipe
+        elif (owner := trl_owner(k)) is None:
+            raise _unknown_key(f"--set {k}=...: unknown field", k)
+        elif owner is cls:
+            trl_extra[k] = _guess_value(v)
+    if trl_extra:
+        values[extra_field] = {**values.get(extra_field, {}), **trl_extra}
     return cls(**values)
 
 

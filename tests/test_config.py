@@ -64,3 +64,39 @@ def test_recipe_paths_resolve_from_any_directory(tmp_path, monkeypatch):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "mine.yaml").write_text("x: 1\n")
     assert packaged_path("recipes/mine.yaml") == "recipes/mine.yaml"  # the user's own file wins
+
+
+def test_recipe_takes_any_trl_field_by_trl_name(tmp_path):
+    """A TRL setting minivz does not declare goes to TRL as written: GRPOConfig's names for the
+    verbalizer, reasoner_<SFTConfig field> and reasoner_grpo_<GRPOConfig field> for the reasoner."""
+    from trl import GRPOConfig, SFTConfig
+
+    from minivz.config import ReasonerTrainConfig, VerbalizerTrainConfig, trl_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_steps: 7\nmax_grad_norm: 0.5\nreasoner_grpo_top_p: 0.9\nhistory_len: 20\n")
+    v = resolve(VerbalizerTrainConfig, recipe=str(recipe), overrides=["loss_type=dr_grpo"])
+    r = resolve(ReasonerTrainConfig, recipe=str(recipe), overrides=["reasoner_weight_decay=0.01"])
+    assert v.trl_extra == {"max_grad_norm": 0.5, "loss_type": "dr_grpo"}
+    assert r.reasoner_trl_extra == {"reasoner_grpo_top_p": 0.9, "reasoner_weight_decay": 0.01}
+    g = trl_args(GRPOConfig, v, output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert (g.max_steps, g.max_grad_norm, g.loss_type, g.learning_rate) == (7, 0.5, "dr_grpo", v.learning_rate)
+    s = trl_args(SFTConfig, r, "reasoner_", output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert (s.weight_decay, s.learning_rate) == (0.01, r.reasoner_learning_rate)
+    rg = trl_args(GRPOConfig, r, "reasoner_grpo_", output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert (rg.top_p, rg.weight_decay, rg.learning_rate) == (0.9, 0.0, r.reasoner_grpo_learning_rate)
+    with pytest.raises(ConfigError, match="did you mean 'max_grad_norm'"):
+        resolve(VerbalizerTrainConfig, overrides=["max_grad_nrm=1"])
+    with pytest.raises(ConfigError, match="minivz sets GRPOConfig.output_dir itself"):
+        trl_args(GRPOConfig, resolve(VerbalizerTrainConfig, overrides=["output_dir=/x"]), output_dir="/y")
+
+
+def test_a_recipe_of_minivz_fields_imports_no_trl():
+    import subprocess
+    import sys
+
+    code = ("import sys; from minivz.config import DataConfig, PipelineConfig, VerbalizerTrainConfig, resolve;"
+            "[resolve(c, recipe='paper-8b', overrides=['history_len=50']) for c in "
+            "(DataConfig, PipelineConfig, VerbalizerTrainConfig)];"
+            "assert 'trl' not in sys.modules and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
