@@ -527,22 +527,6 @@ def trl_args(trl_cls: type, cfg: Any, prefix: str = "", **fixed: Any):
     return trl_cls(**{**from_cfg, **fixed})
 
 
-def eval_oracle(cfg) -> str:
-    """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
-    weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
-    model, on the GPU when there is one; any other spec is returned as it is."""
-    from minivz.spec import parse_spec
-
-    name, opts = parse_spec(cfg.oracle)
-    if name != "policy":
-        return cfg.oracle
-    from minivz.models import model_source  # a GGUF is converted once, cached
-
-    source = model_source(cfg.policy_model, cfg.policy_gguf)
-    opts = {"device": "auto", "dtype": "auto", **opts}
-    return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": source, **opts}.items())
-
-
 def recipe_path(name_or_path: str) -> Path:
     """A recipe name (``tiny-cpu``) or a path to a YAML file."""
     p = Path(name_or_path)

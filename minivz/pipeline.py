@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from minivz.config import (STAGES, ConfigError, DataConfig, EvalConfig, PipelineConfig, ReasonerTrainConfig,
-                           VerbalizerTrainConfig, dump_yaml, eval_oracle, load_recipe, packaged_path, resolve)
+                           VerbalizerTrainConfig, dump_yaml, load_recipe, packaged_path, resolve)
 from minivz.install import pip
 from minivz.report import cell
 from minivz.spec import parse_spec
@@ -125,6 +125,8 @@ class Pipeline:
     @cached_property
     def oracle(self) -> str:
         """The spec every stage-1 row is scored with (``policy`` -> ``hf:`` on the base model)."""
+        from minivz.train.policy import eval_oracle
+
         return eval_oracle(self.cfg["verbalizer"])
 
     @property

@@ -286,7 +286,7 @@ def test_colocated_policy_oracle_trains_with_the_frozen_base(tmp_path, ml_data, 
     """oracle=policy: GRPO's rewards come from the policy's own base weights with the adapter
     disabled (no second model), and evaluation outside training reads the same base through hf:."""
     from minivz.reason import hf
-    from minivz.config import eval_oracle
+    from minivz.train.policy import eval_oracle
     from minivz.train.grpo import train_verbalizer
 
     calls = []

@@ -41,7 +41,8 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     from minivz.evaluate import evaluate
     from minivz.models import adapter_base
     from minivz.plot import plot_heldout
-    from minivz.config import VerbalizerTrainConfig, eval_oracle
+    from minivz.config import VerbalizerTrainConfig
+    from minivz.train.policy import eval_oracle
 
     run = Path(run)
     cfg_path = run / "config.yaml"

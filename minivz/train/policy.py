@@ -24,6 +24,7 @@ from typing import Any
 
 from minivz.install import TORCH, TRANSFORMERS, TRL_PEFT, TRL_UNSLOTH, UNSLOTH, extra, pip
 from minivz.models import LORA_TARGETS, fix_special_tokens, load_lora_model, merge_trained, model_source
+from minivz.spec import parse_spec
 
 # The versions this module was tested with. Another version fails loudly here rather than deep
 # inside a training step (TRL moves fast: 1.15 without Unsloth does not run GRPO on CPU).
@@ -89,6 +90,17 @@ def resolve_backend(requested: str) -> str:
 def policy_source(cfg) -> str:
     """HF id or dir to load: the cached conversion of ``policy_gguf``, else ``policy_model``."""
     return model_source(cfg.policy_model, cfg.policy_gguf)
+
+
+def eval_oracle(cfg) -> str:
+    """The oracle spec to evaluate with outside training: ``policy[:opts]`` (the policy's frozen base
+    weights, which exist as such only inside a training run) becomes ``hf:`` on the same base
+    model, on the GPU when there is one; any other spec is returned as it is."""
+    name, opts = parse_spec(cfg.oracle)
+    if name != "policy":
+        return cfg.oracle
+    opts = {"device": "auto", "dtype": "auto", **opts}
+    return "hf:" + ",".join(f"{k}={v}" for k, v in {"model": policy_source(cfg), **opts}.items())
 
 
 def load_policy(cfg, backend: str) -> tuple[Any, Any]:
