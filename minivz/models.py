@@ -312,7 +312,7 @@ def merge_trained(model: Any, adapter: str | os.PathLike) -> Any:
 
 def top_layers(model: Any, n: int) -> list[int] | None:
     """Indices of the last ``n`` decoder layers (None = all): LoRA there only, so backward stops at
-    the first adapted layer (measured below in benchmarks/bench_grpo_step.py)."""
+    the first adapted layer (README, Train: the step time with lora_layers)."""
     if not n:
         return None
     total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
