@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import loaded_after
 
 COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"], ["eval"], ["compare"], ["recipe"],
             ["export"], ["serve"], ["headroom"], ["train"], ["train", "verbalizer"], ["train", "reasoner"], ["train", "curve"], ["plot"]]
@@ -36,9 +37,7 @@ HEAVY = ("torch", "transformers", "trl", "fastapi", "pydantic", "llama_cpp", "ma
 
 
 def test_import_cli_loads_nothing_heavy():
-    code = f"import sys, minivz.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+    assert loaded_after("import minivz.cli", HEAVY) == []
 
 
 def test_help_of_every_command_loads_nothing_heavy():

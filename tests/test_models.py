@@ -2,17 +2,15 @@
 reasoner, verbalizer, training and export tests)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import loaded_after
 
 from minivz.models import adapter_base, find_gguf, gguf_path, model_source
 
 
 def test_import_is_light():
-    code = "import sys, minivz.models; print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert loaded_after("import minivz.models", ("torch", "transformers", "peft")) == []
 
 
 def test_find_gguf(tmp_path):
