@@ -36,7 +36,7 @@ import os
 import time
 from pathlib import Path
 
-from minivz.models import adapter_base, find_gguf, load_model, merge_adapter
+from minivz.models import adapter_base, find_gguf, import_torch, load_model, merge_adapter
 
 from minivz.envinfo import passive_omp
 from minivz.install import LLAMA_CPP, TORCH, TRANSFORMERS, pip
@@ -114,15 +114,6 @@ def load_merged(path: str | os.PathLike, adapter: str | os.PathLike | None = Non
 # HF dir -> GGUF
 
 
-def _torch_stack():
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"export needs torch and transformers ({e}); install with `{INSTALL}`") from e
-    return torch
-
-
 def permute_qk(w, n_head: int, n_head_kv: int | None = None):
     """HF q/k rows (rotate-half RoPE layout) -> llama.cpp's interleaved-pair layout, per head.
 
@@ -198,7 +189,7 @@ def write_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: 
     """
     import gguf
     import numpy as np
-    torch = _torch_stack()
+    torch = import_torch("export", INSTALL)
     from safetensors import safe_open
 
     if outtype not in ("f16", "f32"):

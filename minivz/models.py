@@ -118,12 +118,14 @@ def resolve_device(device: str) -> str:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def _import_torch():
+def import_torch(what: str = "loading a model", install: str = INSTALL):
+    """torch (after checking transformers imports too), or ImportError saying ``what`` needs them and
+    the ``install`` command."""
     try:
         import torch
         import transformers  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"loading a model needs torch and transformers ({e}); install with `{INSTALL}`") from e
+        raise ImportError(f"{what} needs torch and transformers ({e}); install with `{install}`") from e
     return torch
 
 
@@ -206,7 +208,7 @@ def _drop_gguf_quantization(model) -> None:
 
 def load_gguf_model(gguf_path: str | os.PathLike, dtype: Any = "float32", **kw):
     """(model, tokenizer) from a GGUF, de-quantized into torch, tokenizer repaired."""
-    torch = _import_torch()
+    torch = import_torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -242,7 +244,7 @@ def load_model(source: str | os.PathLike, *, dtype: Any = "float32", device: str
     if gguf is not None:
         model, tokenizer = load_gguf_model(gguf, dtype, **kw)
     else:
-        torch = _import_torch()
+        torch = import_torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -330,7 +332,7 @@ def load_lora_model(source: str, *, load_in_4bit: bool = False, gradient_checkpo
     """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer) through peft:
     float32 on CPU, bf16 on a bf16 GPU, NF4 base weights (QLoRA) with ``load_in_4bit`` on CUDA. The
     verbalizer policy (peft backend) and the stage-2 reasoner are both loaded here."""
-    torch = _import_torch()
+    torch = import_torch()
     peft = _import_peft()
 
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
