@@ -242,14 +242,18 @@ def main() -> None:
     ap.add_argument("--visits", type=int, default=3, help="requests per user in the returning scenario")
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--candidates", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (torch gets the same)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="llama.cpp threads, torch gets the same (0 = every CPU: minivz's default)")
     ap.add_argument("--run", type=Path, default=None, help="a recipe run whose trained verbalizer is the learned row")
     ap.add_argument("--hf-dir", type=Path,
                     default=Path(os.environ.get("TMPDIR", "/tmp")) / "minivz-bench-smollm2-hf")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from minivz.envinfo import cpu_threads
     from minivz.models import default_gguf
+
+    args.threads = args.threads or cpu_threads()
 
     gguf = default_gguf()
     systems = [s for s in args.systems.split(",") if s]

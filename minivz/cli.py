@@ -589,7 +589,7 @@ def serve_command(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", help="Layers to offload to the GPU (llama.cpp; -1 = all)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context tokens per model."),
-    n_threads: int = typer.Option(0, "--n-threads", help="CPU threads for llama.cpp (0 = its default)."),
+    n_threads: int = typer.Option(0, "--n-threads", help="CPU threads for llama.cpp (0 = every CPU this process may use)."),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Rewrite verbalizer output budget."),
     reuse_kv: bool = typer.Option(True, "--reuse-kv/--no-reuse-kv", help="Reuse earlier prompts' KV in whole "
                                   "blocks (a returning user re-reads only the tail; scores are bitwise unchanged)."),

@@ -43,6 +43,22 @@ def passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def cpu_threads(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup-v2 CPU quota (a container's
+    ``--cpus``). The default thread count of minivz's llama.cpp contexts. (llama-cpp-python's own
+    default, ``os.cpu_count() // 2``, assumes two hyper-threads per core: on a 2-vCPU box it runs
+    one thread, and prefilling an 850-token prompt of SmolLM2-135M took 5.4 s instead of 3.2 s.)"""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 PACKAGES = (
     "minivz", "numpy", "numba", "pyarrow", "torch", "transformers", "trl", "unsloth", "peft",
     "accelerate", "deepspeed", "vllm", "llama-cpp-python", "sentence-transformers", "gguf",

@@ -128,7 +128,7 @@ class ServeConfig:
     verbalizer: str = "template"  # "template[:opts]", any verbalizer spec, or a GGUF path (rewrite)
     n_gpu_layers: int = 0
     n_ctx: int = 2048
-    n_threads: int = 0  # 0 = llama.cpp's default
+    n_threads: int = 0  # 0 = every CPU this process may use (envinfo.cpu_threads)
     max_new_tokens: int = 160  # rewrite verbalizer
     max_queue: int = 256
     # Reuse the KV of earlier prompts: the live one and up to kv_slots saved ones (host memory, ~23 KB

@@ -10,6 +10,7 @@ server in the slow test).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -155,6 +156,34 @@ def llama():
     r = make_reasoner("llamacpp:n_ctx=1024,n_threads=2")
     yield r
     r.close()
+
+
+def test_cpu_threads_counts_the_cpus_this_process_may_use(tmp_path):
+    from minivz.envinfo import cpu_threads
+
+    mine = len(os.sched_getaffinity(0))
+    assert cpu_threads(str(tmp_path / "absent")) == mine
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert cpu_threads(str(quota)) == mine
+    quota.write_text("50000 100000\n")  # docker --cpus=0.5
+    assert cpu_threads(str(quota)) == 1
+    quota.write_text(f"{150000 * mine} 100000\n")  # a quota above the affinity mask does not add CPUs
+    assert cpu_threads(str(quota)) == mine
+
+
+def test_llamacpp_default_threads_are_every_cpu():
+    """llama-cpp-python's own default (cpu_count // 2) ran one thread on 2 vCPUs: 1.7x slower prefill."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python==0.3.36)")
+    import llama_cpp
+
+    from minivz.envinfo import cpu_threads
+
+    r = make_reasoner("llamacpp:n_ctx=256")
+    try:
+        assert llama_cpp.llama_n_threads(r._ctx) == llama_cpp.llama_n_threads_batch(r._ctx) == cpu_threads()
+    finally:
+        r.close()
 
 
 def test_llamacpp_shared_equals_naive(llama):

@@ -40,7 +40,7 @@ import os
 
 import numpy as np
 
-from minivz.envinfo import passive_omp
+from minivz.envinfo import cpu_threads, passive_omp
 from minivz.install import LLAMA_CPP, pip
 from minivz.models import default_gguf
 from minivz.reason.base import Prediction, Query
@@ -123,7 +123,8 @@ class LlamaCppReasoner:
         params.n_ubatch = n_batch
         params.n_seq_max = max_candidates + 1
         params.kv_unified = True
-        params.n_threads = params.n_threads_batch = n_threads or max(os.cpu_count() // 2, 1)
+        # every CPU this process may use (0 = envinfo.cpu_threads()); scores do not depend on the count
+        params.n_threads = params.n_threads_batch = n_threads or cpu_threads()
         params.no_perf = True
         # Flash attention (llama.cpp's AUTO default) scores a prompt+candidate read in one batch
         # up to 0.05 nats apart from the same tokens read in two batches; off, they agree.

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from minivz.envinfo import passive_omp
+from minivz.envinfo import cpu_threads, passive_omp
 from minivz.install import LLAMA_CPP, pip
 from minivz.models import adapter_base, default_gguf, load_adapter, load_model, resolve_device
 
@@ -66,9 +66,10 @@ class LlamaCppGenerator:
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
         self.n_ctx = int(n_ctx)
-        self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 8))
+        # token-by-token decoding of a small model gains nothing past ~8 threads; prompts use them all
+        self.n_threads = n_threads or min(cpu_threads(), 8)
         self._llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                          n_threads_batch=self.n_threads, n_gpu_layers=n_gpu_layers, verbose=verbose, seed=0)
+                          n_threads_batch=n_threads or cpu_threads(), n_gpu_layers=n_gpu_layers, verbose=verbose, seed=0)
         self._grammars: dict[str, object] = {}
 
     def close(self) -> None:
