@@ -108,12 +108,12 @@ ARRAYS = ("user", "ts", "item", "series", "season", "episode", "duration")
 
 
 def run_minivz(d: dict, seed: int = 0, stages: dict | None = None) -> dict:
-    from minivz.kernels import (aggregate_series, build_examples, sessionize, split_leave_last_out,
-                                stable_order)
+    from minivz.kernels import (aggregate_series, apply_order, build_examples, sessionize,
+                                split_leave_last_out, stable_order)
 
     t0 = time.perf_counter()
     perm = stable_order(d["user"], d["ts"], d["item"])
-    s = {k: d[k][perm] for k in ARRAYS}
+    s = dict(zip(ARRAYS, apply_order(perm, *(d[k] for k in ARRAYS))))
     t1 = time.perf_counter()
     session = sessionize(s["user"], s["ts"], GAP_US)
     t2 = time.perf_counter()

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._convert import as_float, as_int, check_lengths
 from .order import check_sorted
@@ -83,24 +84,13 @@ def _below(x, n):
 
 
 @njit(cache=True)
-def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularity, cumw, positive,
-           seed_lo, seed_hi, min_history, max_tries, title, n_titles):
-    n = user.shape[0]
+def _chunk(lo, hi, user, ts, item, split, n_items, history_len, n_neg, strict, popularity, cumw, positive,
+           seed_lo, seed_hi, min_history, max_tries, title, n_titles, write, e,
+           target_row, hist_start, hist_end, cands, label, discovery, out_split, out_user, item_discovery):
+    """Examples of the users whose rows are [lo, hi) (whole users). ``write=False`` only counts
+    (no draws): returns (examples, targets, skipped short, skipped no negatives); ``write=True``
+    also writes the examples at rows e, e+1, ... of the outputs."""
     n_cand = n_neg + 1
-    e_max = 0
-    for t in range(n):
-        if split[t] >= 0:
-            e_max += 1
-    target_row = np.empty(e_max, np.int64)
-    hist_start = np.empty(e_max, np.int64)
-    hist_end = np.empty(e_max, np.int64)
-    cands = np.empty((e_max, n_cand), np.int32)
-    label = np.empty(e_max, np.int8)
-    discovery = np.empty(e_max, np.bool_)
-    item_discovery = np.empty(e_max, np.bool_)
-    out_split = np.empty(e_max, np.int8)
-    out_user = np.empty(e_max, np.int64)
-
     # Per-user O(1) membership: item x occurs in the current user's rows [us, L)
     # iff stamp[x] == us and first_pos[x] < L.
     stamp = np.full(n_items, -1, np.int64)
@@ -109,7 +99,7 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
     # iff t_stamp[x] == us and t_first[x] < L
     t_stamp = np.full(n_titles, -1, np.int64)
     t_first = np.empty(n_titles, np.int64)
-    chosen = np.full(n_items, -1, np.int64)  # == target row once drawn for that example
+    chosen = np.full(n_items if write else 0, -1, np.int64)  # == target row once drawn for that example
     n_pool = n_items
     if popularity:
         n_pool = 0
@@ -118,14 +108,14 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
                 n_pool += 1
     total = cumw[cumw.shape[0] - 1] if popularity else 0.0
 
+    e0 = e
     n_targets = 0
     n_short = 0
     n_noneg = 0
-    e = 0
-    us = 0
-    while us < n:
+    us = lo
+    while us < hi:
         ue = us + 1
-        while ue < n and user[ue] == user[us]:
+        while ue < hi and user[ue] == user[us]:
             ue += 1
         for r in range(us, ue):
             x = item[r]
@@ -168,6 +158,9 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
             if n_pool - n_excluded < n_neg:
                 n_noneg += 1
                 continue
+            if not write:
+                e += 1
+                continue
 
             target = item[t]
             state = _seed_state(seed_lo, seed_hi, user[t], t - us)
@@ -178,9 +171,9 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
                 tries += 1
                 state = _xorshift32(state)
                 if popularity:
-                    hi = state
+                    hi_bits = state
                     state = _xorshift32(state)
-                    u = ((hi << 21) | (state >> 11)) / 9007199254740992.0  # 53-bit uniform in [0, 1)
+                    u = ((hi_bits << 21) | (state >> 11)) / 9007199254740992.0  # 53-bit uniform in [0, 1)
                     x = np.searchsorted(cumw, u * total, side="right")
                     if x >= n_items:  # u * total rounded up to total
                         continue
@@ -230,8 +223,72 @@ def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularit
             out_user[e] = user[t]
             e += 1
         us = ue
-    return (target_row[:e], hist_start[:e], hist_end[:e], cands[:e], label[:e], discovery[:e],
-            out_split[:e], out_user[:e], n_targets, n_short, n_noneg, item_discovery[:e])
+    return e - e0, n_targets, n_short, n_noneg
+
+
+@njit(cache=True)
+def _user_bounds(user, n_chunks):
+    """Row bounds of n_chunks runs of whole users, of about equal row counts (some may be empty)."""
+    n = user.shape[0]
+    bounds = np.empty(n_chunks + 1, np.int64)
+    bounds[0] = 0
+    for c in range(1, n_chunks):
+        b = max(bounds[c - 1], n * c // n_chunks)
+        while 0 < b < n and user[b] == user[b - 1]:
+            b += 1
+        bounds[c] = b
+    bounds[n_chunks] = n
+    return bounds
+
+
+@njit(cache=True, parallel=True)
+def _build(user, ts, item, split, n_items, history_len, n_neg, strict, popularity, cumw, positive,
+           seed_lo, seed_hi, min_history, max_tries, title, n_titles, n_chunks):
+    # Two passes over the same chunks of whole users, in parallel: count each chunk's examples,
+    # then write them from the chunk's offset. Every example draws from its own stream
+    # (seed, user, position), so the result is the same for any number of chunks or threads.
+    bounds = _user_bounds(user, n_chunks)
+    stats = np.zeros((n_chunks, 4), np.int64)
+    n_cand = n_neg + 1
+    no_i64 = np.empty(0, np.int64)
+    no_i8 = np.empty(0, np.int8)
+    no_b = np.empty(0, np.bool_)
+    no_c = np.empty((0, n_cand), np.int32)
+    for c in prange(n_chunks):
+        r = _chunk(bounds[c], bounds[c + 1], user, ts, item, split, n_items, history_len, n_neg, strict,
+                   popularity, cumw, positive, seed_lo, seed_hi, min_history, max_tries, title, n_titles,
+                   False, 0, no_i64, no_i64, no_i64, no_c, no_i8, no_b, no_i8, no_i64, no_b)
+        stats[c, 0] = r[0]
+        stats[c, 1] = r[1]
+        stats[c, 2] = r[2]
+        stats[c, 3] = r[3]
+    offset = np.zeros(n_chunks + 1, np.int64)
+    for c in range(n_chunks):
+        offset[c + 1] = offset[c] + stats[c, 0]
+    n_ex = offset[n_chunks]
+    target_row = np.empty(n_ex, np.int64)
+    hist_start = np.empty(n_ex, np.int64)
+    hist_end = np.empty(n_ex, np.int64)
+    cands = np.empty((n_ex, n_cand), np.int32)
+    label = np.empty(n_ex, np.int8)
+    discovery = np.empty(n_ex, np.bool_)
+    item_discovery = np.empty(n_ex, np.bool_)
+    out_split = np.empty(n_ex, np.int8)
+    out_user = np.empty(n_ex, np.int64)
+    for c in prange(n_chunks):
+        _chunk(bounds[c], bounds[c + 1], user, ts, item, split, n_items, history_len, n_neg, strict,
+               popularity, cumw, positive, seed_lo, seed_hi, min_history, max_tries, title, n_titles,
+               True, offset[c], target_row, hist_start, hist_end, cands, label, discovery, out_split,
+               out_user, item_discovery)
+    return (target_row, hist_start, hist_end, cands, label, discovery, out_split, out_user,
+            stats[:, 1].sum(), stats[:, 2].sum(), stats[:, 3].sum(), item_discovery)
+
+
+def _n_chunks(n: int, n_items: int, n_titles: int) -> int:
+    """Chunks for _build: one per Numba thread, fewer for small inputs (a chunk per ~64k rows) and
+    as many as keep the per-chunk scratch (5 arrays over items and titles) under ~1 GiB."""
+    per_chunk = 8 * (3 * n_items + 2 * n_titles)
+    return max(1, min(numba.get_num_threads(), n // 65536, (1 << 30) // max(per_chunk, 1)))
 
 
 def build_examples(
@@ -249,6 +306,7 @@ def build_examples(
     tie_rule: str = "strict",
     min_history: int = 1,
     title_of_item=None,
+    n_chunks: int | None = None,
 ) -> Examples:
     """Build next-item examples, one per event with split >= 0.
 
@@ -271,6 +329,8 @@ def build_examples(
         title_of_item: int code per item of its title, shape (n_items,): an episode's title is
             its series, so the next episode of a show in progress is not a discovery. None = every
             item is its own title (MovieLens).
+        n_chunks: runs of whole users built in parallel (None: one per Numba thread, see
+            ``_n_chunks``); the result does not depend on it.
 
     Negatives are distinct, differ from the target, and are never items the user
     interacted with before the target (nor, for "strict", tied with it). A target with
@@ -336,15 +396,15 @@ def build_examples(
             raise ValueError("title_of_item codes must be >= 0")
     n_titles = int(title.max()) + 1 if n_items else 1
     seed = int(seed)
+    if n_chunks is not None:
+        n_chunks = _as_pos_int(n_chunks, "n_chunks", 1)
     n_neg = n_candidates - 1
     out = _build(user, ts, item, split, np.int64(n_items), np.int64(history_len), np.int64(n_neg),
                  tie_rule == "strict", popularity, cumw, positive,
                  np.int64(seed & 0xFFFFFFFF), np.int64((seed >> 32) & 0xFFFFFFFF),
-                 np.int64(min_history), np.int64(16 * n_neg + 64), title, np.int64(n_titles))
-    arrays = list(out[:8]) + [out[11]]
-    if arrays[0].shape[0] < int(out[8]):  # some targets skipped: release the n_targets-sized buffers
-        arrays = [a.copy() for a in arrays]
-    return Examples(*arrays[:8], int(out[8]), int(out[9]), int(out[10]), arrays[8])
+                 np.int64(min_history), np.int64(16 * n_neg + 64), title, np.int64(n_titles),
+                 np.int64(_n_chunks(n, n_items, n_titles) if n_chunks is None else n_chunks))
+    return Examples(*out[:8], int(out[8]), int(out[9]), int(out[10]), out[11])
 
 
 def _as_pos_int(v, name: str, lo: int) -> int:

@@ -181,7 +181,7 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     say("sort")
     perm = kernels.stable_order(user_codes, ts, item_codes)
     ev = ev.take(pa.array(perm))
-    user_codes, item_codes, ts = user_codes[perm], item_codes[perm], ts[perm]
+    user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
     secs["encode_sort"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from minivz import kernels
 from minivz.kernels import (
     aggregate_series,
+    apply_order,
     build_examples,
     group_advantages,
     plateau_length_reward,
@@ -368,6 +369,36 @@ def test_build_examples_independent_of_other_users(case, data):
     np.testing.assert_array_equal(new_row[full.hist_start[sel]], part.hist_start)
     np.testing.assert_array_equal(full.candidates[sel], part.candidates)
     np.testing.assert_array_equal(full.label[sel], part.label)
+
+
+@settings(max_examples=60, deadline=None)
+@given(example_case(), st.integers(2, 9))
+def test_build_examples_same_for_any_number_of_parallel_chunks(case, n_chunks):
+    """Chunks of whole users are built in parallel (two passes: count, then write at the chunk's
+    offset); the result, counters included, equals one chunk's."""
+    user, ts, item, n_items, split, kw = case
+    one = build_examples(user, ts, item, n_items, split, n_chunks=1, **kw)
+    many = build_examples(user, ts, item, n_items, split, n_chunks=n_chunks, **kw)
+    for name, a, b in zip(one._fields, one, many):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_apply_order_equals_fancy_indexing():
+    rng = np.random.default_rng(0)
+    n = 1000
+    perm = rng.permutation(n)
+    cols = [rng.integers(0, 9, n).astype(np.int8), rng.integers(0, 2**40, n), rng.random(n).astype(np.float32),
+            rng.random(n) < 0.5, np.arange(n).astype(np.uint16), np.array([f"s{i}" for i in range(n)]),
+            rng.random(n)[::1]]
+    out = apply_order(perm, *cols)
+    for c, o in zip(cols, out):
+        assert o.dtype == c.dtype
+        np.testing.assert_array_equal(o, c[perm])
+    assert apply_order(np.zeros(0, np.int64), np.zeros(0))[0].shape == (0,)
+    with pytest.raises(ValueError, match="outside"):
+        apply_order(np.array([0, 2]), np.zeros(2))
+    with pytest.raises(ValueError, match="column 1 has length 3"):
+        apply_order(np.array([1, 0]), np.zeros(2), np.zeros(3))
 
 
 def test_build_examples_tie_rules():
