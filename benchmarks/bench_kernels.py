@@ -44,6 +44,7 @@ import os
 import platform
 import time
 
+import numba
 import numpy as np
 
 GAP_US = 30 * 60 * 1_000_000  # 30 minutes in µs
@@ -129,16 +130,10 @@ def run_minivz(d: dict, seed: int = 0, stages: dict | None = None) -> dict:
         for name, dt in zip(("sort", "sessionize", "series", "split", "examples"),
                             (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             stages[name] = min(stages.get(name, np.inf), dt)
-    lab = ex.label.astype(np.int64)
-    e = np.arange(len(lab))
-    mask = np.ones(ex.candidates.shape, bool)
-    mask[e, lab] = False
     return {
         "perm": perm, "session": session, "run_length": runs.length, "run_dur": runs.total_duration,
         "run_first_ts": runs.first_ts, "run_last_episode": runs.last_episode, "split": split,
-        "target_row": ex.target_row, "hist_start": ex.hist_start, "hist_end": ex.hist_end,
-        "discovery": ex.discovery, "target_item": ex.candidates[e, lab],
-        "negatives": ex.candidates[mask].reshape(len(lab), N_NEG), "sorted": s,
+        "examples": ex, "sorted": s,
     }
 
 
@@ -351,9 +346,16 @@ def _pandas_negatives(targets, seen, n_items: int, seed: int):
 def to_common(name: str, res: dict) -> dict:
     """Session, runs, split, examples as NumPy arrays in one layout (after the timed part)."""
     if name == "minivz":
-        keys = ("session", "run_length", "run_dur", "run_first_ts", "run_last_episode", "split",
-                "target_row", "hist_start", "hist_end", "discovery", "negatives")
+        keys = ("session", "run_length", "run_dur", "run_first_ts", "run_last_episode", "split")
         out = {k: res[k] for k in keys}
+        ex = res["examples"]
+        lab = ex.label.astype(np.int64)
+        e = np.arange(len(lab))
+        mask = np.ones(ex.candidates.shape, bool)
+        mask[e, lab] = False
+        out.update(target_row=ex.target_row, hist_start=ex.hist_start, hist_end=ex.hist_end,
+                   discovery=ex.discovery, target_item=ex.candidates[e, lab],
+                   negatives=ex.candidates[mask].reshape(len(lab), N_NEG))
         out["user"] = res["sorted"]["user"]
         out["item"] = res["sorted"]["item"]
         return out
@@ -460,8 +462,10 @@ def main(argv=None) -> None:
           f"usable cores={len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
     print(f"versions: numpy {np.__version__}, numba {numba.__version__}, polars {pl.__version__} "
           f"(thread pool {pl.thread_pool_size()}), pandas {pd.__version__}")
-    print("threads: the minivz kernels are single-threaded (plain @njit, no prange); polars uses its "
-          "thread pool (all cores); pandas and the floor are single-threaded.")
+    print(f"threads: minivz's stable_order segment sorts, column reorder (apply_order) and build_examples run "
+          f"on Numba's {numba.get_num_threads()} threads (prange; results identical for any thread count), its "
+          "other kernels on one; polars uses its thread pool (all cores); pandas and the floor are "
+          "single-threaded.")
     print(f"input order: {args.input_order}; gap 30 min; history {HISTORY_LEN}; 1 target + {N_NEG} "
           f"uniform negatives; tie_rule strict; negatives oversampling: {DRAWS} draws/target, chunks of "
           f"{CHUNK:,} targets")

@@ -232,9 +232,22 @@ def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span, 
         perm[j] = i
         key[j] = (ts[i] - ts_min) * tb_span + (tb[i] - tb_min)
         start[c] = j + 1
-    kbuf = np.empty(0, np.int64)
-    vbuf = np.empty(0, np.int64)
-    for c in range(n_codes):
+    _sort_segments(key, perm, bounds, run)
+    return perm
+
+
+@njit(cache=True, parallel=True)
+def _sort_segments(key, perm, bounds, run):
+    # Sort each segment [bounds[c], bounds[c+1]) of key, carrying perm, the segments in parallel:
+    # they are disjoint, and so are the ranges of the merge buffers each one uses.
+    n_seg = bounds.shape[0] - 1
+    longest = 0
+    for c in range(n_seg):
+        longest = max(longest, bounds[c + 1] - bounds[c])
+    n_buf = key.shape[0] if longest > run else 0
+    kbuf = np.empty(n_buf, np.int64)
+    vbuf = np.empty(n_buf, np.int64)
+    for c in prange(n_seg):
         lo = bounds[c]
         hi = bounds[c + 1]
         is_sorted = True
@@ -243,11 +256,7 @@ def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span, 
                 is_sorted = False
                 break
         if not is_sorted:
-            if hi - lo > run and kbuf.shape[0] == 0:
-                kbuf = np.empty(n, np.int64)
-                vbuf = np.empty(n, np.int64)
             _sort_pairs(key, perm, lo, hi, kbuf, vbuf, run)
-    return perm
 
 
 def stable_order(user, ts, tiebreak=None) -> np.ndarray:
