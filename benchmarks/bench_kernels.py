@@ -22,7 +22,7 @@ Then, on the same arrays, the same logic is timed three ways:
             first_row) table, dedupe, keep 9, resample the few short targets in a loop)
     pandas  the same in vectorized pandas (sort_values, groupby/shift/cumsum/transform, merge)
     floor   np.copy of the 7 input arrays: the cost of touching the data once
-    write   np.ones of as many bytes as minivz's outputs (~4x its input): writing the result once
+    write   np.ones of as many bytes as minivz's outputs (~4.7x its input): writing the result once
 
 All three produce: the sorted order, session per event, series runs (count, first/last
 season/episode, duration sum ignoring NaN, first/last ts), leave-last-out split, and per example the
@@ -552,7 +552,7 @@ def main(argv=None) -> None:
         print(f"{n:>12,} {a:9.3f} {b:9.3f} {cs} {f:8.4f} {a / f:8.1f} {w:8.4f} {a / w:8.1f} {b / a:6.2f} {cr} "
               f"{a / n * 1e9:9.1f}")
     print("floor = np.copy of the 7 input columns; write = writing the fused path's output bytes once "
-          "(~4x the input's bytes: each example carries 10 candidates). The fused path sorts "
+          "(~4.7x the input's bytes: each example carries 10 candidates). The fused path sorts "
           "(stable_order) and draws negatives, so it cannot come near one copy of its input; "
           "benchmarks/bench_series.py times the sessionize + series stage against its own floor")
     if len(summary) > 1:
