@@ -215,9 +215,9 @@ def _sort_user_segments_packed(perm, user, ts, tb, ts_min, tb_min, tb_span, run)
 
 
 @njit(cache=True)
-def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span, run):
-    # The dense-code path in one piece: a stable counting sort on user that scatters each row's
-    # packed (ts, tb) key beside its row index, then a sort of each user's contiguous key segment.
+def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span):
+    # The dense-code path: a stable counting sort on user that scatters each row's packed (ts, tb)
+    # key beside its row index (then _sort_segments sorts each user's contiguous key segment).
     # The rows are read in input order only; the only random accesses are the two scatters (at
     # 10M shuffled rows, gathering ts[perm[i]] and user[perm[i]] afterwards missed the cache on
     # every row and made the sort 2x slower per row than at 1M).
@@ -232,10 +232,12 @@ def _counting_sort_packed(user, ts, tb, umin, n_codes, ts_min, tb_min, tb_span, 
         perm[j] = i
         key[j] = (ts[i] - ts_min) * tb_span + (tb[i] - tb_min)
         start[c] = j + 1
-    _sort_segments(key, perm, bounds, run)
-    return perm
+    return perm, key, bounds
 
 
+# Parallel kernels (prange) are called from Python only, never from another cached @njit
+# function: a cached caller of a parallel function can crash when loaded from the cache
+# (numba/numba#8578; it did here, in `minivz data prepare`).
 @njit(cache=True, parallel=True)
 def _sort_segments(key, perm, bounds, run):
     # Sort each segment [bounds[c], bounds[c+1]) of key, carrying perm, the segments in parallel:
@@ -291,9 +293,11 @@ def stable_order(user, ts, tiebreak=None) -> np.ndarray:
     tb_span = tb_max - tb_min + 1
     packs = (ts_max - ts_min + 1) * tb_span < 2**62
     if dense and packs:
-        return _counting_sort_packed(user, ts, tb if use_tb else np.zeros(n, np.int64), np.int64(umin),
-                                     np.int64(umax - umin + 1), np.int64(ts_min), np.int64(tb_min),
-                                     np.int64(tb_span), _RUN)
+        perm, key, bounds = _counting_sort_packed(
+            user, ts, tb if use_tb else np.zeros(n, np.int64), np.int64(umin), np.int64(umax - umin + 1),
+            np.int64(ts_min), np.int64(tb_min), np.int64(tb_span))
+        _sort_segments(key, perm, bounds, _RUN)
+        return perm
     if dense:
         perm = _counting_sort(user, np.int64(umin), np.int64(umax - umin + 1))
     else:

@@ -527,3 +527,44 @@ def test_public_api():
     assert set(kernels.__all__) >= {"stable_order", "sessionize", "aggregate_series", "build_examples",
                                     "split_leave_last_out", "split_by_time", "plateau_length_reward",
                                     "group_advantages"}
+
+
+_FROM_CACHE = """
+import sys
+import numpy as np
+from minivz.kernels import apply_order, build_examples, split_leave_last_out, stable_order
+rng = np.random.default_rng(0)
+n = 300_000  # > 65,536 rows per chunk, users with more rows than the insertion-sort run
+user, ts, item = rng.integers(0, 900, n), rng.integers(0, 10**9, n), rng.integers(0, 1700, n)
+if sys.argv[1] == "read-only":  # as Arrow hands columns over: other types, other specializations
+    item = item.astype(np.int32)
+    for a in (user, ts, item):
+        a.flags.writeable = False
+perm = stable_order(user, ts, item)
+assert np.array_equal(perm, np.lexsort((item, ts, user)))
+user, ts, item = apply_order(perm, user, ts, item)
+for a in (user, ts, item):
+    a.flags.writeable = sys.argv[1] != "read-only"
+ex = build_examples(user, ts, item, 1700, split_leave_last_out(user, None), history_len=20)
+print(len(ex.target_row), int(ex.candidates.sum()))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_kernels_run_from_a_cold_and_a_warm_cache(tmp_path):
+    """The parallel kernels compiled into one cache by successive processes, each adding a
+    specialization or loading one, give the same answers. (A cached @njit function calling a
+    parallel one segfaulted when its second specialization was loaded from the cache,
+    numba/numba#8578: `minivz data prepare` crashed after a test run had compiled another.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    runs = [subprocess.run([sys.executable, "-c", _FROM_CACHE, mode], env=env, capture_output=True, text=True,
+                           timeout=600) for mode in ("writable", "read-only", "read-only", "writable")]
+    for r in runs:
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert len({r.stdout for r in runs}) == 1
+    assert any((tmp_path / "numba-cache").rglob("*.nbc"))
