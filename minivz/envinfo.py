@@ -45,7 +45,7 @@ def passive_omp() -> None:
 
 def cpu_threads(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup-v2 CPU quota (a container's
-    ``--cpus``). The default thread count of minivz's llama.cpp contexts. (llama-cpp-python's own
+    CPU limit). The default thread count of minivz's llama.cpp contexts. (llama-cpp-python's own
     default, ``os.cpu_count() // 2``, assumes two hyper-threads per core: on a 2-vCPU box it runs
     one thread, and prefilling an 850-token prompt of SmolLM2-135M took 5.4 s instead of 3.2 s.)"""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
