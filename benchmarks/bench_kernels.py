@@ -355,7 +355,7 @@ def to_common(name: str, res: dict) -> dict:
         mask = np.ones(ex.candidates.shape, bool)
         mask[e, lab] = False
         out.update(target_row=ex.target_row, hist_start=ex.hist_start, hist_end=ex.hist_end,
-                   discovery=ex.discovery, target_item=ex.candidates[e, lab],
+                   discovery=ex.discovery,
                    negatives=ex.candidates[mask].reshape(len(lab), N_NEG))
         out["user"] = res["sorted"]["user"]
         out["item"] = res["sorted"]["item"]
@@ -464,7 +464,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
 
-    import numba
     import pandas as pd
     import polars as pl
 

@@ -5,7 +5,7 @@ private ``@njit(cache=True)`` kernel. Typical order on an event log:
 
     perm = stable_order(user, ts, item)                 # sort by (user, ts, item)
     user, ts, item = apply_order(perm, user, ts, item)  # == user[perm], ...
-    session = sessionize(user[perm], ts[perm], gap=1800)
+    session = sessionize(user, ts, gap=1800)
     runs = aggregate_series(session, series, season, episode, duration, ts)
     split = split_leave_last_out(user, eligible)        # or split_by_time
     ex = build_examples(user, ts, item, n_items, split, history_len=100, n_candidates=10)
@@ -21,9 +21,9 @@ from .splits import split_by_time, split_leave_last_out
 
 __all__ = [
     "Examples",
-    "apply_order",
     "SeriesRuns",
     "aggregate_series",
+    "apply_order",
     "build_examples",
     "group_advantages",
     "plateau_length_reward",

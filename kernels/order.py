@@ -185,33 +185,22 @@ def _sort_pairs(key, val, lo, hi, kbuf, vbuf, run):
 
 
 @njit(cache=True)
-def _sort_user_segments_packed(perm, user, ts, tb, ts_min, tb_min, tb_span, run):
-    # Same result as _sort_user_segments when (ts, tb) packs into one int64 key
-    # (ts - ts_min) * tb_span + (tb - tb_min) < 2**62: keys are gathered into a
-    # contiguous array once, so the per-user sorts never chase perm into ts / tb.
+def _user_segment_keys(perm, user, ts, tb, ts_min, tb_min, tb_span):
+    # For a perm grouped by user (stably): each row's packed (ts, tb) key, gathered once into a
+    # contiguous array so the per-user sorts never chase perm into ts / tb, and the users' segment
+    # bounds in perm (_counting_sort_packed's outputs, for sparse user codes).
     n = perm.shape[0]
     key = np.empty(n, np.int64)
+    bounds = np.empty(n + 1, np.int64)
+    n_seg = 0
     for i in range(n):
         r = perm[i]
         key[i] = (ts[r] - ts_min) * tb_span + (tb[r] - tb_min)
-    kbuf = np.empty(0, np.int64)
-    vbuf = np.empty(0, np.int64)
-    lo = 0
-    while lo < n:
-        u = user[perm[lo]]
-        hi = lo + 1
-        is_sorted = True
-        while hi < n and user[perm[hi]] == u:
-            if key[hi] < key[hi - 1]:
-                is_sorted = False
-            hi += 1
-        if not is_sorted:
-            if hi - lo > run and kbuf.shape[0] == 0:
-                kbuf = np.empty(n, np.int64)
-                vbuf = np.empty(n, np.int64)
-            _sort_pairs(key, perm, lo, hi, kbuf, vbuf, run)
-        lo = hi
-    return perm
+        if i == 0 or user[r] != user[perm[i - 1]]:
+            bounds[n_seg] = i
+            n_seg += 1
+    bounds[n_seg] = n
+    return key, bounds[: n_seg + 1]
 
 
 @njit(cache=True)
@@ -292,19 +281,21 @@ def stable_order(user, ts, tiebreak=None) -> np.ndarray:
     tb_min, tb_max = (int(tb.min()), int(tb.max())) if use_tb else (0, 0)
     tb_span = tb_max - tb_min + 1
     packs = (ts_max - ts_min + 1) * tb_span < 2**62
-    if dense and packs:
-        perm, key, bounds = _counting_sort_packed(
-            user, ts, tb if use_tb else np.zeros(n, np.int64), np.int64(umin), np.int64(umax - umin + 1),
-            np.int64(ts_min), np.int64(tb_min), np.int64(tb_span))
+    if packs:  # sort each user's contiguous segment of packed (ts, tb) keys, in parallel
+        tbp = tb if use_tb else np.zeros(n, np.int64)
+        if dense:
+            perm, key, bounds = _counting_sort_packed(user, ts, tbp, np.int64(umin), np.int64(umax - umin + 1),
+                                                      np.int64(ts_min), np.int64(tb_min), np.int64(tb_span))
+        else:
+            perm = np.argsort(user, kind="stable").astype(np.int64, copy=False)
+            key, bounds = _user_segment_keys(perm, user, ts, tbp, np.int64(ts_min), np.int64(tb_min),
+                                             np.int64(tb_span))
         _sort_segments(key, perm, bounds, _RUN)
         return perm
     if dense:
         perm = _counting_sort(user, np.int64(umin), np.int64(umax - umin + 1))
     else:
         perm = np.argsort(user, kind="stable").astype(np.int64, copy=False)
-    if packs:
-        return _sort_user_segments_packed(perm, user, ts, tb if use_tb else np.zeros(n, np.int64),
-                                          np.int64(ts_min), np.int64(tb_min), np.int64(tb_span), _RUN)
     return _sort_user_segments(perm, user, ts, tb, use_tb, _RUN)
 
 

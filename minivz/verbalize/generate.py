@@ -66,10 +66,11 @@ class LlamaCppGenerator:
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
         self.n_ctx = int(n_ctx)
-        # token-by-token decoding of a small model gains nothing past ~8 threads; prompts use them all
-        self.n_threads = n_threads or min(cpu_threads(), 8)
+        # prompts use every CPU; token-by-token decoding of a small model gains nothing past ~8 threads
+        batch_threads = n_threads or cpu_threads()
+        self.n_threads = n_threads or min(batch_threads, 8)
         self._llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                          n_threads_batch=n_threads or cpu_threads(), n_gpu_layers=n_gpu_layers, verbose=verbose, seed=0)
+                          n_threads_batch=batch_threads, n_gpu_layers=n_gpu_layers, verbose=verbose, seed=0)
         self._grammars: dict[str, object] = {}
 
     def close(self) -> None:
