@@ -319,8 +319,15 @@ class ReasonerTrainConfig:
     reasoner_verbalizer: str = "template"
     reasoner_train_examples: int = 1000  # seeded sample of the train split (0 = all)
     reasoner_history: int = 20  # most recent events shown to the verbalizer
-    # Prompt file of minivz/prompts: MUST be the one the scoring backend uses (hf/llamacpp default).
-    reasoner_prompt: str = "reasoner_v1"
+    # How the trained reasoner reads its answer: options of the `hf` reasoner that scores it, written once
+    # here and used by training (the prompt it tokenizes, the loss) and by the pipeline's evaluation.
+    #   ""                                  title likelihood, no list (reasoner_v1); SFT on the target title
+    #   "answer=label"                      candidates listed A..J in the prompt (reasoner_choice_v1), the label
+    #                                       read in one forward; trained with the listwise loss over the labels
+    #   "answer=label,order=popularity,viewers=true,genres=true"   the list sorted and annotated (hf docs)
+    reasoner_scoring: str = ""
+    # Prompt file of minivz/prompts ("" = the answer's default: reasoner_v1, or reasoner_choice_v1 for labels).
+    reasoner_prompt: str = ""
     # Token budget of prompt + completion; the context is cut from its oldest lines to fit,
     # exactly as the hf backend does at scoring time.
     reasoner_max_length: int = 1024
@@ -385,9 +392,9 @@ class ReasonerTrainConfig:
                               "(train would measure memorisation)")
         if not self.reasoner_verbalizer.strip():
             raise ConfigError("reasoner_verbalizer is empty; try --set reasoner_verbalizer=template")
-        if self.reasoner_prompt.startswith("reasoner_choice"):
-            raise ConfigError(f"reasoner_prompt={self.reasoner_prompt!r} is a choice prompt; the trained "
-                              "reasoner is scored by log-likelihood (hf/llamacpp backends): use reasoner_v1")
+        if self.reasoner_prompt.startswith("reasoner_choice") and "answer=label" not in self.reasoner_scoring:
+            raise ConfigError(f"reasoner_prompt={self.reasoner_prompt!r} is a choice prompt, read by its labels: "
+                              "set reasoner_scoring=answer=label too (or use reasoner_v1 for title likelihood)")
 
 
 # -- the whole method end to end (`minivz recipe`) -----------------------------------------------

@@ -73,25 +73,35 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (Intel AMX-BF16: Sapphire Rapids and later).
     Read from /proc/cpuinfo, so no torch import; False where that file does not exist."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
+    return "amx_bf16" in _cpu_flags()
+
+
+def cpu_has_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake+): bf16 dot products in hardware."""
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def fast_bf16() -> bool:
-    """bfloat16 runs natively here: a CUDA GPU with bf16, or a CPU with AMX-BF16. Measured on such a
-    2-core CPU: SmolLM2-135M log-likelihood scoring 0.54 s vs 1.16 s per example in float32. Imports
-    torch only to ask about CUDA."""
+    """bfloat16 runs natively here: a CUDA GPU with bf16, or a CPU with AMX-BF16 or AVX512-BF16.
+    Measured on 2 cores, SmolLM2-135M: log-likelihood scoring 0.54 s vs 1.16 s per example in float32
+    (AMX Xeon); one forward over a 640-token prompt 0.88 s vs 1.48 s (AVX512-BF16 EPYC). Imports torch
+    only to ask about CUDA."""
     import torch
 
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    return cpu_has_amx_bf16()
+    return cpu_has_bf16()
 
 
 def _gpus() -> str:

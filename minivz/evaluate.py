@@ -41,7 +41,9 @@ def build_queries(data, examples, texts: list[str], history_ids: list[np.ndarray
 def item_stats_for(data):
     from minivz.reason.base import ItemStats
 
-    return ItemStats.from_sequences(data.train_sequences(), data.n_items, titles=data.items["title"].to_pylist())
+    genres = data.items["genres"].to_pylist() if "genres" in data.items.column_names else None
+    return ItemStats.from_sequences(data.train_sequences(), data.n_items, titles=data.items["title"].to_pylist(),
+                                    genres=[list(g or []) for g in genres] if genres is not None else None)
 
 
 # What makes two evaluations' samples the same kind of thing; limit, batch size, n_boot may change

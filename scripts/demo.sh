@@ -5,7 +5,7 @@
 # Installs what it needs into .venv first. A rerun resumes (finished stages are skipped).
 #   bash scripts/demo.sh                   # writes runs/tiny-cpu/ (results.md, results.png, ...)
 #   bash scripts/demo.sh --set max_steps=5 # any recipe field can be overridden
-MINIVZ_EXTRAS="models,serve,train"
+MINIVZ_EXTRAS="models,serve,train,seqrec"
 . "$(dirname "$0")/_venv.sh"
 # The demo is the only job on the machine: OpenMP threads may spin while they wait (measured on 2
 # idle cores: scoring 1.16 vs 1.41 s per example, sampling 7.0 vs 8.1 s per batch). minivz's own

@@ -3,7 +3,7 @@
 # slow end-to-end tests included. Extra arguments go to pytest:
 #   bash scripts/test.sh              # everything (what CI runs)
 #   bash scripts/test.sh -m "not slow"
-MINIVZ_EXTRAS="dev,models,serve,train"
+MINIVZ_EXTRAS="dev,models,serve,train,seqrec"
 . "$(dirname "$0")/_venv.sh"
 set +e
 python -m pytest "$@"

@@ -110,7 +110,7 @@ def test_config_registered_and_resolves():
     ("reasoner_grpo_num_generations", 1, "reasoner_grpo_num_generations=4"),
     ("reasoner_learning_rate", 0.0, "reasoner_learning_rate=2e-4"),
     ("reasoner_eval_split", "dev", "valid or test"),
-    ("reasoner_prompt", "reasoner_choice_v1", "reasoner_v1"),
+    ("reasoner_prompt", "reasoner_choice_v1", "reasoner_scoring=answer=label"),
     ("reasoner_per_device_train_batch_size", 0, ">= 1"),
 ])
 def test_config_errors_say_how_to_fix(field, value, match):
@@ -197,7 +197,111 @@ def test_accuracy_reward_matches_named_candidate():
     assert named_candidate("I think: Heat (1995), a thriller", cands) == 2
     assert named_candidate("Casablanca", cands) == -1
     comps = [[{"role": "assistant", "content": "Heat (1995)"}], [{"role": "assistant", "content": "Toy Story"}]]
-    assert accuracy_reward(comps, target=["Heat (1995)"] * 2, candidates=[cands, cands]) == [1.0, 0.0]
+    assert accuracy_reward(comps, target=["Heat (1995)"] * 2, candidates=[cands, cands]) == [1.0, -1.0]
+    # answer=label: the reply's label, +1 / -1 (the paper's stage-2 reward)
+    labels = list("ABC")
+    comps = [[{"role": "assistant", "content": c}] for c in ("B", "B. Heat", "C", "Because")]
+    assert accuracy_reward(comps, target=["B"] * 4, candidates=[labels] * 4, answer=["label"] * 4) == [1, 1, -1, -1]
+
+
+# -- the list reasoner: candidates in the prompt, the label read in one forward ------------------------
+
+
+def label_queries(data, tiny_model, n=6):
+    from minivz.reason import Query
+
+    rows = verbalize_split(data, "template", "valid", n, 3, f"{tiny_model}/label-queries.jsonl")
+    return rows, [Query(r["verbalization"], data.item_texts(r["candidates"]), r["candidates"]) for r in rows]
+
+
+def test_label_scores_are_the_label_logprobs_of_one_plain_forward(data, tiny_model):
+    import torch
+
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+
+    stats = item_stats_for(data)
+    rows, queries = label_queries(data, tiny_model)
+    r = make_reasoner(f"hf:model={tiny_model},answer=label,order=popularity,viewers=true,genres=true", item_stats=stats)
+    assert r.template.name == "reasoner_choice_v1"
+    preds = r.predict(queries)
+    for q, p in zip(queries, preds):
+        prefix, order, label_ids = r.prepare_labels(q)
+        text = r.tokenizer.decode(prefix)
+        pops = [stats.counts[q.candidate_ids[j]] for j in order]
+        assert pops == sorted(pops, reverse=True)  # most popular listed first
+        first = q.candidate_ids[order[0]]
+        assert f"A. {q.candidates[order[0]]} | " in text and f"| {int(stats.counts[first])} viewers" in text
+        assert "J. " in text and "Answer with one label only (A, B, C, D, E, F, G, H, I, J)" in text
+        with torch.inference_mode():
+            logits = r.model(input_ids=torch.tensor([prefix])).logits[0, -1].double()
+        lp = torch.log_softmax(logits, -1).numpy()
+        want = np.empty(len(order))
+        want[order] = lp[label_ids]  # the k-th listed label scores query candidate order[k]
+        np.testing.assert_allclose(p.scores, want, atol=1e-4)  # batched, left-padded == alone
+        assert p.valid and p.choice == int(np.argmax(want))
+
+
+def test_unconstrained_label_answer_is_valid_only_when_the_greedy_token_is_a_label(data, tiny_model):
+    import torch
+
+    from minivz.reason import make_reasoner
+
+    _, queries = label_queries(data, tiny_model)
+    r = make_reasoner(f"hf:model={tiny_model},answer=label,constrain=false")
+    for q, p in zip(queries, r.predict(queries)):
+        prefix, order, label_ids = r.prepare_labels(q)
+        with torch.inference_mode():
+            greedy = int(r.model(input_ids=torch.tensor([prefix])).logits[0, -1].argmax())
+        assert p.valid == (greedy in label_ids)
+        assert p.choice == (order[label_ids.index(greedy)] if p.valid else -1)
+
+
+def test_label_options_refuse_what_cannot_work(tiny_model):
+    from minivz.reason import make_reasoner
+
+    with pytest.raises(ValueError, match="item statistics"):
+        make_reasoner(f"hf:model={tiny_model},answer=label,order=popularity")
+    with pytest.raises(ValueError, match="has no \\{candidates\\}"):
+        make_reasoner(f"hf:model={tiny_model},answer=label,prompt=reasoner_v1")
+    with pytest.raises(ValueError, match="answer='letter'; use one of title, label"):
+        make_reasoner(f"hf:model={tiny_model},answer=letter")
+
+
+def test_label_rows_are_what_the_label_scorer_reads(data, tiny_model):
+    from transformers import AutoTokenizer
+
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+    from minivz.train.reasoner import build_label_rows, scoring_view
+
+    stats = item_stats_for(data)
+    rows, queries = label_queries(data, tiny_model)
+    scoring = "answer=label,order=popularity,viewers=true"
+    view = scoring_view(AutoTokenizer.from_pretrained(tiny_model),
+                        tiny_cfg(tiny_model, reasoner_scoring=scoring), 1024, stats)
+    r = make_reasoner(f"hf:model={tiny_model},{scoring}", item_stats=stats)
+    for row, q, lr in zip(rows, queries, build_label_rows(data, rows, view)):
+        prefix, order, label_ids = r.prepare_labels(q)
+        assert lr["input_ids"] == prefix and lr["label_ids"] == label_ids
+        assert order[lr["target"]] == row["label"]  # the target's label lists the true item
+    with pytest.raises(ValueError, match="reasoner_scoring option 'dtype' is not read by training"):
+        scoring_view(view.tokenizer, tiny_cfg(tiny_model, reasoner_scoring="answer=label,dtype=bfloat16"), 1024, stats)
+
+
+def test_listwise_training_learns_the_labels_and_scores_through_the_hf_backend(data_dir, tiny_model, tmp_path):
+    from minivz.train.reasoner import train_reasoner
+
+    run = tmp_path / "run"
+    # 4 examples, one batch repeated: the listwise loss must fall, and GRPO (label answers, +-1) runs on top
+    cfg = tiny_cfg(tiny_model, reasoner_scoring="answer=label,order=popularity,viewers=true", reasoner_max_steps=10,
+                   reasoner_save_steps=10, reasoner_eval_limit=0, reasoner_lora_r=8, reasoner_lora_alpha=16,
+                   reasoner_grpo_max_steps=1, reasoner_grpo_num_generations=2, reasoner_grpo_max_completion_length=2)
+    s = train_reasoner(cfg, data_dir, run, progress=False)
+    assert s["objective"] == "listwise" and s["sft_steps"] == 10 and s["grpo_steps"] == 1
+    m = [r for r in metrics(run) if r["stage"] == "sft"]
+    assert m[-1]["loss"] < 0.5 * m[0]["loss"], [r["loss"] for r in m]
+    assert "reward" in metrics(run)[-1]
 
 
 # -- training ----------------------------------------------------------------------------------------

@@ -95,10 +95,14 @@ class ItemStats:
     cooc: Any
     # catalog titles by item code: the `mention` oracle resolves titles named in a text with them
     titles: list[str] | None = None
+    # the per-user train sequences themselves, in time order (the sequential baselines train on them)
+    sequences: list[np.ndarray] | None = None
+    # catalog genres by item code (a list of names each): a list reasoner may print them per candidate
+    genres: list[list[str]] | None = None
 
     @classmethod
     def from_sequences(cls, user_item_sequences: list[np.ndarray], n_items: int,
-                       titles: list[str] | None = None) -> "ItemStats":
+                       titles: list[str] | None = None, genres: list[list[str]] | None = None) -> "ItemStats":
         """Build stats from per-user training item sequences (int codes in [0, n_items))."""
         seqs = [np.asarray(s, dtype=np.int64).ravel() for s in user_item_sequences]
         flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
@@ -123,7 +127,7 @@ class ItemStats:
                 (np.ones(len(rows)), (rows, cols)), shape=(len(seqs), n_items), dtype=np.float64
             )
             cooc = (x.T @ x).tocsr()
-        return cls(n_items=n_items, counts=counts, cooc=cooc, titles=titles)
+        return cls(n_items=n_items, counts=counts, cooc=cooc, titles=titles, sequences=seqs, genres=genres)
 
     def cooc_diagonal(self) -> np.ndarray:
         d = self.cooc.diagonal()
@@ -169,6 +173,8 @@ REASONERS: dict[str, Callable[..., Reasoner]] = {
     "openai": _lazy("openai", "OpenAIReasoner"),
     "hf": _lazy("hf", "HFReasoner"),
     "policy": _lazy("hf", "FrozenBaseReasoner"),
+    "sasrec": _lazy("sequential", "make_sasrec"),
+    "gru4rec": _lazy("sequential", "make_gru4rec"),
 }
 # objects a caller hands to the backends that take them (not settable from a spec string)
 CONTEXT = ("item_stats", "policy")

@@ -17,6 +17,21 @@ ONE batch on top of it, right-padded:
     cands  (C, Lmax - 1) -> logits (C, Lmax - 1, V), row j predicts token j + 1; cache expanded to C
 
 Right padding is harmless: causal attention never lets a real token see the pads after it.
+
+``answer=label`` is the paper's reasoner interface (LlamaRec's reading of it): the prompt
+(``reasoner_choice_v1``) holds the context AND the candidates, one "A. title" line each, and ONE
+forward reads the next-token log-probabilities of the labels at the answer position:
+
+    hf:model=DIR,answer=label                                     # candidates listed as given
+    hf:model=DIR,answer=label,order=popularity,viewers=true,genres=true
+        # listed most-popular first, each line "A. Title (year) | Drama, War | 312 viewers"
+        # (training-set counts: BIGRec's finding that an LLM reads popularity better than it learns it)
+    hf:model=DIR,answer=label,constrain=false   # the choice is the greedy token; valid only when it is
+                                                # a label (LLaRA's "valid ratio"); scores stay the labels'
+
+scores[j] = log p(label of candidate j | prompt); labels are single tokens of the tokenizer (checked).
+``answer=title`` (default) is the title-likelihood scorer above; a prompt holding ``{candidates}``
+lists them there too (the title is scored given the list).
 ``score_naive`` runs each prompt+candidate from scratch (the reference for tests). A local model
 directory is read offline (HF_HUB_OFFLINE=1); a hub id is fetched by transformers as usual. Chat
 templates are rendered with ``enable_thinking=False`` (``thinking=true`` to turn it on): a Qwen3 model
@@ -32,8 +47,9 @@ import os
 import numpy as np
 
 from minivz.models import load_model, resolve_device
-from minivz.reason.base import Prediction, Query
-from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
+from minivz.reason.base import ItemStats, Prediction, Query
+from minivz.reason.prompt import (DEFAULT_CHOICE_PROMPT, DEFAULT_SCORING_PROMPT, candidate_labels, fit_context,
+                                  load_prompt, render_plain)
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 class HFReasoner:
@@ -44,12 +60,18 @@ class HFReasoner:
         self,
         model: str = "",
         norm: str = "mean",
-        prompt: str = DEFAULT_SCORING_PROMPT,
+        prompt: str = "",
         chat_template: bool = True,
         device: str = "auto",
         dtype: str = "float32",
         max_length: int = 0,
         thinking: bool = False,
+        answer: str = "title",
+        order: str = "as-is",
+        viewers: bool = False,
+        genres: bool = False,
+        constrain: bool = True,
+        item_stats: ItemStats | None = None,
     ) -> None:
         if not model:
             raise ValueError("the hf reasoner needs a model directory: hf:model=/path/to/model_dir")
@@ -61,7 +83,8 @@ class HFReasoner:
             dtype = "bfloat16" if fast_bf16() else "float32"
         loaded, tokenizer = load_model(model, dtype=dtype, device=resolve_device(device))
         self.bind(loaded, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template, max_length=max_length,
-                  thinking=thinking)
+                  thinking=thinking, answer=answer, order=order, viewers=viewers, genres=genres,
+                  constrain=constrain, item_stats=item_stats)
 
     @classmethod
     def from_model(cls, model, tokenizer, **scoring) -> "HFReasoner":
@@ -71,11 +94,27 @@ class HFReasoner:
         self.bind(model, tokenizer, **scoring)
         return self
 
-    def bind(self, model, tokenizer, *, norm: str = "mean", prompt: str = DEFAULT_SCORING_PROMPT,
-             chat_template: bool = True, max_length: int = 0, thinking: bool = False) -> None:
+    def bind(self, model, tokenizer, *, norm: str = "mean", prompt: str = "", chat_template: bool = True,
+             max_length: int = 0, thinking: bool = False, answer: str = "title", order: str = "as-is",
+             viewers: bool = False, genres: bool = False, constrain: bool = True,
+             item_stats: ItemStats | None = None) -> None:
         """Everything but the loading: the model (None = tokenization only, then max_length is
-        required), its tokenizer, the scoring norm, the prompt file and how it is rendered."""
+        required), its tokenizer, the scoring norm, the prompt file and how it is rendered, and how
+        the answer is read (``answer``, ``order``, ``viewers``, ``genres``, ``constrain``: module doc)."""
         import torch
+
+        if answer not in ANSWERS:
+            raise ValueError(f"answer={answer!r}; use one of {', '.join(ANSWERS)}")
+        if order not in ORDERS:
+            raise ValueError(f"order={order!r}; use one of {', '.join(ORDERS)}")
+        if (order == "popularity" or viewers or genres) and item_stats is None:
+            raise ValueError(f"order={order}, viewers={viewers}, genres={genres} read the training item statistics: "
+                             "build the reasoner with make_reasoner(spec, item_stats=ItemStats...) (minivz eval does)")
+        if genres and item_stats is not None and item_stats.genres is None:
+            raise ValueError("genres=true but the item statistics carry no genres (the catalog has no genres column)")
+        self.answer, self.order, self.viewers, self.genres, self.constrain = answer, order, viewers, genres, constrain
+        self.item_stats = item_stats
+        prompt = prompt or (DEFAULT_CHOICE_PROMPT if answer == "label" else DEFAULT_SCORING_PROMPT)
 
         self._torch = torch
         self.model, self.tokenizer = model, tokenizer
@@ -84,6 +123,10 @@ class HFReasoner:
             self.device, self.dtype = str(param.device), str(param.dtype).replace("torch.", "")
         self.norm = check_norm(norm)
         self.template = load_prompt(prompt)
+        self.lists = "{candidates}" in self.template.user
+        if answer == "label" and not self.lists:
+            raise ValueError(f"answer=label reads the labels of the listed candidates, but prompt {prompt!r} has no "
+                             f"{{candidates}}; use prompt={DEFAULT_CHOICE_PROMPT} (the default for answer=label)")
         self.thinking = thinking
         config = getattr(model, "config", None)
         self.max_length = max_length or int(getattr(config, "max_position_embeddings", 2048) or 2048)
@@ -93,8 +136,39 @@ class HFReasoner:
 
     # -- text and tokens ------------------------------------------------------------------------
 
-    def tokenize_prompt(self, context: str) -> list[int]:
-        messages = self.template.messages(context=context)
+    def listing(self, query: Query) -> tuple[list[int], str, str]:
+        """(order, candidate lines, labels) of the prompt's list: ``order[k]`` is the query index of the
+        k-th listed candidate (labelled ``candidate_labels(C)[k]``)."""
+        ids = query.candidate_ids
+        k = np.arange(len(ids))
+        if self.order == "popularity":  # most popular first; ties by item code (deterministic)
+            counts = self.item_stats.counts
+            pop = np.array([counts[i] if 0 <= i < len(counts) else 0.0 for i in ids])
+            k = np.lexsort((ids, -pop))
+        labels = candidate_labels(len(ids))
+        lines = []
+        for lab, j in zip(labels, k):
+            text = f"{lab}. {query.candidates[j]}"
+            i = int(ids[j])
+            known = self.item_stats is not None and 0 <= i < self.item_stats.n_items
+            if self.genres:
+                text += " | " + (", ".join(self.item_stats.genres[i]) if known and self.item_stats.genres[i] else "?")
+            if self.viewers:
+                text += f" | {int(self.item_stats.counts[i]) if known else 0} viewers"
+            lines.append(text)
+        return [int(j) for j in k], "\n".join(lines), ", ".join(labels)
+
+    def messages(self, context: str, query: Query | None = None) -> list[dict[str, str]]:
+        """The prompt's chat messages: the context, and the candidate list when the prompt has one."""
+        if not self.lists:
+            return self.template.messages(context=context)
+        if query is None:
+            raise ValueError(f"prompt {self.template.name} lists the candidates: pass the query")
+        _, lines, labels = self.listing(query)
+        return self.template.messages(context=context, candidates=lines, labels=labels)
+
+    def tokenize_prompt(self, context: str, query: Query | None = None) -> list[int]:
+        messages = self.messages(context, query)
         if self.use_chat_template:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                       enable_thinking=self.thinking)
@@ -108,12 +182,37 @@ class HFReasoner:
 
     def prepare(self, query: Query) -> tuple[list[int], list[list[int]]]:
         cands = [self.tokenize_candidate(c) for c in query.candidates]
-        longest = max((len(c) for c in cands), default=1)
+        longest = 1 if self.answer == "label" else max((len(c) for c in cands), default=1)
         context, cut = fit_context(
-            query.context, lambda ctx: len(self.tokenize_prompt(ctx)) + longest - 1 <= self.max_length
+            query.context, lambda ctx: len(self.tokenize_prompt(ctx, query)) + longest - 1 <= self.max_length
         )
         self.n_truncated += cut
-        return self.tokenize_prompt(context), cands
+        return self.tokenize_prompt(context, query), cands
+
+    def label_token_ids(self, n: int) -> list[int]:
+        """The token id of each of the first ``n`` labels as the reply's first token; refuses labels
+        that are not one token or that collide (the one-forward reading needs both)."""
+        cached = getattr(self, "_label_ids", {})
+        if n not in cached:
+            ids = []
+            for lab in candidate_labels(n):
+                tok = self.tokenize_candidate(lab)
+                if len(tok) != 1:
+                    raise ValueError(f"label {lab!r} is {len(tok)} tokens for this tokenizer; answer=label needs "
+                                     "one token per label (use answer=title)")
+                ids.append(tok[0])
+            if len(set(ids)) != n:
+                raise ValueError("two labels share a token for this tokenizer; use answer=title")
+            cached[n] = ids
+            self._label_ids = cached
+        return cached[n]
+
+    def prepare_labels(self, query: Query) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, listing order, label token ids) of one query in ``answer=label`` mode: what the
+        scorer runs and what training trains on (the target's label is ``order.index(label)``)."""
+        prefix, _ = self.prepare(query)
+        order, _, _ = self.listing(query)
+        return prefix, order, self.label_token_ids(len(order))
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -171,8 +270,48 @@ class HFReasoner:
                 out[k] = reduce_logprobs(token_logprobs(logits, np.asarray(cand)), self.norm)
         return out
 
+    def label_logits(self, prefixes: list[list[int]]) -> "np.ndarray":
+        """(B, V) float32 next-token logits after each prompt, in one batched forward: left-padded, the
+        positions counted from each row's first real token, the LM head run on the last position only."""
+        torch = self._torch
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for k, p in enumerate(prefixes):
+            ids[k, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[k, width - len(p):] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             position_ids=pos.to(self.device), logits_to_keep=1)
+        return out.logits[:, -1].float().cpu().numpy()
+
+    def predict_labels(self, queries: list[Query], batch_size: int = 8) -> list[Prediction]:
+        out = []
+        for b in range(0, len(queries), batch_size):
+            prepared = [self.prepare_labels(q) for q in queries[b:b + batch_size]]
+            logits = self.label_logits([p for p, _, _ in prepared])
+            for row, (_, order, label_ids) in zip(logits, prepared):
+                m = row.max()
+                lp = row.astype(np.float64) - (m + np.log(np.exp(row.astype(np.float64) - m).sum()))
+                scores = np.empty(len(order), dtype=np.float64)
+                scores[order] = lp[label_ids]  # the k-th listed candidate is query candidate order[k]
+                if self.constrain:
+                    out.append(Prediction.from_scores(scores))
+                    continue
+                greedy = int(np.argmax(row))
+                k = label_ids.index(greedy) if greedy in label_ids else -1
+                out.append(Prediction(scores=scores, choice=order[k] if k >= 0 else -1, valid=k >= 0))
+        return out
+
     def predict(self, queries: list[Query]) -> list[Prediction]:
+        if self.answer == "label":
+            return self.predict_labels(queries)
         return predict_by_likelihood(self, queries)
+
+
+ANSWERS = ("title", "label")
+ORDERS = ("as-is", "popularity")
 
 
 class FrozenBaseReasoner(HFReasoner):

@@ -44,18 +44,11 @@ import numpy as np
 
 from minivz.install import pip
 from minivz.reason.base import PartialPredictions, Prediction, Query, ReasonerError
-from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, load_prompt
+from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, candidate_labels, load_prompt
 
 CONSTRAINTS = ("auto", "grammar", "choice", "none")
 MAX_RETRY_AFTER_S = 30.0  # a server asking for longer waits at most this per attempt
 _ANSWER = re.compile(r"^\W*([A-Za-z]|\d+)(?![A-Za-z0-9])")
-
-
-def candidate_labels(n: int) -> list[str]:
-    """A, B, ... for up to 26 candidates, else 1, 2, ..."""
-    if n <= 26:
-        return [chr(ord("A") + i) for i in range(n)]
-    return [str(i + 1) for i in range(n)]
 
 
 def parse_answer(text: str | None, labels: list[str]) -> int:

@@ -26,6 +26,13 @@ def load_prompt(name_or_path: str) -> PromptTemplate:
     return load_prompt_file(name_or_path, "reasoner", PromptTemplate)
 
 
+def candidate_labels(n: int) -> list[str]:
+    """A, B, ... for up to 26 candidates, else 1, 2, ..."""
+    if n <= 26:
+        return [chr(ord("A") + i) for i in range(n)]
+    return [str(i + 1) for i in range(n)]
+
+
 def render_plain(messages: list[dict[str, str]]) -> str:
     """A template-free rendering for models without a chat template (tiny test models)."""
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "

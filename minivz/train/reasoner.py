@@ -48,11 +48,50 @@ from typing import Any
 import numpy as np
 
 from minivz.config import trl_args
+from minivz.evaluate import item_stats_for
 from minivz.rundir import (append_jsonl, record_run_config, resume_step, step_checkpoints_callback, truncate_jsonl,
                            write_env)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
+
+
+def scoring_view(tokenizer, cfg, max_length: int, item_stats=None):
+    """The ``hf`` reasoner the trained model will be scored by, over the tokenizer only: training
+    tokenizes through its ``prepare``/``prepare_labels``, so training and scoring cannot drift apart."""
+    from minivz.reason.hf import HFReasoner
+    from minivz.spec import parse_spec
+
+    _, options = parse_spec(f"hf:{cfg.reasoner_scoring}" if cfg.reasoner_scoring else "hf", "reasoner")
+    opts = {k: _scoring_value(k, v) for k, v in options.items()}
+    return HFReasoner.from_model(None, tokenizer, prompt=cfg.reasoner_prompt, max_length=max_length,
+                                 item_stats=item_stats, **opts)
+
+
+SCORING_OPTIONS = {"answer": str, "order": str, "viewers": bool, "genres": bool, "norm": str}
+
+
+def _scoring_value(key: str, value: str):
+    from minivz.spec import parse_value
+
+    if key not in SCORING_OPTIONS:
+        raise ValueError(f"reasoner_scoring option {key!r} is not read by training; valid: {', '.join(SCORING_OPTIONS)} "
+                         "(e.g. --set reasoner_scoring=answer=label,order=popularity,viewers=true)")
+    return parse_value(value, SCORING_OPTIONS[key])
+
+
+def build_label_rows(data, rows: list[dict], view) -> list[dict]:
+    """``answer=label`` rows: input_ids = the exact prompt the scorer reads (context + listed
+    candidates), target = the position of the true item in the list (the label's index)."""
+    from minivz.reason.base import Query
+
+    out = []
+    for r in rows:
+        q = Query(r["verbalization"], data.item_texts(r["candidates"]), r["candidates"])
+        prefix, order, label_ids = view.prepare_labels(q)
+        out.append({"input_ids": prefix, "target": order.index(r["label"]), "label_ids": label_ids,
+                    "example_id": r["example_id"]})
+    return out
 
 
 def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int) -> list[dict]:
@@ -76,20 +115,30 @@ def build_sft_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: i
     return out
 
 
-def build_grpo_rows(data, rows: list[dict], tokenizer, prompt: str, max_length: int, max_completion: int) -> list[dict]:
-    """Conversational prompts (the same messages, fitted the same way) + the target text for GRPO."""
-    from minivz.reason.base import Query
-    from minivz.reason.hf import HFReasoner
-    from minivz.reason.prompt import fit_context
+def build_grpo_rows(data, rows: list[dict], view, max_completion: int) -> list[dict]:
+    """Conversational prompts (the scorer's messages, fitted the same way, ``max_completion`` tokens
+    reserved) + what the reward reads: the target's text and the candidates' (``answer=label``: the
+    target's label and the labels, in listed order)."""
+    import copy
 
-    view = HFReasoner.from_model(None, tokenizer, prompt=prompt, max_length=max_length - max_completion)
+    from minivz.reason.base import Query
+    from minivz.reason.prompt import candidate_labels, fit_context
+
+    view = copy.copy(view)
+    view.max_length -= max_completion
     out = []
     for r in rows:
         texts = data.item_texts(r["candidates"])
-        context, _ = fit_context(r["verbalization"], lambda c: len(view.tokenize_prompt(c)) <= view.max_length)
-        Query(context, texts, r["candidates"])  # validates
-        out.append({"prompt": view.template.messages(context=context), "target": texts[r["label"]],
-                    "candidates": texts, "example_id": r["example_id"]})
+        q = Query(r["verbalization"], texts, r["candidates"])
+        context, _ = fit_context(q.context, lambda c: len(view.tokenize_prompt(c, q)) <= view.max_length)
+        if view.answer == "label":
+            order, _, _ = view.listing(q)
+            labels = candidate_labels(len(order))
+            target, cands = labels[order.index(r["label"])], labels
+        else:
+            target, cands = texts[r["label"]], texts
+        out.append({"prompt": view.messages(context, q), "target": target, "candidates": cands,
+                    "answer": view.answer, "example_id": r["example_id"]})
     return out
 
 
@@ -109,13 +158,16 @@ def named_candidate(reply: str, candidates: list[str]) -> int:
     return -1
 
 
-def accuracy_reward(completions, target, candidates, **kwargs) -> list[float]:
-    """TRL reward: 1.0 when the reply names the target candidate, else 0.0."""
+def accuracy_reward(completions, target, candidates, answer=None, **kwargs) -> list[float]:
+    """TRL reward, the paper's stage-2 reward: +1 when the reply names the target candidate (its title,
+    or with ``answer=label`` its label), else -1. GRPO normalizes it within each group."""
+    from minivz.reason.openai import parse_answer
+
     out = []
-    for comp, tgt, cands in zip(completions, target, candidates):
+    for i, (comp, tgt, cands) in enumerate(zip(completions, target, candidates)):
         text = comp[-1]["content"] if isinstance(comp, list) else str(comp)
-        k = named_candidate(text, cands)
-        out.append(float(k >= 0 and cands[k] == tgt))
+        k = parse_answer(text, cands) if answer is not None and answer[i] == "label" else named_candidate(text, cands)
+        out.append(1.0 if k >= 0 and cands[k] == tgt else -1.0)
     return out
 
 
@@ -193,7 +245,50 @@ def load_reasoner_model(cfg, source: str):
 # -- training ---------------------------------------------------------------------------------------
 
 
-def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
+def _label_collator(pad_id: int):
+    """Left-padded batches of ``build_label_rows`` rows: every prompt ends at the last position, where
+    the label is read; positions count from each row's first real token (as ``HFReasoner.label_logits``)."""
+    import torch
+
+    def collate(rows: list[dict]) -> dict:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"], dtype=torch.long)
+            mask[k, width - len(r["input_ids"]):] = 1
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+                "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
+                "label_ids": torch.tensor([r["label_ids"] for r in rows], dtype=torch.long)}
+
+    return collate
+
+
+def _listwise_trainer_class():
+    """transformers' Trainer with the listwise loss (defined on first use: transformers is lazy)."""
+    import torch
+    from transformers import Trainer
+
+    class ListwiseTrainer(Trainer):
+        """Softmax over the C candidates' label logits at the answer position, cross-entropy with the
+        true item's label (LlamaRec's ranking objective; S-DPO's softmax over negatives, all C at once).
+        It raises the true label AND pushes the other candidates down, as the evaluation compares them;
+        one forward per prompt, the LM head on the last position only (no (L, vocab) logits)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            target, label_ids = inputs.pop("target"), inputs.pop("label_ids")
+            out = model(**inputs, logits_to_keep=1)
+            logits = out.logits[:, -1].float().gather(1, label_ids)  # (B, C)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            return (loss, out) if return_outputs else loss
+
+    return ListwiseTrainer
+
+
+def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool,
+         listwise: bool = False) -> dict:
+    """SFT on the target's title (TRL's SFTTrainer, loss on the completion) or, ``listwise``, the
+    listwise loss on the labels of the listed candidates (``ListwiseTrainer``); same arguments."""
     import torch
 
     from minivz.envinfo import fast_bf16
@@ -219,17 +314,25 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         max_length=None,  # build_sft_rows already fitted every row; TRL's keep_start would cut the target
         save_strategy="steps",
         save_total_limit=None,  # StepCheckpoints rotates step_* dirs
-        bf16=fast_bf16(),  # autocast: a bf16 GPU, or a CPU with AMX-BF16 (fp32 master weights)
+        bf16=fast_bf16(),  # autocast: a bf16 GPU, or a CPU with AMX/AVX512-BF16 (fp32 master weights)
         use_cpu=not on_gpu,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        remove_unused_columns=not listwise,  # the listwise loss reads target and label_ids
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
-    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if listwise:
+        dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        trainer = _listwise_trainer_class()(model=model, args=args, train_dataset=dataset,
+                                            data_collator=_label_collator(pad), processing_class=tokenizer)
+    else:
+        dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
+                                     for r in rows])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     return _train_stage(trainer, "sft", cfg, run, ckpt_dir, ckpt, cfg.reasoner_max_steps, progress)
 
 
@@ -360,17 +463,22 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
 
     base = base_model_source(cfg)
     model, tokenizer = load_reasoner_model(cfg, base)
-    sft_rows = build_sft_rows(data, rows, tokenizer, cfg.reasoner_prompt, cfg.reasoner_max_length)
+    view = scoring_view(tokenizer, cfg, cfg.reasoner_max_length, item_stats_for(data))
+    listwise = view.answer == "label"
+    if listwise:
+        sft_rows = build_label_rows(data, rows, view)
+    else:
+        sft_rows = build_sft_rows(data, rows, tokenizer, view.template.name, cfg.reasoner_max_length)
     lengths = [len(r["input_ids"]) for r in sft_rows]
-    sft = _sft(cfg, run, model, tokenizer, sft_rows, resume, progress)
+    sft = _sft(cfg, run, model, tokenizer, sft_rows, resume, progress, listwise=listwise)
     model = sft.pop("model")
     summary: dict[str, Any] = {"run": str(run), "base": base, "verbalizer": cfg.reasoner_verbalizer,
+                               "objective": "listwise" if listwise else "sft", "scoring": cfg.reasoner_scoring,
                                "train_examples": len(rows), "verbalize_seconds": round(verbalize_seconds, 1),
                                "tokens_per_example_mean": round(float(np.mean(lengths)), 1),
                                "tokens_per_example_max": int(max(lengths)), **sft}
     if cfg.reasoner_grpo_max_steps > 0:
-        grpo_rows = build_grpo_rows(data, rows, tokenizer, cfg.reasoner_prompt, cfg.reasoner_max_length,
-                                    cfg.reasoner_grpo_max_completion_length)
+        grpo_rows = build_grpo_rows(data, rows, view, cfg.reasoner_grpo_max_completion_length)
         grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
         summary.update(grpo)
