@@ -420,6 +420,9 @@ class PipelineConfig:
     # dtype the stage-2 rows score in (the hf reasoner's dtype=): auto = bfloat16 where it runs
     # natively (a bf16 GPU, a CPU with AMX-BF16: 2x faster there), else float32
     stage2_dtype: str = "auto"
+    # reasoners that need no LLM, as stage-2 rows on the same stage2_limit test users and the same
+    # reasoner_history events (row "stage2-<name>"): what an LLM reasoner has to beat
+    stage2_baselines: list[str] = field(default_factory=lambda: ["popularity", "knn"])
     # LLM baselines under the oracle (the template is always a row); "" for none
     baseline_verbalizers: list[str] = field(default_factory=lambda: ["zero-shot"])
     # evaluate the policy before training (step 0) as a row: what GRPO started from

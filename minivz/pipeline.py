@@ -234,9 +234,12 @@ class Pipeline:
         p, rc = self.cfg["pipeline"], self.cfg["reasoner"]
         h = rc.reasoner_history
         info: dict = {}
-        # the paper's reference: the template read by the untrained base reasoner
-        dt = f",dtype={p.stage2_dtype}"
+        # the paper's reference: the template read by the untrained base reasoner, through the same
+        # interface (reasoner_scoring: the candidate list, the label read) as the trained rows
+        dt = f",dtype={p.stage2_dtype}" + (f",{rc.reasoner_scoring}" if rc.reasoner_scoring else "")
         self._eval("base-template", "template", f"hf:model={base_model_source(rc)}{dt}", p.stage2_limit, h)
+        for spec in p.stage2_baselines:
+            self._eval(f"stage2-{parse_spec(spec)[0]}", "template", spec, p.stage2_limit, h)
         for row, verb in (("reasoner-only", "template"), ("two-stage", self.learned_spec)):
             cfg = dataclasses.replace(rc, reasoner_verbalizer=verb)
             run = self.out / f"reasoner-{'template' if verb == 'template' else 'learned'}"
@@ -272,7 +275,8 @@ class Pipeline:
                    "learned": f"{v.variant} policy after GRPO ({v.max_steps} steps)",
                    "popularity": "popularity (ids only)", "knn": "item-kNN (ids only)"}
         labels2 = {"base-template": "template + untrained reasoner", "reasoner-only": "reasoner-only (trained on template)",
-                   "two-stage": "two-stage (trained on the learned text)"}
+                   "two-stage": "two-stage (trained on the learned text)",
+                   **{f"stage2-{n}": f"{n} (ids only)" for n in (parse_spec(b)[0] for b in self.cfg["pipeline"].stage2_baselines)}}
         tables = {}
         for key, labels in (("stage1", labels1), ("stage2", labels2)):
             present = [r for r in labels if (self.out / "eval" / r / "metrics.json").exists()]

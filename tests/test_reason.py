@@ -541,3 +541,31 @@ def test_mention_oracle_reads_titles_from_the_text():
     assert np.all(p_none.scores == 0) and oracle.n_unresolved == 1
     with pytest.raises(ValueError, match="titles"):
         make_reasoner("mention", item_stats=ItemStats.from_sequences(seqs, 4))
+
+
+# -- sequential baselines (RecBole's SASRec / GRU4Rec model classes) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
+def test_sequential_baseline_learns_a_deterministic_next_item(kind):
+    pytest.importorskip("torch", reason="pip install torch==2.13.0")
+    pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
+    from minivz.reason.sequential import training_windows
+
+    # 40 users walking a 12-item cycle from different starts: the next item is always code + 1 (mod 12)
+    n = 12
+    seqs = [np.array([(start + t) % n for t in range(15)]) for start in range(40)]
+    x, lengths, y = training_windows(seqs[:1], 4)
+    assert x[0].tolist() == [1, 0, 0, 0] and y[0] == 2 and lengths.tolist()[:5] == [1, 2, 3, 4, 4]
+    assert x[4].tolist() == [2, 3, 4, 5]  # the last max_len events, codes + 1 (0 = padding)
+    stats = ItemStats.from_sequences(seqs, n)
+    r = make_reasoner(f"{kind}:epochs=30,max_len=4,batch_size=64,learning_rate=0.01", item_stats=stats)
+    assert r.train_log[-1]["loss"] < 0.5 * r.train_log[0]["loss"]
+    queries = [Query("", ["a", "b", "c"], [(h + 1) % n, (h + 5) % n, (h + 7) % n], history_ids=[(h - 1) % n, h])
+               for h in range(n)]
+    picks = [p.choice for p in r.predict(queries)]
+    assert np.mean(np.array(picks) == 0) >= 0.9, picks
+    (empty,) = r.predict([Query("", ["a", "b"], [1, 2])])  # no history: every candidate scores 0
+    assert empty.scores.tolist() == [0.0, 0.0]
+    again = make_reasoner(f"{kind}:epochs=30,max_len=4,batch_size=64,learning_rate=0.01", item_stats=stats)
+    assert [e["loss"] for e in again.train_log] == [e["loss"] for e in r.train_log]  # seeded
