@@ -110,6 +110,10 @@ def _subset_summary(per: dict[str, np.ndarray], mask: np.ndarray, n_boot: int, s
         out[key], out[f"{key}_ci"] = float(v.mean()), [lo, hi]
     if hr_at_1:
         out["hr@1"], out["hr@1_ci"] = out["recall@1"], out["recall@1_ci"]
+        # LLaRA's own HR@1 divides by the VALID answers only (an invalid answer leaves the count)
+        hits = per["recall@1"][mask & (per["valid"] > 0)]
+        out["hr@1_valid"] = float(hits.mean()) if hits.size else None
+        out["hr@1_valid_ci"] = list(bootstrap_ci(hits, n_boot=n_boot, seed=seed)) if hits.size else [None, None]
     return out
 
 
@@ -119,7 +123,8 @@ def summarize(scores, labels, valid=None, discovery=None, *, n_boot: int = 1000,
     new to the user; ``None`` → only "all"). Each subset holds ``n``, ``recall@1``, ``recall@5``,
     ``ndcg@10``, ``mrr``, ``valid_rate`` and ``<metric>_ci = [lo, hi]`` (95% percentile bootstrap
     over examples). ``random_floor`` gives a random ranking's expected values for C candidates.
-    ``hr_at_1=True`` adds ``hr@1`` (= Recall@1), the name LLaRA's protocol reports.
+    ``hr_at_1=True`` adds ``hr@1`` (= Recall@1 over all examples, invalid answers as misses) and
+    ``hr@1_valid`` (over the valid answers only: how LLaRA computes the HR@1 it reports).
     """
     per = rank_metrics(scores, labels, valid)
     e, c = np.shape(scores)

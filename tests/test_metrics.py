@@ -93,6 +93,8 @@ def test_summarize_subsets_ci_and_alias():
             lo, hi = rep[sub][f"{k}_ci"]
             assert lo <= rep[sub][k] <= hi
         assert rep[sub]["hr@1"] == rep[sub]["recall@1"]
+        # over valid answers only: hits / valid answers (LLaRA's way), never below the all-examples HR@1
+        assert rep[sub]["hr@1_valid"] == pytest.approx(rep[sub]["recall@1"] / rep[sub]["valid_rate"])
     assert rep["random_floor"]["recall@1"] == pytest.approx(0.1)
     assert rep["all"]["recall@1"] > rep["random_floor"]["recall@1"]
     # reproducible

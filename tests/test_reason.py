@@ -106,7 +106,8 @@ def test_spec_errors(stats):
         make_reasoner("llamacpp:n_ctx=big")
     with pytest.raises(ValueError, match="item_stats"):
         make_reasoner("popularity")
-    assert set(REASONERS) == {"popularity", "knn", "mention", "embedding", "llamacpp", "openai", "hf", "policy"}
+    assert set(REASONERS) == {"popularity", "knn", "mention", "embedding", "llamacpp", "openai", "hf", "policy", "sasrec",
+                              "gru4rec"}
 
 
 def test_query_validation():
@@ -559,7 +560,7 @@ def test_sequential_baseline_learns_a_deterministic_next_item(kind):
     assert x[0].tolist() == [1, 0, 0, 0] and y[0] == 2 and lengths.tolist()[:5] == [1, 2, 3, 4, 4]
     assert x[4].tolist() == [2, 3, 4, 5]  # the last max_len events, codes + 1 (0 = padding)
     stats = ItemStats.from_sequences(seqs, n)
-    r = make_reasoner(f"{kind}:epochs=30,max_len=4,batch_size=64,learning_rate=0.01", item_stats=stats)
+    r = make_reasoner(f"{kind}:epochs=20,max_len=4,batch_size=128,learning_rate=0.01", item_stats=stats)
     assert r.train_log[-1]["loss"] < 0.5 * r.train_log[0]["loss"]
     queries = [Query("", ["a", "b", "c"], [(h + 1) % n, (h + 5) % n, (h + 7) % n], history_ids=[(h - 1) % n, h])
                for h in range(n)]
@@ -567,5 +568,5 @@ def test_sequential_baseline_learns_a_deterministic_next_item(kind):
     assert np.mean(np.array(picks) == 0) >= 0.9, picks
     (empty,) = r.predict([Query("", ["a", "b"], [1, 2])])  # no history: every candidate scores 0
     assert empty.scores.tolist() == [0.0, 0.0]
-    again = make_reasoner(f"{kind}:epochs=30,max_len=4,batch_size=64,learning_rate=0.01", item_stats=stats)
+    again = make_reasoner(f"{kind}:epochs=20,max_len=4,batch_size=128,learning_rate=0.01", item_stats=stats)
     assert [e["loss"] for e in again.train_log] == [e["loss"] for e in r.train_log]  # seeded

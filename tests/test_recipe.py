@@ -22,9 +22,10 @@ SHORT = [
     "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_completion_length=16",
     "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "reasoner_max_steps=2",
     "reasoner_train_examples=8", "reasoner_history=5", "reasoner_save_steps=1", "export_quant=q8_0",
+    "stage2_baselines=popularity",  # the recipe's sasrec row trains on every train sequence: minutes
 ]
 STAGE1 = {"template", "best-rule", "zero-shot", "policy-step0", "learned", "popularity", "knn"}
-STAGE2 = {"base-template", "reasoner-only", "two-stage"}
+STAGE2 = {"base-template", "reasoner-only", "two-stage", "stage2-popularity"}
 
 
 def test_plan_and_dry_run_need_no_models(tmp_path):
@@ -89,7 +90,7 @@ def test_tiny_cpu_end_to_end_and_resume(tmp_path):
     n = {r["row"]: r["all_n"] for r in res["stage1"] + res["stage2"]}
     assert n["template"] == n["popularity"] == n["best-rule"] == n["learned"] == 20  # eval_limit
     assert n["zero-shot"] == n["policy-step0"] == 3  # llm_eval_limit
-    assert n["base-template"] == n["reasoner-only"] == n["two-stage"] == 3  # stage2_limit
+    assert n["base-template"] == n["reasoner-only"] == n["two-stage"] == n["stage2-popularity"] == 3  # stage2_limit
     # the trained verbalizer's test text is generated once per history length and reused
     assert len((out / "verbalized" / "learned-test-h5.jsonl").read_text().splitlines()) == 20
     md = (out / "results.md").read_text()

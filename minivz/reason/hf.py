@@ -286,7 +286,10 @@ class HFReasoner:
                              position_ids=pos.to(self.device), logits_to_keep=1)
         return out.logits[:, -1].float().cpu().numpy()
 
-    def predict_labels(self, queries: list[Query], batch_size: int = 8) -> list[Prediction]:
+    def predict_labels(self, queries: list[Query], batch_size: int = 0) -> list[Prediction]:
+        """``batch_size`` prompts per forward (0: 8 on a GPU; 1 on a CPU, where padding a batch to its
+        longest prompt costs more than batching saves: 0.96 vs 0.74 s per 724-token prompt, bf16, 2 cores)."""
+        batch_size = batch_size or (8 if self.device.startswith("cuda") else 1)
         out = []
         for b in range(0, len(queries), batch_size):
             prepared = [self.prepare_labels(q) for q in queries[b:b + batch_size]]
