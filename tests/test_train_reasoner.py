@@ -225,7 +225,7 @@ def test_label_scores_are_the_label_logprobs_of_one_plain_forward(data, tiny_mod
     r = make_reasoner(f"hf:model={tiny_model},answer=label,order=popularity,viewers=true,genres=true", item_stats=stats)
     assert r.template.name == "reasoner_choice_v1"
     preds = r.predict_labels(queries, batch_size=4)  # batched, left-padded (a GPU's default)
-    assert [p.scores.tolist() for p in r.predict(queries)] == pytest.approx([p.scores.tolist() for p in preds], abs=1e-4)
+    np.testing.assert_allclose([p.scores for p in r.predict(queries)], [p.scores for p in preds], atol=1e-4)
     for q, p in zip(queries, preds):
         prefix, order, label_ids = r.prepare_labels(q)
         text = r.tokenizer.decode(prefix)
