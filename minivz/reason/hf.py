@@ -274,13 +274,7 @@ class HFReasoner:
         """(B, V) float32 next-token logits after each prompt, in one batched forward: left-padded, the
         positions counted from each row's first real token, the LM head run on the last position only."""
         torch = self._torch
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for k, p in enumerate(prefixes):
-            ids[k, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[k, width - len(p):] = 1
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        ids, mask, pos = left_padded(prefixes, self.pad_id)
         with torch.inference_mode():
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                              position_ids=pos.to(self.device), logits_to_keep=1)
@@ -311,6 +305,20 @@ class HFReasoner:
         if self.answer == "label":
             return self.predict_labels(queries)
         return predict_by_likelihood(self, queries)
+
+
+def left_padded(prefixes: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask, position_ids) long tensors (B, longest): each prompt right-aligned, so
+    every prompt ends at the last position; positions count from each row's first real token."""
+    import torch
+
+    width = max(len(p) for p in prefixes)
+    ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for k, p in enumerate(prefixes):
+        ids[k, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[k, width - len(p):] = 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
 ANSWERS = ("title", "label")

@@ -250,14 +250,11 @@ def _label_collator(pad_id: int):
     the label is read; positions count from each row's first real token (as ``HFReasoner.label_logits``)."""
     import torch
 
+    from minivz.reason.hf import left_padded
+
     def collate(rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            ids[k, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"], dtype=torch.long)
-            mask[k, width - len(r["input_ids"]):] = 1
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        ids, mask, pos = left_padded([r["input_ids"] for r in rows], pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
                 "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
                 "label_ids": torch.tensor([r["label_ids"] for r in rows], dtype=torch.long)}
 
