@@ -122,7 +122,7 @@ def wait_up(proc: subprocess.Popen, url: str, ready) -> None:
 
 def start_minivz(gguf: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "minivz.serve", "--reasoner", gguf, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "minivz", "serve", "--reasoner", gguf, "--port", str(port),
                              "--n-threads", str(threads), "--n-ctx", "2048",
                              # 16 queued requests of ~4 s each outlast the default 60 s deadline
                              "--request-timeout", "900", *extra],

@@ -170,7 +170,7 @@ class Pipeline:
         if not p.accelerate_config:
             raise ConfigError("hardware=multi-gpu needs accelerate_config (e.g. recipes/accelerate/zero3.yaml)")
         argv = ["accelerate", "launch", "--config_file", packaged_path(p.accelerate_config), "--num_processes",
-                str(p.num_processes), "-m", "minivz.cli", "train", verb, "--recipe", self.recipe,
+                str(p.num_processes), "-m", "minivz", "train", verb, "--recipe", self.recipe,
                 "--data", str(self.data_dir), "--out", str(out)]
         for o in self.overrides + (extra or []):
             argv += ["--set", o]
@@ -229,14 +229,14 @@ class Pipeline:
     def stage_reasoner(self) -> dict:
         import dataclasses
 
-        from minivz.train.reasoner import base_model_source, train_reasoner
+        from minivz.train.reasoner import base_model_source, scoring_options, train_reasoner
 
         p, rc = self.cfg["pipeline"], self.cfg["reasoner"]
         h = rc.reasoner_history
         info: dict = {}
         # the paper's reference: the template read by the untrained base reasoner, through the same
         # interface (reasoner_scoring: the candidate list, the label read) as the trained rows
-        dt = f",dtype={p.stage2_dtype}" + (f",{rc.reasoner_scoring}" if rc.reasoner_scoring else "")
+        dt = f",dtype={p.stage2_dtype}" + scoring_options(rc)
         self._eval("base-template", "template", f"hf:model={base_model_source(rc)}{dt}", p.stage2_limit, h)
         for spec in p.stage2_baselines:
             self._eval(f"stage2-{parse_spec(spec)[0]}", "template", spec, p.stage2_limit, h)

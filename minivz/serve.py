@@ -2,7 +2,7 @@
 
     minivz serve --reasoner exports/reasoner/model-q4_k_m.gguf --verbalizer template
     minivz serve --reasoner R.gguf --verbalizer exports/verbalizer/model-q8_0.gguf --n-gpu-layers 99
-    python -m minivz.serve --reasoner R.gguf --port 8000           # same, without the CLI
+    python -m minivz serve --reasoner R.gguf --port 8000            # the same command as a module
 
     curl -s localhost:8000/v1/recommend -H 'content-type: application/json' \\
          -d '{"history": [{"ts": "2024-01-03T21:10:00Z", "item": "Heat (1995)", "rating": 5}],
@@ -449,10 +449,3 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
-
-if __name__ == "__main__":
-    import typer
-
-    from minivz.cli import serve_command
-
-    typer.run(serve_command)

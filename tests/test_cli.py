@@ -12,7 +12,7 @@ COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "show"], ["env"], ["eval
 
 
 def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "minivz.cli", *args], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "minivz", *args], capture_output=True, text=True, timeout=300)
     if check and p.returncode != 0:
         raise AssertionError(f"minivz {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
@@ -22,6 +22,25 @@ def run(*args, check=True):
 def test_help(cmd):
     p = run(*cmd, "--help")
     assert "Usage" in p.stdout
+
+
+def test_no_library_module_imports_the_cli():
+    """The CLI dispatches; nothing imports it (``python -m minivz`` is its one other door)."""
+    import ast
+    from pathlib import Path
+
+    import minivz
+
+    root = Path(minivz.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name in ("cli.py", "__main__.py") and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "minivz.cli"]
+    assert offenders == []
 
 
 def test_import_and_help_load_no_torch():

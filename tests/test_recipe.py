@@ -35,7 +35,7 @@ def test_plan_and_dry_run_need_no_models(tmp_path):
     assert [s["stage"] for s in p["stages"]] == list(STAGES)
     argv = Pipeline("paper-32b", tmp_path).launch_command("verbalizer", tmp_path / "v")
     assert argv[:4] == ["accelerate", "launch", "--config_file", "recipes/accelerate/zero3.yaml"]
-    assert "--num_processes" in argv and argv[argv.index("-m") + 1] == "minivz.cli"
+    assert "--num_processes" in argv and argv[argv.index("-m") + 1] == "minivz"
     from pathlib import Path
 
     recipes = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"))

@@ -44,7 +44,7 @@ def _start_server(*args: str, timeout: float = 180.0, reasoner: bool = True):
     from minivz.models import default_gguf
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "minivz.serve", *(["--reasoner", default_gguf()] if reasoner else []),
+    cmd = [sys.executable, "-m", "minivz", "serve", *(["--reasoner", default_gguf()] if reasoner else []),
            "--host", "127.0.0.1", "--port", str(port), "--n-ctx", "1024", "--n-threads", "2", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

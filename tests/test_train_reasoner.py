@@ -243,6 +243,28 @@ def test_label_scores_are_the_label_logprobs_of_one_plain_forward(data, tiny_mod
         assert p.valid and p.choice == int(np.argmax(want))
 
 
+def test_match_lists_the_knn_similarity_to_the_titles_the_context_names(data, tiny_model):
+    from dataclasses import replace
+
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+
+    stats = item_stats_for(data)
+    _, queries = label_queries(data, tiny_model)
+    r = make_reasoner(f"hf:model={tiny_model},answer=label,order=popularity,match=true", item_stats=stats)
+    knn = make_reasoner("knn", item_stats=stats)
+    for q in queries:
+        named = r.matcher.mentioned(q.context)  # the titles the text names, not the history's ids
+        sim = knn.predict([replace(q, history_ids=named)])[0].scores
+        order, lines, _ = r.listing(q)
+        got = [int(line.rsplit("| match ", 1)[1]) for line in lines.splitlines()]
+        assert got == [round(100 * sim[j] / sim.max()) for j in order]
+        assert got[order.index(int(np.argmax(sim)))] == 100  # the most similar candidate reads 100
+    # a text naming no title: every candidate 0
+    order, lines, _ = r.listing(replace(queries[0], context="nothing watched yet"))
+    assert all(line.endswith("| match 0") for line in lines.splitlines())
+
+
 def test_unconstrained_label_answer_is_valid_only_when_the_greedy_token_is_a_label(data, tiny_model):
     import torch
 

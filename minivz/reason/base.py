@@ -187,6 +187,19 @@ def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(factory)
 
 
+def _default(param: inspect.Parameter) -> Any:
+    return None if param.default is inspect.Parameter.empty else param.default
+
+
+def option_value(name: str, key: str, value: str) -> Any:
+    """One option of reasoner ``name`` as make_reasoner types it (the backend's default's type), for
+    callers that read part of a spec themselves (training reads the hf scorer's prompt options)."""
+    params = _signature_of(REASONERS[name]).parameters
+    if key not in params or key in CONTEXT:
+        raise ValueError(f"unknown option {key!r} for reasoner {name!r}")
+    return _coerce(value, _default(params[key]), key)
+
+
 def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any = None) -> Reasoner:
     """Build a reasoner from ``name`` or ``name:key=value,...`` (see module docstring).
 
@@ -212,8 +225,7 @@ def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any
                 f"unknown option {key!r} for reasoner {name!r}; valid options: "
                 f"{', '.join(valid) if valid else '(none)'}"
             )
-        default = params[key].default
-        kwargs[key] = _coerce(value, None if default is inspect.Parameter.empty else default, key)
+        kwargs[key] = _coerce(value, _default(params[key]), key)
     kwargs.update({k: v for k, v in context.items() if k in params})
     return factory(**kwargs)
 

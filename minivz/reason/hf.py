@@ -26,6 +26,10 @@ forward reads the next-token log-probabilities of the labels at the answer posit
     hf:model=DIR,answer=label,order=popularity,viewers=true,genres=true
         # listed most-popular first, each line "A. Title (year) | Drama, War | 312 viewers"
         # (training-set counts: BIGRec's finding that an LLM reads popularity better than it learns it)
+    hf:model=DIR,answer=label,order=popularity,viewers=true,match=true
+        # ... "| 312 viewers | match 87": item-kNN similarity to the titles the CONTEXT names (the
+        # mention oracle's reading of the text), 100 = the most similar listed candidate; what the
+        # verbalizer keeps decides it (BIGRec: collaborative statistics, given explicitly)
     hf:model=DIR,answer=label,constrain=false   # the choice is the greedy token; valid only when it is
                                                 # a label (LLaRA's "valid ratio"); scores stay the labels'
 
@@ -70,6 +74,7 @@ class HFReasoner:
         order: str = "as-is",
         viewers: bool = False,
         genres: bool = False,
+        match: bool = False,
         constrain: bool = True,
         item_stats: ItemStats | None = None,
     ) -> None:
@@ -84,7 +89,7 @@ class HFReasoner:
         loaded, tokenizer = load_model(model, dtype=dtype, device=resolve_device(device))
         self.bind(loaded, tokenizer, norm=norm, prompt=prompt, chat_template=chat_template, max_length=max_length,
                   thinking=thinking, answer=answer, order=order, viewers=viewers, genres=genres,
-                  constrain=constrain, item_stats=item_stats)
+                  match=match, constrain=constrain, item_stats=item_stats)
 
     @classmethod
     def from_model(cls, model, tokenizer, **scoring) -> "HFReasoner":
@@ -96,24 +101,30 @@ class HFReasoner:
 
     def bind(self, model, tokenizer, *, norm: str = "mean", prompt: str = "", chat_template: bool = True,
              max_length: int = 0, thinking: bool = False, answer: str = "title", order: str = "as-is",
-             viewers: bool = False, genres: bool = False, constrain: bool = True,
+             viewers: bool = False, genres: bool = False, match: bool = False, constrain: bool = True,
              item_stats: ItemStats | None = None) -> None:
         """Everything but the loading: the model (None = tokenization only, then max_length is
         required), its tokenizer, the scoring norm, the prompt file and how it is rendered, and how
-        the answer is read (``answer``, ``order``, ``viewers``, ``genres``, ``constrain``: module doc)."""
+        the answer is read (``answer``, ``order``, ``viewers``, ``genres``, ``match``, ``constrain``: module doc)."""
         import torch
 
         if answer not in ANSWERS:
             raise ValueError(f"answer={answer!r}; use one of {', '.join(ANSWERS)}")
         if order not in ORDERS:
             raise ValueError(f"order={order!r}; use one of {', '.join(ORDERS)}")
-        if (order == "popularity" or viewers or genres) and item_stats is None:
-            raise ValueError(f"order={order}, viewers={viewers}, genres={genres} read the training item statistics: "
-                             "build the reasoner with make_reasoner(spec, item_stats=ItemStats...) (minivz eval does)")
+        if (order == "popularity" or viewers or genres or match) and item_stats is None:
+            raise ValueError(f"order={order}, viewers={viewers}, genres={genres}, match={match} read the training item "
+                             "statistics: build the reasoner with make_reasoner(spec, item_stats=ItemStats...) "
+                             "(minivz eval does)")
         if genres and item_stats is not None and item_stats.genres is None:
             raise ValueError("genres=true but the item statistics carry no genres (the catalog has no genres column)")
         self.answer, self.order, self.viewers, self.genres, self.constrain = answer, order, viewers, genres, constrain
         self.item_stats = item_stats
+        self.matcher = None
+        if match:  # item-kNN from the titles the context names (the mention oracle's reading of the text)
+            from minivz.reason.mention import MentionReasoner
+
+            self.matcher = MentionReasoner(item_stats=item_stats)
         prompt = prompt or (DEFAULT_CHOICE_PROMPT if answer == "label" else DEFAULT_SCORING_PROMPT)
 
         self._torch = torch
@@ -146,6 +157,11 @@ class HFReasoner:
             pop = np.array([counts[i] if 0 <= i < len(counts) else 0.0 for i in ids])
             k = np.lexsort((ids, -pop))
         labels = candidate_labels(len(ids))
+        match = None
+        if self.matcher is not None:  # 0-100, 100 = the candidate most similar to the titles the text names
+            sim = self.matcher.predict([query])[0].scores
+            top = float(sim.max()) if len(sim) else 0.0
+            match = np.rint(100.0 * sim / top).astype(int) if top > 0 else np.zeros(len(ids), dtype=int)
         lines = []
         for lab, j in zip(labels, k):
             text = f"{lab}. {query.candidates[j]}"
@@ -155,6 +171,8 @@ class HFReasoner:
                 text += " | " + (", ".join(self.item_stats.genres[i]) if known and self.item_stats.genres[i] else "?")
             if self.viewers:
                 text += f" | {int(self.item_stats.counts[i]) if known else 0} viewers"
+            if match is not None:
+                text += f" | match {int(match[j])}"
             lines.append(text)
         return [int(j) for j in k], "\n".join(lines), ", ".join(labels)
 

@@ -68,16 +68,24 @@ def scoring_view(tokenizer, cfg, max_length: int, item_stats=None):
                                  item_stats=item_stats, **opts)
 
 
-SCORING_OPTIONS = {"answer": str, "order": str, "viewers": bool, "genres": bool, "norm": str}
+def scoring_options(cfg) -> str:
+    """The hf spec options (",k=v,...") that score a reasoner the way ``cfg`` trains it: its
+    reasoner_scoring and reasoner_prompt. The pipeline's stage-2 rows and the self-evaluation use it."""
+    return (f",{cfg.reasoner_scoring}" if cfg.reasoner_scoring else "") + \
+        (f",prompt={cfg.reasoner_prompt}" if cfg.reasoner_prompt else "")
+
+
+# the hf options that shape the training prompt (typed by the hf backend itself, as make_reasoner does)
+SCORING_OPTIONS = ("answer", "order", "viewers", "genres", "match", "norm")
 
 
 def _scoring_value(key: str, value: str):
-    from minivz.spec import parse_value
+    from minivz.reason.base import option_value
 
     if key not in SCORING_OPTIONS:
         raise ValueError(f"reasoner_scoring option {key!r} is not read by training; valid: {', '.join(SCORING_OPTIONS)} "
                          "(e.g. --set reasoner_scoring=answer=label,order=popularity,viewers=true)")
-    return parse_value(value, SCORING_OPTIONS[key])
+    return option_value("hf", key, value)
 
 
 def build_label_rows(data, rows: list[dict], view) -> list[dict]:
@@ -414,9 +422,10 @@ def self_evaluate(cfg, data_dir: str | Path, run: Path, merged: str, base: str |
     from minivz.config import EvalConfig
     from minivz.evaluate import evaluate
 
-    reasoners = {"trained": f"hf:model={merged}"}
+    scoring = ",dtype=auto" + scoring_options(cfg)  # read the way it was trained
+    reasoners = {"trained": f"hf:model={merged}{scoring}"}
     if base is not None:
-        reasoners["base"] = f"hf:model={base}"
+        reasoners["base"] = f"hf:model={base}{scoring}"
     reasoners.update({"popularity": "popularity", "knn": "knn"})
     out = {}
     for name, spec in reasoners.items():
