@@ -20,10 +20,13 @@ Usage errors exit 2 with one clear line.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -577,32 +580,8 @@ def export_command(
                   f"total {time.perf_counter() - t0:.1f}s")
 
 
-@app.command("serve")
-def serve_command(
-    reasoner: Optional[str] = typer.Option(None, "--reasoner", help="Reasoner GGUF (scores candidates by "
-                                           "log-likelihood). Default: the packaged SmolLM2-135M GGUF."),
-    verbalizer: Optional[str] = typer.Option(None, "--verbalizer", help="'template' (no model, the default), a "
-                                             "verbalizer spec, or a rewrite-verbalizer GGUF."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Serve a `minivz recipe` run's exported pair "
-                                       "(RUN/export/), e.g. --run runs/tiny-cpu."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", help="Layers to offload to the GPU (llama.cpp; -1 = all)."),
-    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context tokens per model."),
-    n_threads: int = typer.Option(0, "--n-threads", help="CPU threads for llama.cpp (0 = every CPU this process may use)."),
-    max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Rewrite verbalizer output budget."),
-    reuse_kv: bool = typer.Option(True, "--reuse-kv/--no-reuse-kv", help="Reuse earlier prompts' KV in whole "
-                                  "blocks (a returning user re-reads only the tail; scores are bitwise unchanged)."),
-    kv_slots: int = typer.Option(16, "--kv-slots", help="Earlier prompts kept in host memory for reuse "
-                                 "(~23 KB per token for SmolLM2-135M)."),
-    verbalization_cache: int = typer.Option(1024, "--verbalization-cache", help="Verbalizations kept per "
-                                            "distinct history (LRU; 0 = off)."),
-    max_request_tokens: int = typer.Option(8192, "--max-request-tokens", help="Most reasoner tokens one request "
-                                           "may cause (prompt + all candidates); more gets 413."),
-    request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds from arrival to answer; "
-                                          "past it the work stops and the client gets 503 + Retry-After."),
-    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
-) -> None:
+def serve_command(reasoner: Optional[str], verbalizer: Optional[str], run: Optional[Path], host: str, port: int,
+                  log_level: str, **settings) -> None:
     """Serve recommendations over HTTP: verbalize a history, rank candidates (FastAPI + llama.cpp).
 
     Examples: minivz serve (the embedded default) | minivz serve --run runs/tiny-cpu |
@@ -610,7 +589,7 @@ def serve_command(
     """
     passive_omp()  # before llama_cpp is first imported
     try:
-        from minivz.serve import ServeConfig, _gpu_offload_supported, create_app, is_loopback
+        from minivz.serve import _gpu_offload_supported, create_app, is_loopback
     except ImportError as e:
         _fail(f"serving needs the serve extra ({e}): {pip(extra('serve'))}", code=1)
     if run is not None:
@@ -629,11 +608,10 @@ def serve_command(
                    "--run RUN serves a recipe run's trained pair", err=True)
     verbalizer = verbalizer or "template"
     typer.echo(f"minivz serve: reasoner {reasoner}; verbalizer {verbalizer}", err=True)
+    from minivz.config import ServeConfig
+
     try:
-        cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
-                          n_threads=n_threads, max_new_tokens=max_new_tokens, reuse_kv=reuse_kv,
-                          kv_slots=kv_slots, verbalization_cache=verbalization_cache,
-                          max_request_tokens=max_request_tokens, request_timeout_s=request_timeout)
+        cfg = ServeConfig(reasoner=reasoner, verbalizer=verbalizer, **settings)
     except ValueError as e:
         _fail(str(e))
     if not is_loopback(host):
@@ -646,8 +624,47 @@ def serve_command(
         _fail(f"serving needs fastapi and uvicorn ({e}): {pip(extra('serve'))}", code=1)
     gpu = _gpu_offload_supported()
     typer.echo(f"minivz serve on http://{host}:{port}  (docs /docs); llama.cpp GPU offload "
-               f"{'available' if gpu else 'not built in'}; n_gpu_layers={n_gpu_layers}", err=True)
+               f"{'available' if gpu else 'not built in'}; n_gpu_layers={cfg.n_gpu_layers}", err=True)
     uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level)
+
+
+def _serve_parameters() -> list[inspect.Parameter]:
+    """serve's flags: which models and where (here), then every ServeConfig field as its own flag."""
+    from minivz.config import ServeConfig
+
+    def opt(name: str, annotation, default: typer.models.OptionInfo) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    meta = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    params = [
+        opt("reasoner", Optional[str], typer.Option(None, "--reasoner", help=meta["reasoner"].metadata["help"]
+                                                    + " Default: the packaged SmolLM2-135M GGUF.")),
+        opt("verbalizer", Optional[str], typer.Option(None, "--verbalizer", help=meta["verbalizer"].metadata["help"]
+                                                      + " Default: template.")),
+        opt("run", Optional[Path], typer.Option(None, "--run", help="Serve a `minivz recipe` run's exported pair "
+                                                "(RUN/export/), e.g. --run runs/tiny-cpu.")),
+        opt("host", str, typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default).")),
+        opt("port", int, typer.Option(8000, "--port", help="TCP port.")),
+        opt("log_level", str, typer.Option("warning", "--log-level", help="uvicorn log level.")),
+    ]
+    hints = typing.get_type_hints(ServeConfig)
+    for name, f in meta.items():
+        if name in ("reasoner", "verbalizer"):
+            continue
+        flag = ServeConfig.flag(name)
+        decls = (f"{flag}/{'--' + 'no-' + flag[2:]}",) if hints[name] is bool else (flag,)  # a bool: on/off pair
+        params.append(opt(name, hints[name], typer.Option(f.default, *decls, help=f.metadata["help"])))
+    return params
+
+
+def _serve_entry(**kwargs) -> None:
+    serve_command(**kwargs)
+
+
+_serve_entry.__doc__ = serve_command.__doc__
+_serve_entry.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
+_serve_entry.__annotations__ = {p.name: p.annotation for p in _serve_entry.__signature__.parameters.values()}
+app.command("serve")(_serve_entry)
 
 
 @app.callback()

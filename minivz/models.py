@@ -314,7 +314,7 @@ def merge_trained(model: Any, adapter: str | os.PathLike) -> Any:
 
 def top_layers(model: Any, n: int) -> list[int] | None:
     """Indices of the last ``n`` decoder layers (None = all): LoRA there only, so backward stops at
-    the first adapted layer (README, Train: the step time with lora_layers)."""
+    the first adapted layer (docs/training.md: the step time with lora_layers)."""
     if not n:
         return None
     total = int(getattr(model.config, "num_hidden_layers", 0) or 0)

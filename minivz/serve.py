@@ -43,6 +43,7 @@ from typing import Annotated, Optional, Union
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from minivz.config import ServeConfig  # noqa: F401 -- the server's settings, re-exported
 from minivz.envinfo import passive_omp
 from minivz.install import LLAMA_CPP_CUDA
 
@@ -120,47 +121,6 @@ class RecommendResponse(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # The models
-
-
-@dataclass
-class ServeConfig:
-    reasoner: str  # GGUF path
-    verbalizer: str = "template"  # "template[:opts]", any verbalizer spec, or a GGUF path (rewrite)
-    n_gpu_layers: int = 0
-    n_ctx: int = 2048
-    n_threads: int = 0  # 0 = every CPU this process may use (envinfo.cpu_threads)
-    max_new_tokens: int = 160  # rewrite verbalizer
-    max_queue: int = 256
-    # Reuse the KV of earlier prompts: the live one and up to kv_slots saved ones (host memory, ~23 KB
-    # per token for SmolLM2-135M), in whole n_batch blocks, so a returning user whose history extends
-    # their last request re-reads only the tail of the prompt. The scores are bitwise those of an
-    # empty cache (minivz.reason.llamacpp); --no-reuse-kv re-reads every prompt from scratch.
-    reuse_kv: bool = True
-    kv_slots: int = 16
-    # the reuse granularity (and llama.cpp's decode chunk): 128 prefills as fast as 512 on 2 cores
-    # (3.83 vs 3.80 s for an 853-token prompt) and keeps up to 4x more of a returning user's prompt
-    n_batch: int = 128
-    # Verbalizations kept per distinct history (LRU; 0 = off): a repeated history (a retry, new
-    # candidates for the same user) skips the verbalizer, the slow part with a learned GGUF verbalizer.
-    verbalization_cache: int = 1024
-    # Bounds on the work one request can cause, so one heavy request cannot starve the others:
-    # tokens the reasoner decodes (prompt + every candidate's tokens; 413 above it, before any model
-    # work) and a deadline from arrival to answer (503 + Retry-After past it, the model work stopped
-    # at its next decode call; also stopped when the client disconnects).
-    max_request_tokens: int = 8192
-    request_timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not self.reasoner.endswith(".gguf") or not os.path.isfile(self.reasoner):
-            raise ValueError(f"--reasoner {self.reasoner!r}: expected a .gguf file (export one with `minivz export`)")
-        if self.verbalizer.endswith(".gguf") and not os.path.isfile(self.verbalizer):
-            raise ValueError(f"--verbalizer {self.verbalizer!r}: no such GGUF file")
-        if self.max_new_tokens < 1 or self.n_ctx < 256 or self.max_queue < 1:
-            raise ValueError("need max_new_tokens >= 1, n_ctx >= 256, max_queue >= 1")
-        if self.kv_slots < 0 or self.verbalization_cache < 0:
-            raise ValueError("need --kv-slots >= 0 and --verbalization-cache >= 0")
-        if self.max_request_tokens < 64 or self.request_timeout_s <= 0:
-            raise ValueError("need --max-request-tokens >= 64 and --request-timeout > 0")
 
 
 class TooLarge(ValueError):

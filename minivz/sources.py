@@ -12,7 +12,7 @@ Sources (a registry of plain callables, ``SOURCES``):
   ``pip install --no-deps recbole==1.2.1``). 100,000 ratings, 943 users, 1,682 items; interaction is
   ``"rate"``, ``duration_s`` null, ``rating`` kept as a float64 metadata column; items have title, genres,
   year. Its license forbids redistribution: it is read from the installed package, never copied.
-  Half its rows tie on timestamp within a user; the kernels break ties (README, "Ties").
+  Half its rows tie on timestamp within a user; the kernels break ties (docs/data.md, "Ties").
 - ``synthetic-streaming``: a SYNTHETIC streaming-service log made up by a seeded generator — no real
   users. It exists to exercise what MovieLens lacks: series with seasons/episodes, binge runs, durations,
   and noise (autoplay, previews, abandoned starts).

@@ -143,10 +143,16 @@ def test_every_flag_a_message_names_exists():
 
     root = Path(__file__).resolve().parents[1] / "minivz"
     text = {p: p.read_text() for p in root.rglob("*.py")}
-    declared = set()
-    for src in text.values():
-        for opt in re.findall(r'typer\.Option\([^)]*?"(--[a-z][a-z0-9/-]*)"', src, flags=re.S):
-            declared.update(opt.split("/"))
+    import typer
+
+    from minivz.cli import app
+
+    declared, todo = set(), [typer.main.get_command(app)]
+    while todo:  # every flag of every command, as click parses them (serve's are generated)
+        cmd = todo.pop()
+        declared.update(o for p in cmd.params for o in (*p.opts, *p.secondary_opts))
+        if hasattr(cmd, "commands"):  # a group (typer 0.29 does not subclass click.Group)
+            todo.extend(cmd.commands.values())
     external = {"--no-deps", "--force-reinstall", "--query-gpu", "--format", "--decode", "--help",
                 "--config_file", "--main_process_port", "--num_processes"}
     named = {f for src in text.values() for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", src)}
@@ -186,3 +192,27 @@ def test_core_install_runs_the_data_and_eval_commands(tmp_path):
     assert p.returncode == 1 and "pip install -e '.[train]'" in p.stderr and "Traceback" not in p.stderr
     p = core("serve", "--reasoner", "x.gguf")
     assert p.returncode == 1 and "pip install 'minivz[serve]'" in p.stderr
+
+
+def test_serve_flags_are_serve_config_fields(tmp_path):
+    """Every server setting is a ServeConfig field, its flag generated from it with the same default."""
+    import dataclasses
+
+    import typer
+
+    from minivz.cli import app
+    from minivz.config import ServeConfig
+
+    serve = typer.main.get_command(app).commands["serve"]
+    params = {p.name: p for p in serve.params}
+    for f in dataclasses.fields(ServeConfig):
+        assert ServeConfig.flag(f.name) in params[f.name].opts
+        if f.name not in ("reasoner", "verbalizer"):  # those two default to the embedded pair in the CLI
+            assert params[f.name].default == f.default, f.name
+    assert set(params) - {f.name for f in dataclasses.fields(ServeConfig)} == {"run", "host", "port", "log_level"}
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")
+    with pytest.raises(ValueError, match="--kv-slots -1 must be >= 0"):
+        ServeConfig(reasoner=str(gguf), kv_slots=-1)
+    with pytest.raises(ValueError, match="--reasoner .* expected a .gguf file"):
+        ServeConfig(reasoner=__file__)
