@@ -56,3 +56,29 @@ def parse_value(value: str, typ: Any) -> Any:
     if typ in (int, float):
         return typ(value)
     return value
+
+
+def coerce_option(value: Any, annotation: Any, default: Any, key: str, none: bool = False) -> Any:
+    """One spec option's text as its parameter asks: the scalar types of ``annotation`` (``int``,
+    ``int | None``: "none"/"null"/"" is None where None is allowed, is the default, or ``none`` says any option may be None), else the type of
+    ``default``; text otherwise. The one coercion path of the reasoner and verbalizer registries.
+    Raises ValueError naming the option and the type it must be."""
+    import types
+    import typing
+
+    if not isinstance(value, str):
+        return value
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    scalars = [t for t in options if t in (bool, int, float, str)]
+    if (none or type(None) in options or default is None) and value.lower() in ("none", "null", ""):
+        return None
+    if not scalars:  # no usable annotation: the default's type
+        scalars = [next((t for t in (bool, int, float) if isinstance(default, t)), str)]
+    for typ in scalars:
+        try:
+            return parse_value(value, typ)
+        except ValueError:
+            pass
+    kind = " or ".join("true or false" if t is bool else f"a {t.__name__}" for t in scalars)
+    raise ValueError(f"option {key}={value!r} must be {kind}")

@@ -101,7 +101,7 @@ def test_registry_and_spec_parsing():
         make_verbalizer("zero-shot:adapter=x")  # a trained model is `rewrite`, not zero-shot
     with pytest.raises(ValueError, match="key=value"):
         make_verbalizer("rewrite:model")
-    with pytest.raises(ValueError, match="not a valid"):
+    with pytest.raises(ValueError, match="max_new_tokens=.lots. must be a int"):
         make_verbalizer("rewrite:max_new_tokens=lots")
     with pytest.raises(ValueError, match="unknown prompt"):
         make_verbalizer("rewrite:prompt=verbalizer_nope_v9")

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from minivz.spec import parse_spec, parse_value
+from minivz.spec import coerce_option, parse_spec
 
 
 @dataclass
@@ -138,18 +139,6 @@ class ItemStats:
 # Spec parsing and the registry
 
 
-def _coerce(value: str, default: Any, key: str) -> Any:
-    """Convert a spec string to the type of the parameter's default (bool/int/float; else str)."""
-    if not isinstance(value, str):
-        return value
-    typ = next((t for t in (bool, int, float) if isinstance(default, t)), str)
-    try:
-        return parse_value(value, typ)
-    except ValueError:
-        kind = "true or false" if typ is bool else f"a {typ.__name__}"
-        raise ValueError(f"option {key}={value!r} must be {kind}") from None
-
-
 def _lazy(module: str, attr: str) -> Callable[..., Reasoner]:
     """A plain factory that imports ``minivz.reason.<module>`` only when called."""
 
@@ -187,8 +176,17 @@ def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(factory)
 
 
-def _default(param: inspect.Parameter) -> Any:
-    return None if param.default is inspect.Parameter.empty else param.default
+def _coerce(factory: Callable[..., Any], params, key: str, value: str) -> Any:
+    """``value`` as the backend's parameter ``key`` asks (its annotation, else its default's type)."""
+    target = getattr(factory, "target", None)
+    cls = getattr(importlib.import_module(target[0]), target[1]) if target is not None else factory
+    try:
+        hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    except (NameError, TypeError):  # an annotation only a type checker can resolve
+        hints = {}
+    param = params[key]
+    default = None if param.default is inspect.Parameter.empty else param.default
+    return coerce_option(value, hints.get(key), default, key)
 
 
 def option_value(name: str, key: str, value: str) -> Any:
@@ -197,7 +195,7 @@ def option_value(name: str, key: str, value: str) -> Any:
     params = _signature_of(REASONERS[name]).parameters
     if key not in params or key in CONTEXT:
         raise ValueError(f"unknown option {key!r} for reasoner {name!r}")
-    return _coerce(value, _default(params[key]), key)
+    return _coerce(REASONERS[name], params, key, value)
 
 
 def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any = None) -> Reasoner:
@@ -225,7 +223,7 @@ def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any
                 f"unknown option {key!r} for reasoner {name!r}; valid options: "
                 f"{', '.join(valid) if valid else '(none)'}"
             )
-        kwargs[key] = _coerce(value, _default(params[key]), key)
+        kwargs[key] = _coerce(factory, params, key, value)
     kwargs.update({k: v for k, v in context.items() if k in params})
     return factory(**kwargs)
 

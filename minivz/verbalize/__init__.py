@@ -12,11 +12,10 @@ has one string per history. Importing this package loads no model and no torch.
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from minivz.spec import parse_spec, parse_value
+from minivz.spec import coerce_option, parse_spec
 from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, SelectVerbalizer, ZeroShotVerbalizer,
                                   action_grammar, parse_decisions, parse_selection, render_actions,
                                   render_selection, select_grammar, select_lines)
@@ -59,21 +58,6 @@ VERBALIZERS: dict[str, Callable[..., Verbalizer]] = {
 _OBJECT_ARGS = {"generator", "stats", "name"}
 
 
-def _coerce(value: str, annotation: Any, key: str) -> Any:
-    """Turn a spec string into the type the factory's annotation asks for."""
-    if value.lower() in ("none", "null", ""):
-        return None
-    origin = typing.get_origin(annotation)
-    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
-    for typ in options:
-        if typ in (bool, int, float, str):
-            try:
-                return parse_value(value, typ)
-            except ValueError:
-                pass
-    raise ValueError(f"{key}={value!r} is not a valid {annotation}")
-
-
 def make_verbalizer(spec: str, **objects: Any) -> Verbalizer:
     """Build a verbalizer from ``name`` or ``name:key=value,...``; ``objects`` pass non-text
     arguments (e.g. ``generator=`` to share one loaded model). Unknown names or keys raise
@@ -83,10 +67,11 @@ def make_verbalizer(spec: str, **objects: Any) -> Verbalizer:
         raise ValueError(f"unknown verbalizer {name!r}; valid: {', '.join(VERBALIZERS)}")
     factory = VERBALIZERS[name]
     hints = typing.get_type_hints(factory.__init__)
-    params = [p for p in inspect.signature(factory).parameters if p not in ("self", "kwargs")]
+    signature = inspect.signature(factory).parameters
+    params = [p for p in signature if p not in ("self", "kwargs")]
     text_keys = [p for p in params if p not in _OBJECT_ARGS]
     for key in list(raw) + list(objects):
         if key not in params or (key in raw and key in _OBJECT_ARGS):
             raise ValueError(f"unknown option {key!r} for verbalizer {name!r}; valid: {', '.join(text_keys)}")
-    kwargs = {k: _coerce(v, hints.get(k, str), k) for k, v in raw.items()}
+    kwargs = {k: coerce_option(v, hints.get(k, str), signature[k].default, k, none=True) for k, v in raw.items()}
     return factory(**kwargs, **objects)
