@@ -657,14 +657,9 @@ def _serve_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def _serve_entry(**kwargs) -> None:
-    serve_command(**kwargs)
-
-
-_serve_entry.__doc__ = serve_command.__doc__
-_serve_entry.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
-_serve_entry.__annotations__ = {p.name: p.annotation for p in _serve_entry.__signature__.parameters.values()}
-app.command("serve")(_serve_entry)
+serve_command.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
+serve_command.__annotations__ = {p.name: p.annotation for p in serve_command.__signature__.parameters.values()}
+app.command("serve")(serve_command)
 
 
 @app.callback()

@@ -169,19 +169,21 @@ REASONERS: dict[str, Callable[..., Reasoner]] = {
 CONTEXT = ("item_stats", "policy")
 
 
-def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
+def _backend(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """The callable a registry entry builds: a lazy factory's backend class, else the factory."""
     target = getattr(factory, "target", None)
-    if target is not None:  # a lazy factory: its real signature is the backend class's
-        factory = getattr(importlib.import_module(target[0]), target[1])
-    return inspect.signature(factory)
+    return getattr(importlib.import_module(target[0]), target[1]) if target is not None else factory
+
+
+def _signature_of(factory: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(_backend(factory))
 
 
 def _coerce(factory: Callable[..., Any], params, key: str, value: str) -> Any:
     """``value`` as the backend's parameter ``key`` asks (its annotation, else its default's type)."""
-    target = getattr(factory, "target", None)
-    cls = getattr(importlib.import_module(target[0]), target[1]) if target is not None else factory
+    backend = _backend(factory)
     try:
-        hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+        hints = typing.get_type_hints(backend.__init__ if inspect.isclass(backend) else backend)
     except (NameError, TypeError):  # an annotation only a type checker can resolve
         hints = {}
     param = params[key]
@@ -190,7 +192,7 @@ def _coerce(factory: Callable[..., Any], params, key: str, value: str) -> Any:
 
 
 def option_value(name: str, key: str, value: str) -> Any:
-    """One option of reasoner ``name`` as make_reasoner types it (the backend's default's type), for
+    """One option of reasoner ``name`` as make_reasoner types it (annotation, else default's type), for
     callers that read part of a spec themselves (training reads the hf scorer's prompt options)."""
     params = _signature_of(REASONERS[name]).parameters
     if key not in params or key in CONTEXT:
@@ -201,7 +203,7 @@ def option_value(name: str, key: str, value: str) -> Any:
 def make_reasoner(spec: str, *, item_stats: ItemStats | None = None, policy: Any = None) -> Reasoner:
     """Build a reasoner from ``name`` or ``name:key=value,...`` (see module docstring).
 
-    Option values are converted to the type of the backend's default for that option. Unknown names
+    Option values are converted to the type of the backend's annotation (else its default) for that option. Unknown names
     or options raise ValueError listing the valid ones. ``item_stats`` (training statistics) and
     ``policy`` (a training run's ``(model, tokenizer)``) go to the backends that take them.
     """
