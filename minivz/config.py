@@ -392,9 +392,11 @@ class ReasonerTrainConfig:
                               "(train would measure memorisation)")
         if not self.reasoner_verbalizer.strip():
             raise ConfigError("reasoner_verbalizer is empty; try --set reasoner_verbalizer=template")
-        if self.reasoner_prompt.startswith("reasoner_choice") and "answer=label" not in self.reasoner_scoring:
-            raise ConfigError(f"reasoner_prompt={self.reasoner_prompt!r} is a choice prompt, read by its labels: "
-                              "set reasoner_scoring=answer=label too (or use reasoner_v1 for title likelihood)")
+        if self.reasoner_prompt.startswith("reasoner_choice") and not any(
+                f"answer={a}" in self.reasoner_scoring for a in ("label", "line")):
+            raise ConfigError(f"reasoner_prompt={self.reasoner_prompt!r} is a choice prompt, read by its labels or "
+                              "lines: set reasoner_scoring=answer=line (or answer=label) too (or use reasoner_v1 for "
+                              "title likelihood)")
 
 
 # -- the whole method end to end (`minivz recipe`) -----------------------------------------------

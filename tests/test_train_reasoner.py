@@ -110,7 +110,7 @@ def test_config_registered_and_resolves():
     ("reasoner_grpo_num_generations", 1, "reasoner_grpo_num_generations=4"),
     ("reasoner_learning_rate", 0.0, "reasoner_learning_rate=2e-4"),
     ("reasoner_eval_split", "dev", "valid or test"),
-    ("reasoner_prompt", "reasoner_choice_v1", "reasoner_scoring=answer=label"),
+    ("reasoner_prompt", "reasoner_choice_v1", "reasoner_scoring=answer=line"),
     ("reasoner_per_device_train_batch_size", 0, ">= 1"),
 ])
 def test_config_errors_say_how_to_fix(field, value, match):
@@ -287,7 +287,7 @@ def test_label_options_refuse_what_cannot_work(tiny_model):
         make_reasoner(f"hf:model={tiny_model},answer=label,order=popularity")
     with pytest.raises(ValueError, match="has no \\{candidates\\}"):
         make_reasoner(f"hf:model={tiny_model},answer=label,prompt=reasoner_v1")
-    with pytest.raises(ValueError, match="answer='letter'; use one of title, label"):
+    with pytest.raises(ValueError, match="answer='letter'; use one of title, label, line"):
         make_reasoner(f"hf:model={tiny_model},answer=letter")
 
 
@@ -325,6 +325,62 @@ def test_listwise_training_learns_the_labels_and_scores_through_the_hf_backend(d
     m = [r for r in metrics(run) if r["stage"] == "sft"]
     assert m[-1]["loss"] < 0.5 * m[0]["loss"], [r["loss"] for r in m]
     assert "reward" in metrics(run)[-1]
+
+
+def test_line_scores_are_the_readout_logprob_at_each_line_end_of_one_plain_forward(data, tiny_model):
+    import torch
+
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+
+    stats = item_stats_for(data)
+    rows, queries = label_queries(data, tiny_model)
+    r = make_reasoner(f"hf:model={tiny_model},answer=line,order=popularity,viewers=true,match=true", item_stats=stats)
+    assert r.template.name == "reasoner_choice_v1"
+    token = r.readout_token_id()
+    preds = r.predict_lines(queries, batch_size=4)  # batched, left-padded (a GPU's default)
+    np.testing.assert_allclose([p.scores for p in r.predict(queries)], [p.scores for p in preds], atol=1e-4)
+    for q, p in zip(queries, preds):
+        prefix, order, positions = r.prepare_lines(q)
+        assert prefix == r.prepare(q)[0]  # the same prompt ids the label scorer reads
+        _, lines, _ = r.listing(q)
+        for line, at in zip(lines.splitlines(), positions):
+            upto, nxt = r.tokenizer.decode(prefix[: at + 1]), r.tokenizer.decode(prefix[: at])
+            assert upto.rstrip("\n").endswith(line) and not nxt.endswith(line)  # the line's last token
+        with torch.inference_mode():
+            logits = r.model(input_ids=torch.tensor([prefix])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)[:, token].numpy()
+        want = np.empty(len(order))
+        want[order] = lp[positions]  # the k-th listed line scores query candidate order[k]
+        np.testing.assert_allclose(p.scores, want, atol=1e-4)  # batched, left-padded == alone
+    with pytest.raises(ValueError, match="answer=line reads the listed candidates"):
+        make_reasoner(f"hf:model={tiny_model},answer=line,prompt=reasoner_v1")
+
+
+def test_line_training_learns_and_refuses_grpo(data_dir, data, tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from minivz.evaluate import item_stats_for
+    from minivz.train.reasoner import build_label_rows, scoring_view, train_reasoner
+
+    stats = item_stats_for(data)
+    rows, queries = label_queries(data, tiny_model)
+    scoring = "answer=line,order=popularity,viewers=true"
+    view = scoring_view(AutoTokenizer.from_pretrained(tiny_model), tiny_cfg(tiny_model, reasoner_scoring=scoring),
+                        1024, stats)
+    for row, q, lr in zip(rows, queries, build_label_rows(data, rows, view)):
+        prefix, order, positions = view.prepare_lines(q)
+        assert lr["input_ids"] == prefix and lr["label_ids"] == positions and order[lr["target"]] == row["label"]
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model, reasoner_scoring=scoring, reasoner_max_steps=10, reasoner_save_steps=10,
+                   reasoner_eval_limit=0, reasoner_lora_r=8, reasoner_lora_alpha=16)
+    s = train_reasoner(cfg, data_dir, run, progress=False)
+    assert s["objective"] == "listwise" and s["sft_steps"] == 10
+    m = [r for r in metrics(run) if r["stage"] == "sft"]
+    assert m[-1]["loss"] < 0.5 * m[0]["loss"], [r["loss"] for r in m]
+    with pytest.raises(ValueError, match="answer=line reads no reply"):
+        train_reasoner(tiny_cfg(tiny_model, reasoner_scoring=scoring, reasoner_grpo_max_steps=1), data_dir,
+                       tmp_path / "grpo", progress=False)
 
 
 # -- training ----------------------------------------------------------------------------------------

@@ -32,8 +32,15 @@ forward reads the next-token log-probabilities of the labels at the answer posit
         # verbalizer keeps decides it (BIGRec: collaborative statistics, given explicitly)
     hf:model=DIR,answer=label,constrain=false   # the choice is the greedy token; valid only when it is
                                                 # a label (LLaRA's "valid ratio"); scores stay the labels'
+    hf:model=DIR,answer=line,order=popularity,viewers=true,match=true
+        # the same prompt and ONE forward, read at every candidate's line instead of after the list:
+        # scores[j] = log p(" yes" | prompt up to the end of candidate j's line). Causal attention lets
+        # each line's last position read the context, the lines above it and its own features, so a
+        # trained model scores each candidate from what is written beside it (a cross-encoder per
+        # line, all C in one pass) instead of locating the best line from the answer position. Only
+        # a TRAINED readout means anything: untrained, " yes" after a line is noise (use label/title).
 
-scores[j] = log p(label of candidate j | prompt); labels are single tokens of the tokenizer (checked).
+answer=label: scores[j] = log p(label of candidate j | prompt); labels are single tokens of the tokenizer (checked).
 ``answer=title`` (default) is the title-likelihood scorer above; a prompt holding ``{candidates}``
 lists them there too (the title is scored given the list).
 ``score_naive`` runs each prompt+candidate from scratch (the reference for tests). A local model
@@ -125,7 +132,7 @@ class HFReasoner:
             from minivz.reason.mention import MentionReasoner
 
             self.matcher = MentionReasoner(item_stats=item_stats)
-        prompt = prompt or (DEFAULT_CHOICE_PROMPT if answer == "label" else DEFAULT_SCORING_PROMPT)
+        prompt = prompt or (DEFAULT_SCORING_PROMPT if answer == "title" else DEFAULT_CHOICE_PROMPT)
 
         self._torch = torch
         self.model, self.tokenizer = model, tokenizer
@@ -135,9 +142,9 @@ class HFReasoner:
         self.norm = check_norm(norm)
         self.template = load_prompt(prompt)
         self.lists = "{candidates}" in self.template.user
-        if answer == "label" and not self.lists:
-            raise ValueError(f"answer=label reads the labels of the listed candidates, but prompt {prompt!r} has no "
-                             f"{{candidates}}; use prompt={DEFAULT_CHOICE_PROMPT} (the default for answer=label)")
+        if answer != "title" and not self.lists:
+            raise ValueError(f"answer={answer} reads the listed candidates, but prompt {prompt!r} has no "
+                             f"{{candidates}}; use prompt={DEFAULT_CHOICE_PROMPT} (the default for answer={answer})")
         self.thinking = thinking
         config = getattr(model, "config", None)
         self.max_length = max_length or int(getattr(config, "max_position_embeddings", 2048) or 2048)
@@ -185,27 +192,34 @@ class HFReasoner:
         _, lines, labels = self.listing(query)
         return self.template.messages(context=context, candidates=lines, labels=labels)
 
-    def tokenize_prompt(self, context: str, query: Query | None = None) -> list[int]:
+    def prompt_text(self, context: str, query: Query | None = None) -> tuple[str, list[int]]:
+        """(the rendered prompt, the token ids put before it: the BOS of a plain rendering)."""
         messages = self.messages(context, query)
         if self.use_chat_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                      enable_thinking=self.thinking)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids = list(self.tokenizer(render_plain(messages), add_special_tokens=False)["input_ids"])
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=self.thinking), []
         bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        return render_plain(messages), [bos] if bos is not None else []
+
+    def tokenize_prompt(self, context: str, query: Query | None = None) -> list[int]:
+        text, head = self.prompt_text(context, query)
+        return head + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def tokenize_candidate(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prepare(self, query: Query) -> tuple[list[int], list[list[int]]]:
-        cands = [self.tokenize_candidate(c) for c in query.candidates]
-        longest = 1 if self.answer == "label" else max((len(c) for c in cands), default=1)
+    def _fitted(self, query: Query, longest: int) -> str:
+        """The context cut from its oldest lines until prompt + ``longest`` - 1 tokens fit max_length."""
         context, cut = fit_context(
             query.context, lambda ctx: len(self.tokenize_prompt(ctx, query)) + longest - 1 <= self.max_length
         )
         self.n_truncated += cut
-        return self.tokenize_prompt(context, query), cands
+        return context
+
+    def prepare(self, query: Query) -> tuple[list[int], list[list[int]]]:
+        cands = [self.tokenize_candidate(c) for c in query.candidates]
+        longest = 1 if self.answer != "title" else max((len(c) for c in cands), default=1)
+        return self.tokenize_prompt(self._fitted(query, longest), query), cands
 
     def label_token_ids(self, n: int) -> list[int]:
         """The token id of each of the first ``n`` labels as the reply's first token; refuses labels
@@ -231,6 +245,34 @@ class HFReasoner:
         prefix, _ = self.prepare(query)
         order, _, _ = self.listing(query)
         return prefix, order, self.label_token_ids(len(order))
+
+    def readout_token_id(self) -> int:
+        """The token whose log-probability at the end of a candidate's line is its score (answer=line)."""
+        tok = self.tokenize_candidate(READOUT)
+        if not tok:
+            raise ValueError(f"the tokenizer encodes the readout {READOUT!r} as no tokens; use answer=label")
+        return tok[0]
+
+    def prepare_lines(self, query: Query) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, listing order, positions) of one query in ``answer=line`` mode: ``positions[k]``
+        is the index in the prompt of the last token of the k-th listed candidate's line (the token
+        covering its last character), where its score is read; training reads the same positions."""
+        context = self._fitted(query, 1)
+        text, head = self.prompt_text(context, query)
+        order, lines, _ = self.listing(query)
+        start = text.find(lines)
+        if start < 0:
+            raise ValueError(f"prompt {self.template.name}: the candidate lines do not appear verbatim in the "
+                             "rendered prompt; answer=line needs {candidates} on lines of its own")
+        ends, c = [], start
+        for line in lines.split("\n"):
+            c += len(line)
+            ends.append(c - 1)
+            c += 1
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        starts = np.array([a for a, _ in enc["offset_mapping"]])
+        positions = [len(head) + int(np.searchsorted(starts, e, side="right")) - 1 for e in ends]
+        return head + list(enc["input_ids"]), order, positions
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -319,9 +361,32 @@ class HFReasoner:
                 out.append(Prediction(scores=scores, choice=order[k] if k >= 0 else -1, valid=k >= 0))
         return out
 
+    def predict_lines(self, queries: list[Query], batch_size: int = 0) -> list[Prediction]:
+        """``answer=line``: one forward per prompt (``batch_size`` as predict_labels), each listed
+        candidate scored at the end of its own line (``line_scores``, shared with training)."""
+        torch = self._torch
+        batch_size = batch_size or (8 if self.device.startswith("cuda") else 1)
+        token = self.readout_token_id()
+        out = []
+        for b in range(0, len(queries), batch_size):
+            prepared = [self.prepare_lines(q) for q in queries[b:b + batch_size]]
+            ids, mask, pos, index, keep = line_batch([p for p, _, _ in prepared], [x for _, _, x in prepared],
+                                                     self.pad_id)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=pos.to(self.device), logits_to_keep=keep.to(self.device)).logits
+                listed = line_scores(logits, index.to(self.device), token).float().cpu().numpy()
+            for row, (_, order, _) in zip(listed, prepared):
+                scores = np.empty(len(order), dtype=np.float64)
+                scores[order] = row[: len(order)]
+                out.append(Prediction.from_scores(scores))
+        return out
+
     def predict(self, queries: list[Query]) -> list[Prediction]:
         if self.answer == "label":
             return self.predict_labels(queries)
+        if self.answer == "line":
+            return self.predict_lines(queries)
         return predict_by_likelihood(self, queries)
 
 
@@ -339,7 +404,37 @@ def left_padded(prefixes: list[list[int]], pad_id: int):
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
-ANSWERS = ("title", "label")
+def line_batch(prefixes: list[list[int]], positions: list[list[int]], pad_id: int):
+    """``left_padded`` + what ``line_scores`` reads: ``keep`` (K,) long, the padded positions holding
+    some row's line end (sorted, unique: the model's ``logits_to_keep``, so the LM head runs on those
+    K positions only, not on every position), and ``index`` (B, Cmax) long, each line's place in
+    ``keep`` (-1 where a row has fewer lines)."""
+    import torch
+
+    ids, mask, pos = left_padded(prefixes, pad_id)
+    width = ids.shape[1]
+    padded = [[width - len(p) + i for i in x] for p, x in zip(prefixes, positions)]
+    keep = sorted({i for x in padded for i in x})
+    where = {i: k for k, i in enumerate(keep)}
+    index = torch.full((len(prefixes), max(len(x) for x in positions)), -1, dtype=torch.long)
+    for k, x in enumerate(padded):
+        index[k, : len(x)] = torch.tensor([where[i] for i in x], dtype=torch.long)
+    return ids, mask, pos, index, torch.tensor(keep, dtype=torch.long)
+
+
+def line_scores(logits, index, token: int):
+    """(B, Cmax) scores of ``answer=line``: log p(token) at each line's position (``line_batch``'s
+    index into logits (B, K, V)); -inf where a row has no such line. Differentiable: the
+    listwise loss trains on exactly what the scorer reads."""
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)[..., token]  # (B, K)
+    got = lp.gather(1, index.clamp(min=0))
+    return got.masked_fill(index < 0, float("-inf"))
+
+
+READOUT = " yes"  # answer=line: its log-probability at the end of a candidate's line is the score
+ANSWERS = ("title", "label", "line")
 ORDERS = ("as-is", "popularity")
 
 

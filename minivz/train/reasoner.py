@@ -89,14 +89,18 @@ def _scoring_value(key: str, value: str):
 
 
 def build_label_rows(data, rows: list[dict], view) -> list[dict]:
-    """``answer=label`` rows: input_ids = the exact prompt the scorer reads (context + listed
-    candidates), target = the position of the true item in the list (the label's index)."""
+    """``answer=label`` / ``answer=line`` rows: input_ids = the exact prompt the scorer reads (context +
+    listed candidates), target = the position of the true item in the list (the label's index),
+    label_ids = the labels' token ids (label) or the prompt positions of the lines' ends (line)."""
     from minivz.reason.base import Query
 
     out = []
     for r in rows:
         q = Query(r["verbalization"], data.item_texts(r["candidates"]), r["candidates"])
-        prefix, order, label_ids = view.prepare_labels(q)
+        if view.answer == "line":  # read at each line's end: label_ids holds those positions
+            prefix, order, label_ids = view.prepare_lines(q)
+        else:
+            prefix, order, label_ids = view.prepare_labels(q)
         out.append({"input_ids": prefix, "target": order.index(r["label"]), "label_ids": label_ids,
                     "example_id": r["example_id"]})
     return out
@@ -253,26 +257,36 @@ def load_reasoner_model(cfg, source: str):
 # -- training ---------------------------------------------------------------------------------------
 
 
-def _label_collator(pad_id: int):
+def _label_collator(pad_id: int, lines: bool = False):
     """Left-padded batches of ``build_label_rows`` rows: every prompt ends at the last position, where
-    the label is read; positions count from each row's first real token (as ``HFReasoner.label_logits``)."""
+    the label is read; positions count from each row's first real token (as ``HFReasoner.label_logits``).
+    ``lines``: the batch the ``answer=line`` scorer builds (``hf.line_batch``): the positions of the
+    lines' ends, where their scores are read."""
     import torch
 
-    from minivz.reason.hf import left_padded
+    from minivz.reason.hf import left_padded, line_batch
 
     def collate(rows: list[dict]) -> dict:
+        target = torch.tensor([r["target"] for r in rows], dtype=torch.long)
+        if lines:
+            ids, mask, pos, index, keep = line_batch([r["input_ids"] for r in rows],
+                                                     [r["label_ids"] for r in rows], pad_id)
+            return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "target": target,
+                    "line_index": index, "line_keep": keep}
         ids, mask, pos = left_padded([r["input_ids"] for r in rows], pad_id)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-                "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "target": target,
                 "label_ids": torch.tensor([r["label_ids"] for r in rows], dtype=torch.long)}
 
     return collate
 
 
-def _listwise_trainer_class():
-    """transformers' Trainer with the listwise loss (defined on first use: transformers is lazy)."""
+def _listwise_trainer_class(readout: int | None = None):
+    """transformers' Trainer with the listwise loss (defined on first use: transformers is lazy);
+    ``readout``: the ``answer=line`` token, read at each candidate line's end (``hf.line_scores``)."""
     import torch
     from transformers import Trainer
+
+    from minivz.reason.hf import line_scores
 
     class ListwiseTrainer(Trainer):
         """Softmax over the C candidates' label logits at the answer position, cross-entropy with the
@@ -281,9 +295,15 @@ def _listwise_trainer_class():
         one forward per prompt, the LM head on the last position only (no (L, vocab) logits)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            target, label_ids = inputs.pop("target"), inputs.pop("label_ids")
-            out = model(**inputs, logits_to_keep=1)
-            logits = out.logits[:, -1].float().gather(1, label_ids)  # (B, C)
+            target = inputs.pop("target")
+            if "line_index" in inputs:  # answer=line: C scores read along the list, one forward
+                index, keep = inputs.pop("line_index"), inputs.pop("line_keep")
+                out = model(**inputs, logits_to_keep=keep)
+                logits = line_scores(out.logits, index, readout)  # (B, C)
+            else:
+                label_ids = inputs.pop("label_ids")
+                out = model(**inputs, logits_to_keep=1)
+                logits = out.logits[:, -1].float().gather(1, label_ids)  # (B, C)
             loss = torch.nn.functional.cross_entropy(logits, target)
             return (loss, out) if return_outputs else loss
 
@@ -291,9 +311,10 @@ def _listwise_trainer_class():
 
 
 def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool,
-         listwise: bool = False) -> dict:
+         listwise: bool = False, readout: int | None = None) -> dict:
     """SFT on the target's title (TRL's SFTTrainer, loss on the completion) or, ``listwise``, the
-    listwise loss on the labels of the listed candidates (``ListwiseTrainer``); same arguments."""
+    listwise loss on the labels of the listed candidates (``ListwiseTrainer``; ``readout``: scored at
+    each candidate's line instead, answer=line); same arguments."""
     import torch
 
     from minivz.envinfo import fast_bf16
@@ -332,8 +353,9 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     if listwise:
         dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        trainer = _listwise_trainer_class()(model=model, args=args, train_dataset=dataset,
-                                            data_collator=_label_collator(pad), processing_class=tokenizer)
+        trainer = _listwise_trainer_class(readout)(model=model, args=args, train_dataset=dataset,
+                                                   data_collator=_label_collator(pad, lines=readout is not None),
+                                                   processing_class=tokenizer)
     else:
         dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
                                      for r in rows])
@@ -470,13 +492,17 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     base = base_model_source(cfg)
     model, tokenizer = load_reasoner_model(cfg, base)
     view = scoring_view(tokenizer, cfg, cfg.reasoner_max_length, item_stats_for(data))
-    listwise = view.answer == "label"
+    listwise = view.answer in ("label", "line")
+    if view.answer == "line" and cfg.reasoner_grpo_max_steps > 0:
+        raise ValueError("reasoner_grpo_max_steps > 0 samples a reply, but answer=line reads no reply (each "
+                         "candidate is scored at its line); use answer=label for GRPO, or reasoner_grpo_max_steps=0")
     if listwise:
         sft_rows = build_label_rows(data, rows, view)
     else:
         sft_rows = build_sft_rows(data, rows, tokenizer, view.template.name, cfg.reasoner_max_length)
     lengths = [len(r["input_ids"]) for r in sft_rows]
-    sft = _sft(cfg, run, model, tokenizer, sft_rows, resume, progress, listwise=listwise)
+    sft = _sft(cfg, run, model, tokenizer, sft_rows, resume, progress, listwise=listwise,
+               readout=view.readout_token_id() if view.answer == "line" else None)
     model = sft.pop("model")
     summary: dict[str, Any] = {"run": str(run), "base": base, "verbalizer": cfg.reasoner_verbalizer,
                                "objective": "listwise" if listwise else "sft", "scoring": cfg.reasoner_scoring,
