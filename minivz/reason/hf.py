@@ -260,7 +260,7 @@ class HFReasoner:
         context = self._fitted(query, 1)
         text, head = self.prompt_text(context, query)
         order, lines, _ = self.listing(query)
-        start = text.find(lines)
+        start = text.rfind(lines)  # the list comes after the context
         if start < 0:
             raise ValueError(f"prompt {self.template.name}: the candidate lines do not appear verbatim in the "
                              "rendered prompt; answer=line needs {candidates} on lines of its own")
@@ -273,6 +273,11 @@ class HFReasoner:
         starts = np.array([a for a, _ in enc["offset_mapping"]])
         positions = [len(head) + int(np.searchsorted(starts, e, side="right")) - 1 for e in ends]
         return head + list(enc["input_ids"]), order, positions
+
+    def prepare_listed(self, query: Query) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, listing order, where each listed candidate is read): ``prepare_lines``'
+        positions for answer=line, else ``prepare_labels``' label token ids; what listwise training reads."""
+        return self.prepare_lines(query) if self.answer == "line" else self.prepare_labels(query)
 
     # -- scoring --------------------------------------------------------------------------------
 

@@ -97,10 +97,7 @@ def build_label_rows(data, rows: list[dict], view) -> list[dict]:
     out = []
     for r in rows:
         q = Query(r["verbalization"], data.item_texts(r["candidates"]), r["candidates"])
-        if view.answer == "line":  # read at each line's end: label_ids holds those positions
-            prefix, order, label_ids = view.prepare_lines(q)
-        else:
-            prefix, order, label_ids = view.prepare_labels(q)
+        prefix, order, label_ids = view.prepare_listed(q)
         out.append({"input_ids": prefix, "target": order.index(r["label"]), "label_ids": label_ids,
                     "example_id": r["example_id"]})
     return out
