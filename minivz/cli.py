@@ -97,8 +97,10 @@ def data_prepare(
     source: Optional[str] = typer.Option(
         None, "--source", help="Built-in source: movielens-100k | synthetic-streaming."
     ),
-    input: Optional[Path] = typer.Option(None, "--input", help="Your own log: CSV, Parquet or JSONL."),
-    items: Optional[Path] = typer.Option(None, "--items", help="Item catalog file for --input."),
+    input: Optional[str] = typer.Option(
+        None, "--input", help="Your own log (CSV, TSV, Parquet or JSONL): a file, a directory, a glob "
+        "('logs/dt=*/*.parquet') or a hive-partitioned dataset."),
+    items: Optional[str] = typer.Option(None, "--items", help="Item catalog for --input (file, directory or glob)."),
     map: Optional[str] = typer.Option(
         None, "--map", help="Column mapping canonical=source, e.g. user_id=uid,item_id=movie,ts=time."
     ),
@@ -121,15 +123,16 @@ def data_prepare(
             recipe=recipe,
             overrides=set_,
             source=source,
-            input=str(input) if input else None,
-            items=str(items) if items else None,
+            input=input,
+            items=items,
             map=_parse_map(map) or None,
             items_map=_parse_map(items_map) or None,
         )
     except ConfigError as e:
         _fail(str(e))
-    if input is not None and not input.exists():
-        _fail(f"--input {input}: no such file")
+    for flag, given in (("--input", input), ("--items", items)):
+        if given and not any(c in given for c in "*?[") and not Path(given).exists():
+            _fail(f"{flag} {given}: no such file or directory")
     console = _console()
     if dry_run:
         console.print(dump_yaml(cfg), end="")
@@ -156,6 +159,8 @@ def _print_summary(console, s) -> None:
     t.add_row("rows read", f"{s.n_read:,}")
     t.add_row("kept events", f"{s.n_events:,}")
     t.add_row("rejected (rejects.parquet)", f"{s.n_rejected:,}")
+    if s.n_duplicates:
+        t.add_row("  of them exact duplicates (dedupe)", f"{s.n_duplicates:,}")
     if s.n_catalog_rejected:
         t.add_row("catalog rows rejected (rejects.parquet)", f"{s.n_catalog_rejected:,}")
     t.add_row("users", f"{s.n_users:,}")

@@ -62,6 +62,11 @@ class DataConfig:
     # recognised by its content) and its text encoding (e.g. latin-1)
     fmt: str | None = None
     encoding: str = "utf-8"
+    # a CSV log's delimiter; None: ',' unless the header holds no comma and one of ';' '|' tab
+    delimiter: str | None = None
+    # drop exact duplicate events (logs delivered at-least-once repeat them); each dropped copy is a
+    # reject naming the row it repeats
+    dedupe: bool = True
     # plausible event dates: timestamps outside [ts_min, ts_max) are rejected with a reason
     ts_min: str = "1971-01-01"
     ts_max: str = "2100-01-01"
@@ -95,6 +100,11 @@ class DataConfig:
             raise ConfigError("no events: give --source NAME (e.g. movielens-100k) or --input FILE")
         if self.input is not None:
             self.source = None
+        if self.delimiter is not None:
+            self.delimiter = {"tab": "\t", "\\t": "\t"}.get(self.delimiter, self.delimiter)
+            if len(self.delimiter) != 1 or self.delimiter in "\"\r\n":
+                raise ConfigError(f"delimiter={self.delimiter!r} must be one character (not a quote or a "
+                                  "newline); try --set delimiter=';' (or tab)")
         if self.history_len < 1:
             raise ConfigError(f"history_len={self.history_len} must be >= 1; try --set history_len=100")
         if self.n_candidates < 2:

@@ -15,9 +15,16 @@ What flows out (pyarrow, one row per kept input row; NOT sorted — the kernels 
 - ``items`` (only with ``items_path``): ``item_id`` string, ``title`` string, ``genres`` list<string>,
   ``year`` int32, ``series_id`` string, ``season`` int32, ``episode`` int32, ``description`` string
   (all but the first three nullable), then other catalog columns as metadata.
-- ``rejects``: ``source`` ('events' | 'items'), ``row`` (1-based data row: the record's position in the
-  input, header excluded; for CSV this is the file line number minus the header line), ``reason``,
-  ``raw`` (the source row as JSON). Nothing is dropped silently: ``n_read == events.num_rows + #event rejects``.
+- ``rejects``: ``source`` ('events' | 'items'), ``file`` (the file the row is in; null for built-in
+  sources), ``row`` (1-based data row: the record's position in its file, header excluded; for CSV this
+  is the file line number minus the header line), ``reason``, ``raw`` (the source row as JSON). Nothing
+  is dropped silently: ``n_read == events.num_rows + #event rejects``.
+- Exact duplicate events (source rows equal in every column as delivered, partition keys included;
+  ``dedupe=True``, the default) keep their first row; the others are rejects whose reason names that row (``n_duplicates`` counts them).
+  Logs delivered at-least-once repeat events; ``dedupe=False`` keeps them.
+
+``path`` is a file, a directory, a glob or a hive-partitioned dataset (``minivz.log.read_input``).
+Every column the maps name is checked against the files' headers before any data is read.
 
 Reading the file is ``minivz.log``; the timestamp rules (``ts_unit``, ``naive_tz``, the plausible-date
 window ``ts_min``/``ts_max``) are in ``minivz.timestamps``.
@@ -33,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from minivz.log import IngestError, read_table
+from minivz.log import IngestError, input_columns, read_input
 from minivz.timestamps import DEFAULT_TS_WINDOW, NUMERIC_RE, TS_TYPE, TS_UNITS, check_tz, parse_ts, ts_window_us
 
 __all__ = [
@@ -45,6 +52,8 @@ __all__ = [
     "events_from_table",
     "items_from_table",
     "check_catalog",
+    "check_maps",
+    "drop_duplicates",
     "write_rejects",
 ]
 
@@ -70,11 +79,14 @@ ITEMS_SCHEMA = pa.schema(
     ]
 )
 REJECTS_SCHEMA = pa.schema(
-    [("source", pa.string()), ("row", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+    [("source", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string()),
+     ("raw", pa.string())]
 )
 
 EVENT_REQUIRED = ("user_id", "item_id", "ts")
+EVENT_OPTIONAL = ("interaction", "duration_s")
 ITEM_REQUIRED = ("item_id", "title")
+ITEM_OPTIONAL = ("genres", "year", "series_id", "season", "episode", "description")
 
 
 @dataclass
@@ -86,6 +98,8 @@ class IngestResult:
     rejects: pa.Table
     n_read: int
     source: str
+    n_duplicates: int = 0  # exact duplicate events dropped (they are among the rejects)
+    delimiters: list = field(default_factory=list)  # CSV delimiters the files were read with
 
     @property
     def n_rejected(self) -> int:
@@ -97,7 +111,10 @@ class IngestResult:
         lines = [
             f"{self.source}: read {self.n_read:,} events, kept {self.events.num_rows:,}, "
             f"rejected {self.n_rejected:,}"
+            + (f" (of them {self.n_duplicates:,} exact duplicates)" if self.n_duplicates else "")
             + (f"; catalog {self.items.num_rows:,} items" if self.items is not None else "")
+            + ("; delimiter " + " ".join(repr(d) for d in self.delimiters)
+               if self.delimiters and self.delimiters != [","] else "")
         ]
         if self.rejects.num_rows:
             kinds: dict[str, int] = {}
@@ -116,23 +133,28 @@ class _Rejects:
     """Accumulates rejects from one source table; rendered to Arrow once at the end."""
 
     source: str
+    files: list = field(default_factory=list)  # file names; ``codes`` index it (empty: no files)
     rows: list = field(default_factory=list)
+    codes: list = field(default_factory=list)
     reasons: list = field(default_factory=list)
     raws: list = field(default_factory=list)
 
-    def add_from_table(self, table: pa.Table, row_numbers: np.ndarray, idx: np.ndarray, reasons):
+    def add_from_table(self, table: pa.Table, row_numbers: np.ndarray, idx: np.ndarray, reasons,
+                       file_codes: np.ndarray | None = None):
         if len(idx) == 0:
             return
         self.rows.extend(int(r) for r in row_numbers[idx])
+        self.codes.extend([0] * len(idx) if file_codes is None else (int(c) for c in file_codes[idx]))
         self.reasons.extend(reasons)
         for rec in table.take(pa.array(idx, pa.int64())).to_pylist():
             self.raws.append(json.dumps(rec, default=str, ensure_ascii=False))
 
     def to_table(self) -> pa.Table:
-        order = np.argsort(np.asarray(self.rows, np.int64), kind="stable")
+        order = np.lexsort((np.asarray(self.rows, np.int64), np.asarray(self.codes, np.int64)))
         return pa.table(
             {
                 "source": pa.array([self.source] * len(order), pa.string()),
+                "file": pa.array([self.files[self.codes[i]] if self.files else None for i in order], pa.string()),
                 "row": pa.array(np.asarray(self.rows, np.int64)[order], pa.int64()),
                 "reason": pa.array([self.reasons[i] for i in order], pa.string()),
                 "raw": pa.array([self.raws[i] for i in order], pa.string()),
@@ -145,11 +167,10 @@ class _Rejects:
 
 
 def _resolve_map(
-    table: pa.Table, column_map: dict | None, required, optional, flag: str, what: str
+    available: list[str], column_map: dict | None, required, optional, flag: str, what: str
 ) -> dict[str, str]:
     """canonical name → source column; raises one IngestError naming every missing required column."""
     column_map = dict(column_map or {})
-    available = table.column_names
     resolved, missing = {}, []
     for canon in list(required) + list(optional):
         src = column_map.pop(canon, None)
@@ -264,20 +285,22 @@ def events_from_table(
     column_map: dict | None = None,
     *,
     row_numbers: np.ndarray | None = None,
+    file_codes: np.ndarray | None = None,
+    files: list[str] | None = None,
     ts_unit: str = "auto",
     naive_tz: str = "UTC",
     default_interaction: str = "interact",
     window: tuple[int, int] | None = None,
 ) -> tuple[pa.Table, _Rejects]:
-    """Source table → (canonical events + ``_pos`` column, rejects). Used by ``read_log`` and ``minivz.sources``."""
+    """Source table → (canonical events + ``_pos`` column, rejects). Used by ``read_log`` and ``minivz.sources``.
+
+    ``row_numbers`` / ``file_codes`` / ``files``: where each source row came from (``minivz.log.Input``)."""
     if ts_unit not in TS_UNITS:
         raise IngestError(f"ts_unit={ts_unit!r} is not one of {', '.join(TS_UNITS)}; try ts_unit='auto'.")
     check_tz(naive_tz)
     n = table.num_rows
     rows = np.arange(1, n + 1, dtype=np.int64) if row_numbers is None else row_numbers
-    m = _resolve_map(
-        table, column_map, EVENT_REQUIRED, ("interaction", "duration_s"), "--map", "events log"
-    )
+    m = _resolve_map(table.column_names, column_map, EVENT_REQUIRED, EVENT_OPTIONAL, "--map", "events log")
     reasons = np.full(n, None, dtype=object)
 
     ts_us, r = parse_ts(table[m["ts"]], ts_unit, naive_tz, m["ts"], window)
@@ -310,10 +333,10 @@ def events_from_table(
     }
     columns.update(_metadata_columns(table, m, EVENTS_SCHEMA.names))
     events = pa.table(columns)
-    rej = _Rejects("events")
+    rej = _Rejects("events", files=list(files or []))
     keep = np.equal(reasons, None)
     bad = np.flatnonzero(~keep)
-    rej.add_from_table(table, rows, bad, list(reasons[bad]))
+    rej.add_from_table(table, rows, bad, list(reasons[bad]), file_codes)
     if bad.size:
         events = events.filter(pa.array(keep))
     # source-table position of each kept row, for later rejects (catalog check); dropped by read_log
@@ -322,7 +345,8 @@ def events_from_table(
 
 
 def items_from_table(
-    table: pa.Table, items_map: dict | None = None, *, row_numbers: np.ndarray | None = None
+    table: pa.Table, items_map: dict | None = None, *, row_numbers: np.ndarray | None = None,
+    file_codes: np.ndarray | None = None, files: list[str] | None = None,
 ) -> tuple[pa.Table, _Rejects]:
     """Source catalog → (canonical items, rejects). Duplicate item_ids keep their first row."""
     n = table.num_rows
@@ -331,8 +355,7 @@ def items_from_table(
     onehot = None
     if "|" in (items_map.get("genres") or ""):  # one 0/1 column per genre: genres=Action|Comedy|...
         table, onehot = _onehot_genres(table, items_map.pop("genres"))
-    optional = ("genres", "year", "series_id", "season", "episode", "description")
-    m = _resolve_map(table, items_map, ITEM_REQUIRED, optional, "--items-map", "item catalog")
+    m = _resolve_map(table.column_names, items_map, ITEM_REQUIRED, ITEM_OPTIONAL, "--items-map", "item catalog")
     reasons = np.full(n, None, dtype=object)
     item = _as_string_ids(table[m["item_id"]])
     _first_reason(reasons, _id_reason(item, "item_id"))
@@ -386,8 +409,8 @@ def items_from_table(
     items = pa.table(columns)
     keep = np.equal(reasons, None)
     bad = np.flatnonzero(~keep)
-    rej = _Rejects("items")
-    rej.add_from_table(table, rows, bad, list(reasons[bad]))
+    rej = _Rejects("items", files=list(files or []))
+    rej.add_from_table(table, rows, bad, list(reasons[bad]), file_codes)
     return items.filter(pa.array(keep)), rej
 
 
@@ -437,7 +460,8 @@ def _genres(col: pa.ChunkedArray) -> pa.Array:
 
 
 def check_catalog(
-    events: pa.Table, items: pa.Table, rej: _Rejects, raw: pa.Table, row_numbers: np.ndarray
+    events: pa.Table, items: pa.Table, rej: _Rejects, raw: pa.Table, row_numbers: np.ndarray,
+    file_codes: np.ndarray | None = None,
 ) -> pa.Table:
     """Reject events whose item_id is not in the catalog (``events`` still carries ``_pos``)."""
     known = np.asarray(pc.is_in(events["item_id"], value_set=items["item_id"].combine_chunks()))
@@ -446,15 +470,89 @@ def check_catalog(
     bad = np.flatnonzero(~known)
     ids = events["item_id"].take(pa.array(bad)).to_pylist()
     pos = np.asarray(events["_pos"])[bad]
-    rej.add_from_table(raw, row_numbers, pos, [f'item_id "{x}" not in the item catalog' for x in ids])
+    rej.add_from_table(raw, row_numbers, pos, [f'item_id "{x}" not in the item catalog' for x in ids], file_codes)
     return events.filter(pa.array(known))
 
 
+def drop_duplicates(
+    events: pa.Table, rej: _Rejects, raw: pa.Table, row_numbers: np.ndarray,
+    file_codes: np.ndarray | None = None,
+) -> tuple[pa.Table, int]:
+    """Keep the first of each group of exact duplicate events; the others become rejects naming it.
+
+    Exact: the source rows are equal in every column as delivered (``1704268800`` and
+    ``2024-01-03T08:00:00Z`` are the same instant but not the same record). Candidates are events equal
+    on (user, time, item), found with one stable sort of integer codes; only those (a small share of
+    any log) are compared column by column. ``events`` carries ``_pos`` (its row in ``raw``)."""
+    n = events.num_rows
+    if n < 2:
+        return events, 0
+    user = np.asarray(pc.dictionary_encode(events["user_id"]).combine_chunks().indices)
+    item = np.asarray(pc.dictionary_encode(events["item_id"]).combine_chunks().indices)
+    ts = np.asarray(events["ts"].cast(pa.int64()))
+    order = np.lexsort((item, ts, user))  # stable: within equal keys, input order
+    su, st, si = user[order], ts[order], item[order]
+    same = (su[1:] == su[:-1]) & (st[1:] == st[:-1]) & (si[1:] == si[:-1])
+    if not same.any():
+        return events, 0
+    run = np.cumsum(np.concatenate([[True], ~same]))  # run id per sorted position
+    in_run = np.concatenate([same, [False]]) | np.concatenate([[False], same])
+    cand = order[in_run]
+    pos = np.asarray(events["_pos"])
+    records = raw.take(pa.array(pos[cand])).to_pylist()  # the rows as delivered, every source column
+    first: dict = {}
+    dup, reasons = [], []
+    for r, idx, rec in zip(run[in_run], cand, records):
+        key = (int(r), json.dumps(rec, sort_keys=True, default=str))
+        if key not in first:
+            first[key] = int(idx)
+            continue
+        src = int(pos[first[key]])
+        where = f'row "{int(row_numbers[src])}"'
+        if rej.files and len(rej.files) > 1:
+            where += f' of "{rej.files[int(file_codes[src])]}"'
+        dup.append(int(idx))
+        reasons.append(f"duplicate: an exact copy of the event at {where} (kept); --set dedupe=false keeps copies")
+    if not dup:
+        return events, 0
+    dup = np.asarray(dup, np.int64)
+    rej.add_from_table(raw, row_numbers, pos[dup], reasons, file_codes)
+    keep = np.ones(n, bool)
+    keep[dup] = False
+    return events.filter(pa.array(keep)), len(dup)
+
+
 def _combine(rej: _Rejects, table_bad: list) -> None:
-    for row, reason, raw in table_bad:
+    for code, row, reason, raw in table_bad:
+        rej.codes.append(int(code))
         rej.rows.append(int(row))
         rej.reasons.append(reason)
         rej.raws.append(raw)
+
+
+def check_maps(
+    path, column_map: dict | None, *, fmt: str | None = None, delimiter: str | None = None,
+    items_path=None, items_map: dict | None = None, encoding: str = "utf-8",
+) -> None:
+    """Check both column maps against the files' headers and schemas before any data is read.
+
+    Raises the same IngestError the full read would (every missing column, the columns there are).
+    JSONL inputs are schemaless: their maps are checked once read."""
+    cols = input_columns(path, fmt, delimiter, encoding)
+    if cols is not None:
+        _resolve_map(cols, column_map, EVENT_REQUIRED, EVENT_OPTIONAL, "--map", "events log")
+    if items_path is None:
+        return
+    cols = input_columns(items_path, None, None, encoding)
+    if cols is None:
+        return
+    imap = dict(items_map or {})
+    if "|" in (imap.get("genres") or ""):
+        spec = imap.pop("genres")
+        missing = [c.strip() for c in spec.split("|") if c.strip() and c.strip() not in cols]
+        if missing:
+            _onehot_genres(pa.table({c: pa.array([], pa.int8()) for c in cols}), spec)  # its error
+    _resolve_map(cols, imap, ITEM_REQUIRED, ITEM_OPTIONAL, "--items-map", "item catalog")
 
 
 def read_log(
@@ -462,6 +560,7 @@ def read_log(
     column_map: dict[str, str] | None = None,
     *,
     fmt: str | None = None,
+    delimiter: str | None = None,
     ts_unit: str = "auto",
     naive_tz: str = "UTC",
     items_path=None,
@@ -470,42 +569,52 @@ def read_log(
     encoding: str = "utf-8",
     ts_min: str = DEFAULT_TS_WINDOW[0],
     ts_max: str = DEFAULT_TS_WINDOW[1],
+    dedupe: bool = True,
 ) -> IngestResult:
     """Read an interaction log (and optionally an item catalog) into canonical tables.
 
-    ``column_map`` / ``items_map``: canonical name → source column (unmapped canonical names default to a
-    same-named column; extra keys add metadata columns under the key). See the module docstring for the
-    timestamp rules and the shapes that come out.
+    ``path`` / ``items_path``: a file, a directory or a glob (``minivz.log.read_input``). ``column_map`` /
+    ``items_map``: canonical name → source column (unmapped canonical names default to a same-named
+    column; extra keys add metadata columns under the key). ``delimiter``: the log's CSV delimiter
+    (None: from the header; the catalog's is always from its header). See the module docstring for
+    the timestamp rules, duplicates and the shapes that come out.
     """
     if ts_unit not in TS_UNITS:
         raise IngestError(f"ts_unit={ts_unit!r} is not one of {', '.join(TS_UNITS)}; try ts_unit='auto'.")
     check_tz(naive_tz)
     cmap = dict(column_map or {})
-    as_text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
     window = ts_window_us(ts_min, ts_max)
-    raw, rows, parse_bad = read_table(path, fmt, string_columns=as_text, encoding=encoding)
+    check_maps(path, cmap, fmt=fmt, delimiter=delimiter, items_path=items_path, items_map=items_map,
+               encoding=encoding)
+    as_text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
+    src = read_input(path, fmt, string_columns=as_text, encoding=encoding, delimiter=delimiter)
+    raw, rows = src.table, src.rows
     events, rej = events_from_table(
-        raw, cmap, row_numbers=rows, ts_unit=ts_unit, naive_tz=naive_tz,
-        default_interaction=default_interaction, window=window,
+        raw, cmap, row_numbers=rows, file_codes=src.file, files=src.files, ts_unit=ts_unit,
+        naive_tz=naive_tz, default_interaction=default_interaction, window=window,
     )
-    _combine(rej, parse_bad)
+    _combine(rej, src.bad)
     items = None
     item_rej = None
     if items_path is not None:
         imap = dict(items_map or {})
-        iraw, irows, ibad = read_table(items_path, None, string_columns=[imap.get("item_id", "item_id")],
-                                       encoding=encoding)
-        items, item_rej = items_from_table(iraw, imap, row_numbers=irows)
-        _combine(item_rej, ibad)
-        events = check_catalog(events, items, rej, raw, rows)
+        isrc = read_input(items_path, None, string_columns=[imap.get("item_id", "item_id")], encoding=encoding)
+        items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
+                                           files=isrc.files)
+        _combine(item_rej, isrc.bad)
+        events = check_catalog(events, items, rej, raw, rows, src.file)
+    n_dup = 0
+    if dedupe:
+        events, n_dup = drop_duplicates(events, rej, raw, rows, src.file)
     events = events.drop_columns(["_pos"])
     rejects = rej.to_table()
-    n_read = raw.num_rows + len(parse_bad)
+    n_read = src.n_read
     # the contract callers rely on: nothing vanished between reading and the two outputs
     assert n_read == events.num_rows + rejects.num_rows, (n_read, events.num_rows, rejects.num_rows)
     if item_rej is not None:
         rejects = pa.concat_tables([rejects, item_rej.to_table()])
-    return IngestResult(events=events, items=items, rejects=rejects, n_read=n_read, source=str(path))
+    return IngestResult(events=events, items=items, rejects=rejects, n_read=n_read, source=str(path),
+                        n_duplicates=n_dup, delimiters=src.delimiters)
 
 
 def write_rejects(rejects: pa.Table, path) -> None:

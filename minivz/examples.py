@@ -23,7 +23,7 @@ Steps: ingest (canonical Arrow tables + rejects) -> dense user/item codes ->
                        (item_idx, target at position `label`), label:int8, discovery:bool (the
                        user never interacted with the target's title -- for an episode, its
                        series -- before), item_discovery:bool (nor with the target item itself)
-    rejects.parquet    source, row, reason, raw — every input row that was not kept
+    rejects.parquet    source, file, row, reason, raw — every input row that was not kept
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class PrepareSummary:
     skipped: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
     n_catalog_rejected: int = 0  # catalog rows (also in rejects.parquet, source 'items')
+    n_duplicates: int = 0  # exact duplicate events dropped (among n_rejected)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -136,6 +137,8 @@ def ingest(cfg: DataConfig):
             cfg.input,
             cfg.map or None,
             fmt=cfg.fmt,
+            delimiter=cfg.delimiter,
+            dedupe=cfg.dedupe,
             ts_unit=cfg.ts_unit,
             naive_tz=cfg.naive_tz,
             items_path=cfg.items,
@@ -278,6 +281,7 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         n_read=res.n_read,
         n_rejected=res.n_rejected,
         n_catalog_rejected=int(res.rejects.num_rows) - res.n_rejected,
+        n_duplicates=res.n_duplicates,
         n_events=ev.num_rows,
         n_users=len(user_ids),
         n_items=n_items,

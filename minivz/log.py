@@ -1,12 +1,19 @@
-"""Log: one raw log file (CSV / TSV / Parquet / JSONL, any column names) -> an Arrow table of its columns.
+"""Log: raw log files (CSV / TSV / Parquet / JSONL, any column names) -> an Arrow table of their columns.
 
 How to run::
 
-    from minivz.log import read_table
+    from minivz.log import read_input, read_table
     table, row_numbers, bad_rows = read_table("views.csv", string_columns=["uid", "movie", "time"])
+    src = read_input("logs/", string_columns=["uid"])     # a file, a directory, a glob, hive partitions
+    src.table, src.rows, src.file, src.files, src.bad     # each row's file and 1-based row in it
 
-The format comes from the file's magic bytes (Parquet) or suffix (``.gz``/``.bz2``/``.zst``/``.lz4``
-compression allowed), or ``fmt``. Nothing is dropped silently: a record the parser cannot read comes back
+An input is a file, a directory (every file under it, recursively, except names starting with ``.`` or
+``_`` such as ``_SUCCESS``) or a glob (``logs/dt=*/*.parquet``, ``**`` recursive). Files are found by
+``pyarrow.dataset``; ``key=value`` directories (hive partitioning) become string columns named ``key``,
+mapped like any other column. Every file is read by ``read_table`` so each row keeps its file and row.
+One format per input. The format comes from the file's magic bytes (Parquet) or suffix
+(``.gz``/``.bz2``/``.zst``/``.lz4`` compression allowed), or ``fmt``. A CSV's delimiter is ``,`` unless
+the header holds no comma and exactly one of ``;``, ``|`` or a tab (then that one), or ``delimiter``. Nothing is dropped silently: a record the parser cannot read comes back
 in ``bad_rows`` as ``(row, reason, raw_json)`` (``row``: 1-based data row, header excluded; for CSV the
 file line number minus the header line), blank lines are neither read nor reported, and
 ``minivz.events`` turns both into canonical events and rejects.
@@ -14,15 +21,20 @@ file line number minus the header line), blank lines are neither read nor report
 
 from __future__ import annotations
 
+import csv
+import glob
 import io
 import json
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["IngestError", "read_table"]
+__all__ = ["IngestError", "Input", "input_columns", "input_files", "read_input", "read_table"]
 
 _FORMATS = {
     ".csv": "csv",
@@ -66,7 +78,9 @@ def _infer_format(path: Path, fmt: str | None) -> str:
     )
 
 
-def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8") -> tuple[pa.Table, np.ndarray, list]:
+def read_table(
+    path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8", delimiter: str | None = None
+) -> tuple[pa.Table, np.ndarray, list]:
     """Read one file as an Arrow table of its source columns.
 
     Returns ``(table, row_numbers, bad_rows)``: ``row_numbers[i]`` is the 1-based data row of table row
@@ -75,6 +89,7 @@ def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = 
     not guessed by the parser (it would mix naive and offset ISO strings into one naive column).
     ``encoding`` is the text encoding of CSV/TSV/JSONL (e.g. ``latin-1``); text that is not valid in it
     is an error naming the line and the fix. Duplicate column names are an error naming them.
+    ``delimiter`` (CSV only): None = ``sniff_delimiter``; a TSV is always tab-separated.
     """
     path = Path(path)
     if not path.exists():
@@ -89,7 +104,11 @@ def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = 
             raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
         out = table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
     elif kind in ("csv", "tsv"):
-        out = _read_csv(path, "\t" if kind == "tsv" else ",", string_columns, encoding)
+        if kind == "tsv":
+            delimiter = "\t"
+        elif delimiter is None:
+            delimiter = sniff_delimiter(path, encoding)
+        out = _read_csv(path, delimiter, string_columns, encoding)
     else:
         out = _read_json(path, string_columns, encoding)
     names = out[0].column_names
@@ -100,6 +119,201 @@ def read_table(path, fmt: str | None = None, string_columns=(), encoding: str = 
             "header so each column has one name, then map the one you mean (--map ts=<col>)."
         )
     return out
+
+
+# ------------------------------------------------------------------------------ headers, delimiters
+
+_OTHER_DELIMITERS = {";": "semicolon", "|": "pipe", "\t": "tab"}
+
+
+def _header_line(path: Path, encoding: str) -> str:
+    """The first non-blank line of a text file (decompressed), BOM stripped; '' when there is none."""
+    with pa.input_stream(str(path), compression="detect") as f:
+        head = f.read(1 << 16)
+    text = head.decode(encoding if encoding else "utf-8", errors="replace").lstrip("\ufeff")
+    for line in text.splitlines():
+        if line.strip():
+            return line
+    return ""
+
+
+def sniff_delimiter(path, encoding: str = "utf-8") -> str:
+    """``,`` unless the header holds no comma and exactly one of ``;`` ``|`` tab: then that one.
+
+    A header holding several of them and no comma is ambiguous: an error naming them and the flag."""
+    header = _header_line(Path(path), encoding)
+    if "," in header:
+        return ","
+    found = [d for d in _OTHER_DELIMITERS if d in header]
+    if len(found) > 1:
+        names = " and ".join(f"{d!r} ({_OTHER_DELIMITERS[d]})" for d in found)
+        raise IngestError(
+            f"{str(path)!r}: the header {header[:80]!r} holds no comma but both {names}; say which one "
+            f"separates the columns: --set delimiter={found[0]!r}"
+        )
+    return found[0] if found else ","
+
+
+def _file_columns(path: Path, kind: str, delimiter: str | None, encoding: str) -> list[str] | None:
+    """Column names from a file's header or schema alone (no data read); None for JSONL (schemaless)."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
+    if kind == "jsonl":
+        return None
+    if kind == "tsv":
+        delimiter = "\t"
+    elif delimiter is None:
+        delimiter = sniff_delimiter(path, encoding)
+    header = _header_line(path, encoding)
+    return next(csv.reader([header], delimiter=delimiter), []) if header else []
+
+
+# --------------------------------------------------------------------- inputs: file, directory, glob
+
+_GLOB = re.compile(r"[*?[]")
+
+
+def input_files(path, fmt: str | None = None) -> tuple[list[Path], list[dict[str, str | None]], str]:
+    """``(files, partition keys per file, format)`` for a file, a directory or a glob, in sorted order.
+
+    Discovery and hive partitions (``dt=2024-01-01/``) are ``pyarrow.dataset``'s; partition values are
+    strings (``__HIVE_DEFAULT_PARTITION__`` is null). All files must share one format."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    given = str(path)
+    p = Path(given)
+    if p.is_file():
+        return [p], [{}], _infer_format(p, fmt)
+    if p.is_dir():
+        base, source = p, pafs.FileSelector(str(p.resolve()), recursive=True)
+    elif _GLOB.search(given):
+        hits = sorted(h for h in glob.glob(given, recursive=True) if os.path.isfile(h))
+        hits = [h for h in hits if not os.path.basename(h).startswith((".", "_"))]
+        if not hits:
+            raise IngestError(f"--input {given!r}: no file matches this pattern; check it (quote it so "
+                              "the shell does not expand it, and use ** to match subdirectories).")
+        parts = Path(given).parts
+        magic = next(i for i, part in enumerate(parts) if _GLOB.search(part))
+        base = Path(*parts[:magic]) if magic else Path(".")
+        source = [str(Path(h).resolve()) for h in hits]
+    else:
+        raise IngestError(f"log file {given!r} does not exist; check the path.")
+    opts = ds.FileSystemFactoryOptions(partition_base_dir=str(base.resolve()))
+    opts.partitioning_factory = ds.HivePartitioning.discover(infer_dictionary=False)
+    factory = ds.FileSystemDatasetFactory(pafs.LocalFileSystem(), source, ds.ParquetFileFormat(), opts)
+    dataset = factory.finish(factory.inspect(fragments=0))  # partition schema only: no file is opened
+    found = []
+    for frag in dataset.get_fragments():
+        keys = ds.get_partition_keys(frag.partition_expression)
+        rel = os.path.relpath(frag.path, str(base.resolve()))
+        found.append((base / rel, {k: None if v is None else str(v) for k, v in keys.items()}))
+    if not found:
+        raise IngestError(f"--input {given!r} is a directory with no files (names starting with '.' or "
+                          "'_' are skipped); point it at the log's files.")
+    found.sort(key=lambda fp: str(fp[0]))
+    kinds: dict[str, list[Path]] = {}
+    for f, _ in found:
+        kinds.setdefault(_infer_format(f, fmt), []).append(f)
+    if len(kinds) > 1:
+        listed = "; ".join(f"{len(v)} {k} (e.g. {str(v[0])!r})" for k, v in kinds.items())
+        raise IngestError(f"--input {given!r} mixes formats: {listed}. Keep one format per input, or "
+                          f"select one with a glob, e.g. --input '{base}/**/*.parquet'.")
+    return [f for f, _ in found], [k for _, k in found], next(iter(kinds))
+
+
+@dataclass
+class Input:
+    """The rows of one input (one or more files) and where each came from.
+
+    ``rows[i]`` is table row ``i``'s 1-based data row inside ``files[file[i]]``; ``bad`` holds records the
+    parser could not read as ``(file index, row, reason, raw JSON)``; ``delimiters`` the CSV delimiters
+    used (empty for Parquet and JSONL)."""
+
+    table: pa.Table
+    rows: np.ndarray
+    file: np.ndarray
+    files: list[str]
+    bad: list
+    delimiters: list[str]
+
+    @property
+    def n_read(self) -> int:
+        return self.table.num_rows + len(self.bad)
+
+
+def input_columns(path, fmt: str | None = None, delimiter: str | None = None, encoding: str = "utf-8"):
+    """Every column an input offers (the union of its files' headers, then partition keys), read from
+    headers and schemas only; None when a file is JSONL (its fields are known only once read)."""
+    files, parts, kind = input_files(path, fmt)
+    names: dict[str, None] = {}
+    for f in files:
+        cols = _file_columns(f, kind, delimiter, encoding)
+        if cols is None:
+            return None
+        names.update(dict.fromkeys(cols))
+    for keys in parts:
+        names.update(dict.fromkeys(keys))
+    return list(names)
+
+
+def read_input(
+    path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8", delimiter: str | None = None
+) -> Input:
+    """Read a file, a directory or a glob (see the module docstring) into one table.
+
+    Files are concatenated in sorted path order; a column missing from a file is null there, a column
+    whose type differs between files is read as text in all of them. Partition keys are string columns."""
+    files, parts, kind = input_files(path, fmt)
+    tables, rows, codes, bad, delims = [], [], [], [], []
+    for i, (f, keys) in enumerate(zip(files, parts)):
+        d = delimiter
+        if kind in ("csv", "tsv"):
+            d = "\t" if kind == "tsv" else (delimiter or sniff_delimiter(f, encoding))
+            if d not in delims:
+                delims.append(d)
+        table, r, b = read_table(f, kind, string_columns, encoding, d)
+        for key, value in keys.items():
+            if key in table.column_names:
+                raise IngestError(f"{str(f)!r} has a column {key!r} and sits in a partition directory "
+                                  f"{key}={value}; rename one of them so each column has one source.")
+            table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+        tables.append(table)
+        rows.append(r)
+        codes.append(np.full(len(r), i, np.int32))
+        bad.extend((i, row, reason, raw) for row, reason, raw in b)
+    if len(tables) == 1:
+        table = tables[0]
+    else:
+        table = _concat(tables)
+    return Input(table, np.concatenate(rows), np.concatenate(codes), [str(f) for f in files], bad, delims)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate files' tables: missing columns become null, columns of differing types become text."""
+    types: dict[str, set] = {}
+    for t in tables:
+        for field in t.schema:
+            if not pa.types.is_null(field.type):
+                types.setdefault(field.name, set()).add(field.type)
+    mixed = {name for name, ts in types.items() if len(ts) > 1}
+    if mixed:
+        tables = [_as_text(t, mixed) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _as_text(table: pa.Table, names: set) -> pa.Table:
+    for c in names & set(table.column_names):
+        col = table[c]
+        if pa.types.is_dictionary(col.type):
+            col = pc.cast(col, col.type.value_type)
+        table = table.set_column(table.column_names.index(c), c, pc.cast(col, pa.string()))
+    return table
 
 
 def _not_encoded(path: Path, data: bytes, encoding: str) -> IngestError:
@@ -157,7 +371,8 @@ def _read_csv(path: Path, delimiter: str, string_columns, encoding: str = "utf-8
             raise _not_encoded(path, _read_bytes(path), encoding) from e
         raise IngestError(
             f"cannot parse {str(path)!r} as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}. "
-            "Check the delimiter (pass fmt='tsv' for tab-separated files) and the quoting."
+            f"It was read with delimiter {delimiter!r}; check the delimiter (--set delimiter=';', or "
+            "fmt='tsv' for tab-separated files) and the quoting."
         ) from e
     bad, skipped = [], []
     for r in invalid:

@@ -128,7 +128,7 @@ def test_epoch_units_and_iso_offsets_give_identical_utc(tmp_path):
         "iso_frac": "2024-03-10T12:30:15.000000+00:00",
     }
     for name, value in forms.items():
-        rows = [{"user_id": "u", "item_id": "i", "ts": value}] * 3
+        rows = [{"user_id": "u", "item_id": f"i{k}", "ts": value} for k in range(3)]  # 3 events, not copies
         for path in (write_csv(tmp_path / f"{name}.csv", rows), write_jsonl(tmp_path / f"{name}.jsonl", rows)):
             res = read_log(path)
             assert res.events["ts"].to_pylist() == [instant] * 3, (name, path.suffix)
