@@ -474,49 +474,74 @@ def check_catalog(
     return events.filter(pa.array(known))
 
 
+def _key_codes(events: pa.Table, raw: pa.Table, name: str, source: str | None) -> np.ndarray:
+    """One uint64 per event identifying its ``name`` id: the source integers where the source column is
+    an integer column (no string work), else the codes of the canonical string ids."""
+    if source in raw.column_names and pa.types.is_integer(raw.schema.field(source).type):
+        col = raw[source].take(pa.array(np.asarray(events["_pos"])))
+        if col.null_count == 0:
+            return np.asarray(col.combine_chunks().to_numpy(), np.int64).view(np.uint64)
+    enc = pc.dictionary_encode(events[name].combine_chunks())
+    return np.asarray(enc.indices).astype(np.uint64)
+
+
 def drop_duplicates(
     events: pa.Table, rej: _Rejects, raw: pa.Table, row_numbers: np.ndarray,
-    file_codes: np.ndarray | None = None,
+    file_codes: np.ndarray | None = None, id_columns: tuple = (None, None),
 ) -> tuple[pa.Table, int]:
     """Keep the first of each group of exact duplicate events; the others become rejects naming it.
 
     Exact: the source rows are equal in every column as delivered (``1704268800`` and
-    ``2024-01-03T08:00:00Z`` are the same instant but not the same record). Candidates are events equal
-    on (user, time, item), found with one stable sort of integer codes; only those (a small share of
-    any log) are compared column by column. ``events`` carries ``_pos`` (its row in ``raw``)."""
+    ``2024-01-03T08:00:00Z`` are the same instant but not the same record). Candidates share a 64-bit
+    key of (user, time, item), found with one sort of that key; only those (a small share of any
+    log) are compared column by column. ``events`` carries ``_pos`` (its row in ``raw``);
+    ``id_columns``: the source columns of user_id and item_id (integer ones need no string work)."""
     n = events.num_rows
     if n < 2:
         return events, 0
-    user = np.asarray(pc.dictionary_encode(events["user_id"]).combine_chunks().indices)
-    item = np.asarray(pc.dictionary_encode(events["item_id"]).combine_chunks().indices)
-    ts = np.asarray(events["ts"].cast(pa.int64()))
-    order = np.lexsort((item, ts, user))  # stable: within equal keys, input order
-    su, st, si = user[order], ts[order], item[order]
-    same = (su[1:] == su[:-1]) & (st[1:] == st[:-1]) & (si[1:] == si[:-1])
-    if not same.any():
+    with np.errstate(over="ignore"):
+        key = _key_codes(events, raw, "user_id", id_columns[0]) * np.uint64(0x9E3779B97F4A7C15)
+        key ^= _key_codes(events, raw, "item_id", id_columns[1]) * np.uint64(0xC2B2AE3D27D4EB4F)
+        key ^= np.asarray(events["ts"].cast(pa.int64()).combine_chunks().to_numpy()).view(np.uint64) \
+            * np.uint64(0x165667B19E3779F9)
+    s = np.sort(key)
+    repeated = s[1:][s[1:] == s[:-1]]
+    if repeated.size == 0:
         return events, 0
-    run = np.cumsum(np.concatenate([[True], ~same]))  # run id per sorted position
-    in_run = np.concatenate([same, [False]]) | np.concatenate([[False], same])
-    cand = order[in_run]
+    cand = np.flatnonzero(np.asarray(pc.is_in(pa.array(key), value_set=pa.array(np.unique(repeated)))))  # input order
     pos = np.asarray(events["_pos"])
-    records = raw.take(pa.array(pos[cand])).to_pylist()  # the rows as delivered, every source column
-    first: dict = {}
+    # exact comparison of the candidates' source rows, every column (nested values as JSON text)
+    rows = raw.take(pa.array(pos[cand]))
+    cols = {}
+    for i, name in enumerate(rows.column_names):
+        col = rows.column(i)
+        if pa.types.is_nested(col.type):
+            col = pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str)
+                            for v in col.to_pylist()], pa.string())
+        elif pa.types.is_dictionary(col.type):
+            col = pc.cast(col, col.type.value_type)
+        cols[f"c{i}"] = col
+    cols["_key"] = pa.array(key[cand])
+    cols["_i"] = pa.array(np.arange(len(cand), dtype=np.int64))
+    groups = pa.table(cols).group_by([c for c in cols if c != "_i"], use_threads=False).aggregate(
+        [("_i", "list")])
     dup, reasons = [], []
-    for r, idx, rec in zip(run[in_run], cand, records):
-        key = (int(r), json.dumps(rec, sort_keys=True, default=str))
-        if key not in first:
-            first[key] = int(idx)
+    for members in groups["_i_list"].to_pylist():
+        if len(members) < 2:
             continue
-        src = int(pos[first[key]])
+        members = sorted(members)
+        src = int(pos[cand[members[0]]])
         where = f'row "{int(row_numbers[src])}"'
-        if rej.files and len(rej.files) > 1:
+        if len(rej.files) > 1:
             where += f' of "{rej.files[int(file_codes[src])]}"'
-        dup.append(int(idx))
-        reasons.append(f"duplicate: an exact copy of the event at {where} (kept); --set dedupe=false keeps copies")
+        for m in members[1:]:
+            dup.append(int(cand[m]))
+            reasons.append(f"duplicate: an exact copy of the event at {where} (kept); --set dedupe=false keeps copies")
     if not dup:
         return events, 0
-    dup = np.asarray(dup, np.int64)
-    rej.add_from_table(raw, row_numbers, pos[dup], reasons, file_codes)
+    order = np.argsort(dup, kind="stable")
+    dup = np.asarray(dup, np.int64)[order]
+    rej.add_from_table(raw, row_numbers, pos[dup], [reasons[i] for i in order], file_codes)
     keep = np.ones(n, bool)
     keep[dup] = False
     return events.filter(pa.array(keep)), len(dup)
@@ -605,7 +630,8 @@ def read_log(
         events = check_catalog(events, items, rej, raw, rows, src.file)
     n_dup = 0
     if dedupe:
-        events, n_dup = drop_duplicates(events, rej, raw, rows, src.file)
+        events, n_dup = drop_duplicates(events, rej, raw, rows, src.file,
+                                        (cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")))
     events = events.drop_columns(["_pos"])
     rejects = rej.to_table()
     n_read = src.n_read

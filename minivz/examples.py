@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,14 +72,17 @@ class PrepareSummary:
 
 def _dense_codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
     """Dense int codes in natural id order (numeric ids sort numerically)."""
-    uniq = pc.unique(values).to_pylist()
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.dictionary_encode(values)  # one hash pass: codes in first-seen order + the distinct ids
+    uniq = enc.dictionary.to_pylist()
     if all(s.isdigit() for s in uniq):
-        uniq.sort(key=lambda s: (len(s.lstrip("0")), s.lstrip("0"), s))
+        order = sorted(range(len(uniq)), key=lambda k: (len(uniq[k].lstrip("0")), uniq[k].lstrip("0"), uniq[k]))
     else:
-        uniq.sort()
-    lookup = pa.array(uniq, pa.string())
-    codes = pc.index_in(values, value_set=lookup).to_numpy(zero_copy_only=False)
-    return codes.astype(np.int64), uniq
+        order = sorted(range(len(uniq)), key=uniq.__getitem__)
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.asarray(order, np.int64)] = np.arange(len(uniq))
+    return rank[np.asarray(enc.indices)], [uniq[k] for k in order]
 
 
 def _catalog(items: pa.Table | None, item_ids: list[str], counts: np.ndarray) -> pa.Table:
@@ -183,7 +187,9 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     # is the same on every run and every machine.
     say("sort")
     perm = kernels.stable_order(user_codes, ts, item_codes)
-    ev = ev.take(pa.array(perm))
+    # ids and times come back from their codes below; the other columns are reordered (one chunk per
+    # input file: a take over one chunk is faster)
+    ev = ev.drop_columns(["user_id", "item_id", "ts"]).combine_chunks().take(pa.array(perm))
     user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
     secs["encode_sort"] = time.perf_counter() - t0
 
@@ -262,18 +268,23 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
 
     t0 = time.perf_counter()
     say("write parquet")
-    events_out = _events_table(ev, user_codes, item_codes, session, runs.run_of_event)
-    pq.write_table(events_out, out / "events.parquet")
-    pq.write_table(catalog, out / "items.parquet")
-    pq.write_table(_runs_table(runs, series_names), out / "runs.parquet")
-    ex_counts, disc_share = {}, {}
-    for code, name in enumerate(SPLITS):
-        sel = np.flatnonzero(np.asarray(ex.split) == code)
-        tbl = _examples_table(ex, sel, user_ids, item_codes, ts, cfg.n_candidates)
-        pq.write_table(tbl, out / f"{name}.parquet")
-        ex_counts[name] = int(len(sel))
-        disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
-    write_rejects(res.rejects, out / "rejects.parquet")
+    # Parquet encoding releases the GIL: two writer threads keep both cores busy while the next table
+    # is built (files are independent; each is written whole by one thread)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        writes = [pool.submit(_write, _events_table(ev, user_codes, item_codes, ts, user_ids, item_ids, session,
+                                                    runs.run_of_event), out / "events.parquet"),
+                  pool.submit(_write, catalog, out / "items.parquet"),
+                  pool.submit(_write, _runs_table(runs, series_names), out / "runs.parquet")]
+        ex_counts, disc_share = {}, {}
+        for code, name in enumerate(SPLITS):
+            sel = np.flatnonzero(np.asarray(ex.split) == code)
+            tbl = _examples_table(ex, sel, user_ids, item_codes, ts, cfg.n_candidates)
+            writes.append(pool.submit(_write, tbl, out / f"{name}.parquet"))
+            ex_counts[name] = int(len(sel))
+            disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
+        writes.append(pool.submit(write_rejects, res.rejects, out / "rejects.parquet"))
+        for w in writes:
+            w.result()  # re-raise a writer's error here
     secs["write"] = time.perf_counter() - t0
 
     summary = PrepareSummary(
@@ -308,6 +319,15 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     return summary
 
 
+def _write(table: pa.Table, path: Path) -> None:
+    """Parquet with dictionary pages for text columns only: ids, positions and candidate lists are
+    high-cardinality integers, where the writer's dictionary attempt costs ~40% of the write and
+    saves nothing (measured at 10M events: train 9.3 s -> 5.0 s)."""
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_dictionary(f.type)]
+    pq.write_table(table, path, use_dictionary=text)
+
+
 def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.ndarray:
     """Keep only each user's ``cap`` most recent training targets (events are sorted by user, ts)."""
     idx = np.flatnonzero(split == 0)
@@ -322,13 +342,18 @@ def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.nda
     return split
 
 
-def _events_table(ev: pa.Table, user_codes, item_codes, session, run_of_event) -> pa.Table:
+def _decode(codes: np.ndarray, ids: list[str]) -> pa.Array:
+    """Dense codes -> their string ids (a gather from the distinct ids, not a take over all strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(ids, pa.string())).cast(pa.string())
+
+
+def _events_table(ev: pa.Table, user_codes, item_codes, ts, user_ids, item_ids, session, run_of_event) -> pa.Table:
     meta = [c for c in ev.column_names if c not in ("user_id", "ts", "item_id", "interaction", "duration_s")]
     cols = {
-        "user_id": ev["user_id"],
+        "user_id": _decode(user_codes, user_ids),
         "user_idx": pa.array(user_codes.astype(np.int32)),
-        "ts": pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")),
-        "item_id": ev["item_id"],
+        "ts": pa.array(np.asarray(ts, np.int64)).cast(pa.timestamp("us", tz="UTC")),
+        "item_id": _decode(item_codes, item_ids),
         "item_idx": pa.array(item_codes.astype(np.int32)),
         "interaction": ev["interaction"],
         "duration_s": ev["duration_s"] if "duration_s" in ev.column_names else pa.nulls(ev.num_rows, pa.float64()),
@@ -369,7 +394,7 @@ def _examples_table(ex, sel, user_ids, item_codes, ts, n_candidates) -> pa.Table
         {
             "example_id": pa.array(target_row),  # the target's event row: stable across reruns
             "user_idx": pa.array(users.astype(np.int32)),
-            "user_id": pa.array(np.array(user_ids, dtype=object)[users].tolist() if len(sel) else [], pa.string()),
+            "user_id": _decode(users, user_ids),
             "target_row": pa.array(target_row),
             "target_item": pa.array(item_codes[target_row].astype(np.int32)),
             "target_ts": pa.array(ts[target_row]).cast(pa.timestamp("us", tz="UTC")),

@@ -1,0 +1,252 @@
+"""Benchmark the command a user runs, ``minivz data prepare``, against DuckDB and polars on the same job.
+
+    pip install -e ".[bench]"                                   # duckdb + polars
+    python benchmarks/bench_prepare.py                          # 1M and 10M events
+    python benchmarks/bench_prepare.py --sizes 1e6 --keep /tmp/bp   # quick look, keep the inputs
+    python benchmarks/bench_prepare.py --sizes 1e8 --memory-gb 8    # production size (needs the disk)
+
+Input: a production-style log (SYNTHETIC, seeded), written untimed as a hive-partitioned Parquet
+dataset ``log/dt=YYYY-MM-DD/part-K.parquet`` (30 days x 4 parts = 120 files), typed columns: ``uid``
+int64, ``sku`` int64, ``at`` timestamp[us, UTC], ``kind`` dictionary<string> (play / preview / stop),
+``secs`` int32; n/40 users, 50,000 items, 0.5% of events re-delivered (exact copies, as an
+at-least-once pipeline writes them).
+
+The job, the same in every system: read the dataset, drop exact duplicate rows, order by (user, ts,
+item), 30-minute sessions, per-user positions, leave-last-out split (last event test, the one before
+valid), and for every target the strict history bounds (events strictly earlier, at most 100), targets
+with no history skipped; write the events and the examples as Parquet.
+
+    minivz  ``python -m minivz data prepare --input LOG_DIR`` (the CLI, its reading and writing), which
+            ALSO draws 9 uniform negatives per target and the discovery flags, writes items/runs/
+            rejects/manifest and counts rejects: more work than the others do
+    duckdb  the same job in SQL (read_parquet with hive partitioning, DISTINCT, window functions, COPY
+            TO Parquet), threads=2, memory_limit = --memory-gb, spilling to a temp dir; no negatives
+    polars  the same in the lazy API, ``collect(engine="streaming")``, then write_parquet; no negatives
+    floor   pyarrow reads every file of the dataset once (the columns, nothing else): the least any of
+            them can take
+
+Each system runs in its own process; wall time from the parent, peak RSS from ``os.wait4`` (the
+child's ``ru_maxrss``). Printed per size: seconds, µs per event, peak GB, and the ratio of each to
+minivz (> 1: minivz is faster / leaner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N_ITEMS = 50_000
+DAYS, PARTS = 30, 4
+DUP_SHARE = 0.005
+GAP_US = 30 * 60 * 1_000_000
+HISTORY = 100
+
+
+def write_log(root: Path, n: int, seed: int = 0) -> int:
+    """The hive-partitioned input, one day at a time (memory bounded by one day). Returns rows written."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n_users = max(10, n // 40)
+    day_us = 86_400 * 1_000_000
+    t0 = 1_704_067_200 * 1_000_000  # 2024-01-01
+    total = 0
+    for day in range(DAYS):
+        m = n // DAYS + (1 if day < n % DAYS else 0)
+        users = rng.integers(1, n_users + 1, m, dtype=np.int64)
+        items = (rng.zipf(1.3, m) % N_ITEMS + 1).astype(np.int64)
+        ts = t0 + day * day_us + rng.integers(0, day_us, m, dtype=np.int64)
+        kind = rng.choice(np.array(["play", "preview", "stop"]), m, p=[0.7, 0.2, 0.1])
+        secs = rng.integers(0, 7200, m, dtype=np.int32)
+        dup = rng.random(m) < DUP_SHARE
+        idx = np.concatenate([np.arange(m), np.flatnonzero(dup)])  # copies land in the same day
+        rng.shuffle(idx)
+        table = pa.table({
+            "uid": users[idx], "sku": items[idx],
+            "at": pa.array(ts[idx], pa.timestamp("us", tz="UTC")),
+            "kind": pa.array(kind[idx]).dictionary_encode(),
+            "secs": pa.array(secs[idx], pa.int32()),
+        })
+        d = root / f"dt={np.datetime64(t0 // 1_000_000 + day * 86_400, 's').astype('datetime64[D]')}"
+        d.mkdir(parents=True, exist_ok=True)
+        step = -(-table.num_rows // PARTS)
+        for k in range(PARTS):
+            pq.write_table(table.slice(k * step, step), d / f"part-{k}.parquet")
+        total += table.num_rows
+    (root / "_SUCCESS").write_text("")
+    return total
+
+
+# ------------------------------------------------------------------------------ workers (own process)
+
+DUCKDB_SQL = """
+CREATE TEMP TABLE ev AS
+WITH d AS (
+  SELECT DISTINCT uid, sku, "at", kind, secs, dt FROM read_parquet('{log}/**/*.parquet', hive_partitioning = true)
+), o AS (
+  SELECT *, row_number() OVER (ORDER BY uid, "at", sku) - 1 AS row FROM d
+), w AS (
+  SELECT *,
+    row - row_number() OVER u + 1 AS user_first,
+    count(*) OVER (PARTITION BY uid) AS n_user,
+    row_number() OVER u - 1 AS pos,
+    min(row) OVER (PARTITION BY uid, "at") AS tie_first,
+    CASE WHEN "at" - lag("at") OVER u <= INTERVAL 30 MINUTE THEN 0 ELSE 1 END AS new_session
+  FROM o WINDOW u AS (PARTITION BY uid ORDER BY "at", sku)
+)
+SELECT *, sum(new_session) OVER (ORDER BY row ROWS UNBOUNDED PRECEDING) - 1 AS session,
+  CASE WHEN pos = n_user - 1 THEN 2 WHEN pos = n_user - 2 THEN 1 ELSE 0 END AS split,
+  greatest(user_first, tie_first - {history}) AS hist_start, tie_first AS hist_end
+FROM w;
+COPY (SELECT uid, sku, "at", kind, secs, dt, session FROM ev ORDER BY row) TO '{out}/events.parquet' (FORMAT parquet);
+COPY (SELECT row AS target_row, uid, sku, split, hist_start, hist_end FROM ev
+      WHERE hist_end > hist_start ORDER BY row) TO '{out}/examples.parquet' (FORMAT parquet);
+"""
+
+
+def run_duckdb(log: str, out: str, memory_gb: float) -> None:
+    import duckdb
+
+    tmp = Path(out) / "_tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute(f"SET threads = 2; SET memory_limit = '{memory_gb}GB'; SET temp_directory = '{tmp}'; "
+                "SET preserve_insertion_order = false")
+    con.execute(DUCKDB_SQL.format(log=log, out=out, tmp=tmp, history=HISTORY))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_polars(log: str, out: str, memory_gb: float) -> None:
+    os.environ.setdefault("POLARS_MAX_THREADS", "2")
+    import polars as pl
+
+    lf = (
+        pl.scan_parquet(f"{log}/**/*.parquet", hive_partitioning=True)
+        .unique()
+        .sort(["uid", "at", "sku"])
+        .with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int64))  # u32 index: tie_first - 100 would wrap
+        .with_columns(
+            user_first=pl.col("row").min().over("uid"),
+            n_user=pl.len().over("uid"),
+            tie_first=pl.col("row").min().over(["uid", "at"]),
+            new_session=(pl.col("at").diff().over("uid") > pl.duration(microseconds=GAP_US))
+            | pl.col("at").diff().over("uid").is_null(),
+        )
+        .with_columns(
+            pos=pl.col("row") - pl.col("user_first"),
+            session=pl.col("new_session").cast(pl.Int64).cum_sum() - 1,
+            hist_start=pl.max_horizontal(pl.col("user_first"), pl.col("tie_first") - HISTORY),
+            hist_end=pl.col("tie_first"),
+        )
+        .with_columns(
+            split=pl.when(pl.col("pos") == pl.col("n_user") - 1).then(2)
+            .when(pl.col("pos") == pl.col("n_user") - 2).then(1).otherwise(0)
+        )
+    )
+    ev = lf.collect(engine="streaming")
+    ev.select(["uid", "sku", "at", "kind", "secs", "dt", "session"]).write_parquet(f"{out}/events.parquet")
+    ev.filter(pl.col("hist_end") > pl.col("hist_start")).select(
+        ["row", "uid", "sku", "split", "hist_start", "hist_end"]).write_parquet(f"{out}/examples.parquet")
+
+
+def run_floor(log: str, out: str, memory_gb: float) -> None:
+    import pyarrow.dataset as ds
+
+    n = 0
+    for batch in ds.dataset(log, format="parquet", partitioning="hive").to_batches():
+        n += batch.num_rows
+
+
+WORKERS = {"duckdb": run_duckdb, "polars": run_polars, "floor": run_floor}
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def measure(argv: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS GiB, return code) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        print(f"  ! {' '.join(argv[:4])} ... exited {rc}: {err.strip().splitlines()[-1:] }", flush=True)
+    return wall, usage.ru_maxrss / 2**20, rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1e6,1e7", help="events per run, comma separated")
+    ap.add_argument("--memory-gb", type=float, default=8.0, help="DuckDB's memory_limit")
+    ap.add_argument("--systems", default="minivz,duckdb,polars,floor")
+    ap.add_argument("--keep", default=None, help="directory to keep inputs/outputs in (default: temp)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--log", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        WORKERS[args.worker](args.log, args.out, args.memory_gb)
+        return
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"# {cpu}, {os.cpu_count()} cores; python {platform.python_version()}")
+    base = Path(args.keep or tempfile.mkdtemp(prefix="bench_prepare_"))
+    systems = args.systems.split(",")
+    rows = []
+    for size in [int(float(s)) for s in args.sizes.split(",")]:
+        log = base / f"log_{size}"
+        if not log.exists():
+            t0 = time.perf_counter()
+            n = write_log(log, size)
+            print(f"# wrote {n:,} rows ({size:,} events + copies) in {time.perf_counter() - t0:.0f} s "
+                  f"to {log} (untimed)", flush=True)
+        res = {}
+        for system in systems:
+            out = base / f"out_{system}_{size}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            if system == "minivz":
+                argv = [sys.executable, "-m", "minivz", "data", "prepare", "--input", str(log), "--out", str(out),
+                        "--map", "user_id=uid,item_id=sku,ts=at,interaction=kind,duration_s=secs",
+                        "--set", "history_len=100", "--set", "min_history=1"]
+            else:
+                argv = [sys.executable, __file__, "--worker", system, "--log", str(log), "--out", str(out),
+                        "--memory-gb", str(args.memory_gb)]
+            wall, gb, rc = measure(argv)
+            res[system] = (wall, gb, rc)
+            print(f"  {size:>12,} {system:<7} {wall:8.1f} s  {gb:6.2f} GB  rc {rc}", flush=True)
+            if args.keep is None:
+                shutil.rmtree(out, ignore_errors=True)
+        rows.append((size, res))
+        if args.keep is None:
+            shutil.rmtree(log, ignore_errors=True)
+
+    print()
+    print("| events | system | wall s | µs/event | peak GB | minivz time / this | minivz RSS / this |")
+    print("|---|---|---|---|---|---|---|")
+    for size, res in rows:
+        mv = res.get("minivz")
+        for system, (wall, gb, rc) in res.items():
+            ratio = f"{mv[0] / wall:.2f}" if mv and system != "minivz" else "—"
+            mem = f"{mv[1] / gb:.2f}" if mv and system != "minivz" else "—"
+            flag = "" if rc == 0 else f" (failed rc {rc})"
+            print(f"| {size:,} | {system}{flag} | {wall:.1f} | {wall / size * 1e6:.2f} | {gb:.2f} | {ratio} | {mem} |")
+    print("\nminivz also draws 9 negatives per target, discovery flags and series runs, and writes "
+          "items/runs/rejects/manifest; duckdb and polars do not (see the docstring).")
+
+
+if __name__ == "__main__":
+    main()
