@@ -26,8 +26,10 @@ with no history skipped; write the events and the examples as Parquet.
             them can take
 
 Each system runs in its own process; wall time from the parent, peak RSS from ``os.wait4`` (the
-child's ``ru_maxrss``). Printed per size: seconds, µs per event, peak GB, and the ratio of each to
-minivz (> 1: minivz is faster / leaner).
+child's ``ru_maxrss``). Printed per size: seconds, µs per event, peak GB, and each system's time and
+memory over minivz's (> 1: minivz is faster / leaner than that system; the issue's goal is >= 3 vs
+DuckDB). At the end of each run the examples (target row, split, history bounds) of DuckDB and
+polars are checked identical to minivz's, so every ratio is over the same work.
 """
 
 from __future__ import annotations
@@ -173,6 +175,31 @@ WORKERS = {"duckdb": run_duckdb, "polars": run_polars, "floor": run_floor}
 # ------------------------------------------------------------------------------------------ parent
 
 
+def examples_of(system: str, out: Path):
+    """(target row, split, hist_start, hist_end) of every example, sorted by target row, as int64 arrays."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if system == "minivz":
+        parts = [pq.read_table(out / f"{s}.parquet", columns=["target_row", "hist_start", "hist_end"])
+                 .append_column("split", pa.array(np.full(pq.read_metadata(out / f"{s}.parquet").num_rows, k)))
+                 for k, s in enumerate(("train", "valid", "test"))]
+        t = pa.concat_tables(parts)
+    else:
+        t = pq.read_table(out / "examples.parquet")
+        t = t.rename_columns(["target_row" if c == "row" else c for c in t.column_names])
+    cols = [np.asarray(t[c].combine_chunks().to_numpy(), np.int64) for c in ("target_row", "split", "hist_start", "hist_end")]
+    order = np.argsort(cols[0], kind="stable")
+    return [c[order] for c in cols]
+
+
+def same_examples(a, b) -> bool:
+    import numpy as np
+
+    return all(len(x) == len(y) and np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def measure(argv: list[str]) -> tuple[float, float, int]:
     """(wall seconds, peak RSS GiB, return code) of one child process."""
     t0 = time.perf_counter()
@@ -228,6 +255,16 @@ def main() -> None:
             wall, gb, rc = measure(argv)
             res[system] = (wall, gb, rc)
             print(f"  {size:>12,} {system:<7} {wall:8.1f} s  {gb:6.2f} GB  rc {rc}", flush=True)
+            if rc == 0 and system != "floor":
+                got = examples_of(system, out)
+                if system == "minivz":
+                    ref = got
+                elif "minivz" in res and res["minivz"][2] == 0:
+                    same = same_examples(ref, got)
+                    print(f"  {'':>12} {system} examples (target, split, history bounds) identical to "
+                          f"minivz's: {'yes' if same else 'NO'}", flush=True)
+                    if not same:
+                        res[system] = (wall, gb, "differs")
             if args.keep is None:
                 shutil.rmtree(out, ignore_errors=True)
         rows.append((size, res))
@@ -235,14 +272,14 @@ def main() -> None:
             shutil.rmtree(log, ignore_errors=True)
 
     print()
-    print("| events | system | wall s | µs/event | peak GB | minivz time / this | minivz RSS / this |")
+    print("| events | system | wall s | µs/event | peak GB | its time / minivz's | its RSS / minivz's |")
     print("|---|---|---|---|---|---|---|")
     for size, res in rows:
         mv = res.get("minivz")
         for system, (wall, gb, rc) in res.items():
-            ratio = f"{mv[0] / wall:.2f}" if mv and system != "minivz" else "—"
-            mem = f"{mv[1] / gb:.2f}" if mv and system != "minivz" else "—"
-            flag = "" if rc == 0 else f" (failed rc {rc})"
+            ratio = f"{wall / mv[0]:.2f}" if mv and system != "minivz" else "—"
+            mem = f"{gb / mv[1]:.2f}" if mv and system != "minivz" else "—"
+            flag = "" if rc == 0 else (" (examples differ)" if rc == "differs" else f" (failed rc {rc})")
             print(f"| {size:,} | {system}{flag} | {wall:.1f} | {wall / size * 1e6:.2f} | {gb:.2f} | {ratio} | {mem} |")
     print("\nminivz also draws 9 negatives per target, discovery flags and series runs, and writes "
           "items/runs/rejects/manifest; duckdb and polars do not (see the docstring).")
