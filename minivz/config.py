@@ -45,6 +45,18 @@ class ConfigError(ValueError):
     """A config value or recipe key is wrong; the message says how to fix it."""
 
 
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+
+
+def check_report_to(value: list[str], name: str) -> None:
+    """TRL's report_to as minivz accepts it: names from REPORT_TO ("all" would reach for every online
+    service installed, so it is refused)."""
+    bad = [v for v in value if v not in REPORT_TO]
+    if bad or not value or ("none" in value and len(value) > 1):
+        raise ConfigError(f"{name}={','.join(value)}: use none, or one or more of tensorboard, trackio, "
+                          f"wandb (e.g. --set {name}=tensorboard,trackio); tensorboard and trackio work offline")
+
+
 @dataclass
 class DataConfig:
     """How a log becomes examples (``minivz data prepare``)."""
@@ -226,12 +238,17 @@ class VerbalizerTrainConfig:
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     logging_steps: int = 1
+    # TRL's report_to, beside minivz's own metrics.jsonl: none | tensorboard | trackio | wandb (a list:
+    # tensorboard,trackio). Both first two work offline: TensorBoard event files under
+    # RUN/checkpoints/runs/, trackio's local store ($TRACKIO_DIR; `trackio show`). Stage 2: reasoner_report_to.
+    report_to: list[str] = field(default_factory=lambda: ["none"])
     # Any other GRPOConfig field a recipe or --set gives (max_grad_norm, loss_type, epsilon_high,
     # top_p, lr_scheduler_type, ...): collected here by resolve() and handed to TRL as it is.
     trl_extra: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to, "report_to")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.variant not in VARIANTS:
@@ -352,6 +369,8 @@ class ReasonerTrainConfig:
     reasoner_logging_steps: int = 1
     reasoner_save_steps: int = 50
     reasoner_save_total_limit: int = 2
+    # TRL's report_to for the reasoner's SFT and GRPO (see VerbalizerTrainConfig.report_to)
+    reasoner_report_to: list[str] = field(default_factory=lambda: ["none"])
 
     # -- optional GRPO on top of SFT (accuracy reward): reasoner_grpo_<f> is GRPOConfig's <f> ------
     reasoner_grpo_max_steps: int = 0  # 0 = SFT only
@@ -368,6 +387,7 @@ class ReasonerTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_report_to(self.reasoner_report_to, "reasoner_report_to")
         for name in ("reasoner_lora_r", "reasoner_lora_alpha", "reasoner_history", "reasoner_max_length",
                      "reasoner_per_device_train_batch_size", "reasoner_gradient_accumulation_steps",
                      "reasoner_logging_steps", "reasoner_save_steps", "reasoner_save_total_limit",
@@ -513,7 +533,6 @@ class PipelineConfig:
     # multi-GPU recipes: accelerate config file (DeepSpeed ZeRO-3) and vLLM rollouts
     accelerate_config: str | None = None
     num_processes: int = 1
-    use_vllm: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.skip_stages) - set(STAGES)

@@ -154,8 +154,8 @@ def step_checkpoints_callback(ckpt_dir: Path, keep: int, *, save_last: bool = Fa
 
 # Settings a resumed run may change: how long it runs and what it keeps, not what it learns.
 RESUME_SAFE = frozenset({"max_steps", "save_steps", "save_total_limit", "logging_steps", "max_oracle_retries",
-                         "gpu_memory_gib",
-                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit"})
+                         "gpu_memory_gib", "report_to",
+                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit", "reasoner_report_to"})
 
 
 def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> None:

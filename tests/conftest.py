@@ -1,8 +1,14 @@
-"""Shared pytest setup: hypothesis runs without deadlines (Numba compiles on first call)."""
+"""Shared pytest setup: hypothesis runs without deadlines (Numba compiles on first call); trackio
+(report_to) keeps its local store in a temporary folder, never in the user's ~/.cache."""
 
 import ast
+import os
+import tempfile
 
 from hypothesis import settings
+
+# trackio reads TRACKIO_DIR once, when it is first imported: set it before any test can import it
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="minivz-trackio-"))
 
 settings.register_profile("minivz", deadline=None, print_blob=True)
 settings.load_profile("minivz")

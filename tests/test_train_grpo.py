@@ -257,6 +257,35 @@ def test_grpo_trains_lora_and_writes_run_dir(tmp_path, ml_data, tiny_policy):
     assert len(gen.generate([[{"role": "user", "content": "hi"}]], max_new_tokens=4)) == 1
 
 
+def test_report_to_tensorboard_and_trackio_offline(tmp_path, ml_data, tiny_policy, monkeypatch):
+    """TRL's report_to passes through: TensorBoard event files and trackio's local store get the same
+    loss TRL logged to metrics.jsonl, with no network (HF_HUB_OFFLINE, trackio without a Space)."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("trackio")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from minivz.train.grpo import train_verbalizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_policy, report_to="tensorboard,trackio", project="minivz-test")
+    train_verbalizer(cfg, ml_data, run, oracle=OverlapOracle(), progress=False)
+    assert json.loads((run / "trl_args.json").read_text())["report_to"] == ["tensorboard", "trackio"]
+    events = list((run / "checkpoints" / "runs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tb_loss = [e.value for e in acc.Scalars("train/loss")]
+    ours = [m["loss"] for m in read_jsonl(run / "metrics.jsonl") if "loss" in m]
+    assert len(tb_loss) == 2 and tb_loss == pytest.approx(ours, abs=1e-6)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    store = Path(os.environ["TRACKIO_DIR"])  # tests/conftest.py: a temporary folder
+    assert (store / "minivz-test.db").is_file()  # the project's local database, nothing uploaded
+    logged = SQLiteStorage.get_logs(project="minivz-test", run=SQLiteStorage.get_runs("minivz-test")[-1])
+    assert [m["train/loss"] for m in logged if "train/loss" in m] == pytest.approx(ours, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_lora_parameters_change(tmp_path, ml_data, tiny_policy):
     """Every LoRA tensor that gets gradient changes; the base weights do not."""

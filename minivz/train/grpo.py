@@ -318,7 +318,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     on_gpu = torch.cuda.is_available()
     _check_vllm(cfg, on_gpu)
     # num_generations, batch sizes, max_steps, learning_rate, beta, temperature, save/logging steps,
-    # gradient_checkpointing, seed, use_vllm/vllm_mode: the recipe's GRPOConfig fields, by name
+    # gradient_checkpointing, seed, use_vllm/vllm_mode, report_to: the recipe's GRPOConfig fields, by name
     args = trl_args(
         GRPOConfig, cfg,
         output_dir=str(run / "checkpoints"),
@@ -331,7 +331,6 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         save_total_limit=None,  # StepCheckpoints rotates step_* dirs (cfg.save_total_limit of them)
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
-        report_to="none",
         disable_tqdm=True,  # LiveProgress draws the bar
         log_completions=False,
         dataloader_num_workers=0,

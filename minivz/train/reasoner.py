@@ -341,7 +341,6 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         use_cpu=not on_gpu,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=not listwise,  # the listwise loss reads target and label_ids
@@ -423,7 +422,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
         chat_template_kwargs={"enable_thinking": False},  # the answer is a title, not a <think> block
         use_cpu=not on_gpu,
         seed=cfg.seed,
-        report_to="none",
+        report_to=cfg.reasoner_report_to,  # one setting for the reasoner's SFT and GRPO
         disable_tqdm=True,
         log_completions=False,
         dataloader_num_workers=0,
