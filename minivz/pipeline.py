@@ -195,16 +195,14 @@ class Pipeline:
         return train_verbalizer(self.cfg["verbalizer"], self.data_dir, out)
 
     def policy_spec(self, model: str | Path | None) -> str:
-        """The verbalizer spec of the policy as trained (its variant, prompt and completion budget,
-        greedy): ``model=None`` is the untrained base policy, else a merged model dir."""
+        """The verbalizer spec of the policy as trained: ``model=None`` is the untrained base policy,
+        else a merged model dir (see ``verbalizer_spec``)."""
         v = self.cfg["verbalizer"]
         if model is None:
             from minivz.train.policy import policy_source
 
             model = policy_source(v)
-        backend = ",backend=hf" if not str(model).endswith(".gguf") else ""
-        render = f",render={v.select_render}" if v.variant == "select" else ""
-        return f"{v.variant}:model={model}{backend}{render},max_new_tokens={v.max_completion_length}"
+        return verbalizer_spec(v, model)
 
     @property
     def learned_spec(self) -> str:
@@ -369,10 +367,20 @@ def list_recipes() -> list[tuple[str, str]]:
     return out
 
 
+def verbalizer_spec(v, model: str | Path) -> str:
+    """The one spec of a trained policy, wherever it is read (the learned row, the curve, ``serve
+    --run``): its variant, render and completion budget from its ``VerbalizerTrainConfig``, greedy. A
+    merged HF dir reads with ``backend=hf``, an exported GGUF with ``backend=llama``."""
+    backend = "llama" if str(model).endswith(".gguf") else "hf"
+    render = f",render={v.select_render}" if v.variant == "select" else ""
+    return f"{v.variant}:model={model},backend={backend}{render},max_new_tokens={v.max_completion_length}"
+
+
 def run_models(run: Path) -> tuple[str, str]:
     """(reasoner GGUF, verbalizer spec) of a `minivz recipe` run's export: the verbalizer served the way it
-    was trained (select / action / rewrite, its render and completion budget, from RUN/verbalizer/config.yaml)."""
-    import yaml
+    was trained (``verbalizer_spec`` of the settings recorded in RUN/verbalizer/config.yaml)."""
+    from minivz.config import VerbalizerTrainConfig
+    from minivz.rundir import read_run_config
 
     def gguf(kind: str) -> str:
         found = sorted((run / "export" / kind).glob("model-*.gguf"))
@@ -381,11 +389,5 @@ def run_models(run: Path) -> tuple[str, str]:
                                     f"(minivz recipe ... --out {run}) or export it (minivz export)")
         return str(found[0])
 
-    cfg_path = run / "verbalizer" / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
-    variant, verb = cfg.get("variant", "rewrite"), gguf("verbalizer")
-    if variant == "rewrite":
-        return gguf("reasoner"), verb
-    extra = f",render={cfg.get('select_render', 'template')}" if variant == "select" else ""
-    return gguf("reasoner"), (f"{variant}:model={verb},backend=llama,max_new_tokens="
-                              f"{cfg.get('max_completion_length', 48)}{extra}")
+    return gguf("reasoner"), verbalizer_spec(read_run_config(run / "verbalizer", VerbalizerTrainConfig),
+                                             gguf("verbalizer"))

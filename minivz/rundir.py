@@ -184,6 +184,22 @@ def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> Non
     path.write_text(text)
 
 
+def read_run_config(run: Path, cls):
+    """The ``cls`` settings a run recorded in RUN/config.yaml (``record_run_config``), defaults for fields
+    added since; a missing record is an error naming the file and how to get one."""
+    import dataclasses
+
+    import yaml
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run} a run directory? Train into it first "
+                                "(minivz recipe / minivz train verbalizer / minivz train reasoner)")
+    recorded = yaml.safe_load(path.read_text()) or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in recorded.items() if k in names})
+
+
 def write_env(run: Path, **extra) -> None:
     """RUN/env.json: versions and hardware (``minivz.envinfo.collect``) plus ``extra`` fields."""
     env = collect()

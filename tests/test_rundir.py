@@ -49,3 +49,31 @@ def test_checkpoints_are_renamed_rotated_and_resumed_from(tmp_path):
     # starting over deletes them: an old step_000003 would otherwise outlive a new run's step_000001
     # in the rotation and be resumed from later
     assert not any(ckpts.iterdir())
+
+
+def test_served_verbalizer_spec_is_the_recorded_training_spec(tmp_path):
+    """`minivz serve --run` reads the verbalizer's settings from its run record through the same spec
+    builder as the learned row; a field the record lacks takes the dataclass default, not a guess."""
+    import yaml
+
+    from minivz.config import VerbalizerTrainConfig, resolve
+    from minivz.pipeline import run_models, verbalizer_spec
+    from minivz.rundir import record_run_config
+
+    run = tmp_path / "run"
+    for kind in ("verbalizer", "reasoner"):
+        (run / "export" / kind).mkdir(parents=True)
+        (run / "export" / kind / "model-q8_0.gguf").write_bytes(b"")
+    v = resolve(VerbalizerTrainConfig, recipe="tiny-cpu")
+    (run / "verbalizer").mkdir()
+    record_run_config(run / "verbalizer", v, tmp_path, resume=False)
+    reasoner, spec = run_models(run)
+    gguf = str(run / "export" / "verbalizer" / "model-q8_0.gguf")
+    assert reasoner.endswith("reasoner/model-q8_0.gguf")
+    assert spec == verbalizer_spec(v, gguf) == f"select:model={gguf},backend=llama,render=template,max_new_tokens=48"
+    assert verbalizer_spec(v, "merged").replace("model=merged,backend=hf", f"model={gguf},backend=llama") == spec
+    # an older record without the completion budget: the config's default (128), never a stale 48
+    rec = yaml.safe_load((run / "verbalizer" / "config.yaml").read_text())
+    del rec["max_completion_length"]
+    (run / "verbalizer" / "config.yaml").write_text(yaml.safe_dump(rec))
+    assert run_models(run)[1].endswith(f"max_new_tokens={VerbalizerTrainConfig().max_completion_length}")

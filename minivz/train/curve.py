@@ -37,18 +37,16 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
                   say: Callable[[str], None] = print) -> list[dict]:
     """Evaluate step 0 and every checkpoint of ``run`` on the same held-out examples; greedy, or
     (``sampled``) at the run's training temperature with a fixed seed."""
-    from minivz.config import EvalConfig, resolve
+    from minivz.config import EvalConfig
     from minivz.evaluate import evaluate
     from minivz.models import adapter_base
     from minivz.plot import plot_heldout
     from minivz.config import VerbalizerTrainConfig
+    from minivz.rundir import read_run_config
     from minivz.train.policy import eval_oracle
 
     run = Path(run)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: is {run} a `minivz train verbalizer` run directory?")
-    cfg = resolve(VerbalizerTrainConfig, recipe=str(cfg_path))  # the run's own settings, validated
+    cfg = read_run_config(run, VerbalizerTrainConfig)  # the run's own settings, validated
     points = _points(run)
     base = adapter_base(points[1][1])  # the base the adapters were trained on (the policy's HF dir)
     # the decoding the policy is used with: its variant, prompt and completion budget, greedy
