@@ -389,13 +389,44 @@ def recipe_cmd(
 
 
 @app.command("env")
-def env(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Print versions of minivz's stack and the hardware it sees.
+def env(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Say what this recipe needs here and what is missing."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe field, as for minivz recipe."),
+) -> None:
+    """Print versions of minivz's stack and the hardware it sees; with --recipe, what that recipe needs
+    on this machine, what is missing and the command that installs it (exit 1 if anything is missing).
 
-    Example: minivz env --json > env.json
+    Example: minivz env --json > env.json;  minivz env --recipe paper-8b
     """
     from minivz.envinfo import collect
 
+    if recipe is not None:
+        from minivz.config import ConfigError
+        from minivz.envinfo import recipe_needs
+
+        try:
+            needs = recipe_needs(recipe, set_)
+        except ConfigError as e:
+            _fail(str(e))
+        if json_out:
+            typer.echo(json.dumps(needs, indent=2))
+        else:
+            from rich.markup import escape
+            from rich.table import Table
+
+            t = Table(title=f"minivz env --recipe {recipe}")
+            for col in ("need", "why", "here", "install"):
+                t.add_column(col, overflow="fold")
+            for n in needs:
+                state = "ok: " if n["ok"] else ("MISSING: " if n["required"] else "not installed (optional): ")
+                t.add_row(*(escape(x) for x in (n["need"], n["why"], state + n["found"], n["install"])))
+            _console().print(t)
+        missing = [n["need"] for n in needs if not n["ok"] and n["required"]]
+        if missing:
+            typer.echo(f"{recipe}: missing {', '.join(missing)} (install commands above)", err=True)
+            raise typer.Exit(1)
+        return
     info = collect()
     if json_out:
         typer.echo(json.dumps(info, indent=2))

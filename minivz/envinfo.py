@@ -5,11 +5,13 @@ Versions are read from package metadata, so nothing heavy (torch) is imported.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import shutil
 import subprocess
 from importlib import metadata
+from typing import Callable
 
 from minivz.install import pip
 
@@ -142,3 +144,75 @@ def collect() -> dict[str, str | int | float | None]:
     for p in PACKAGES:
         info[p] = _version(p)
     return info
+
+
+# -------------------------------------------------------------- what a recipe needs on this machine
+
+SETUP_GPU = "bash scripts/setup-gpu.sh"
+
+
+def _cuda_torch() -> tuple[bool, str]:
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch not installed"
+    import torch
+
+    if torch.cuda.is_available():
+        return True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)"
+    return False, f"torch {torch.__version__} sees no CUDA GPU" + ("" if torch.version.cuda else " (a CPU build)")
+
+
+def _llama_gpu() -> tuple[bool, str]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False, "llama-cpp-python not installed"
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        return True, f"llama-cpp-python {llama_cpp.__version__} with GPU offload"
+    return False, f"llama-cpp-python {llama_cpp.__version__} is a CPU-only build"
+
+
+def _module(name: str, dist: str | None = None) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        if importlib.util.find_spec(name) is None:
+            return False, "not installed"
+        return True, f"{dist or name} {_version(dist or name)}"
+    return check
+
+
+def recipe_needs(recipe: str, overrides: list[str] | None = None) -> list[dict]:
+    """What ``minivz recipe NAME`` needs here, from the recipe's resolved settings: one row per need
+    (``need``, ``why``, ``ok``, ``found``, ``install``, ``required``). Nothing is loaded but the checks."""
+    from minivz.config import PipelineConfig, ReasonerTrainConfig, VerbalizerTrainConfig, resolve
+    from minivz.install import LLAMA_CPP_CUDA, TRL_UNSLOTH, UNSLOTH, VLLM
+
+    v = resolve(VerbalizerTrainConfig, recipe=recipe, overrides=overrides)
+    r = resolve(ReasonerTrainConfig, recipe=recipe, overrides=overrides)
+    p = resolve(PipelineConfig, recipe=recipe, overrides=overrides)
+    train = pip("-e", "'.[models,serve,train]'")
+    rows = [("torch, transformers, trl, peft", "every training stage", _module("trl", "trl"), train),
+            ("llama-cpp-python", "export, stage-2 rows, serving", _module("llama_cpp", "llama-cpp-python"), train)]
+    if p.hardware in ("gpu", "multi-gpu"):
+        rows.append(("a CUDA torch", f"hardware: {p.hardware}", _cuda_torch, SETUP_GPU))
+        rows.append(("llama.cpp built with CUDA", "serving the exported GGUFs on the GPU (CPU works, slower)",
+                     _llama_gpu, LLAMA_CPP_CUDA + " --force-reinstall --no-cache-dir"))
+    if v.load_in_4bit or r.reasoner_load_in_4bit:
+        rows.append(("bitsandbytes", "load_in_4bit (NF4 base weights)", _module("bitsandbytes"),
+                     pip("-e", "'.[gpu]'")))
+    if v.backend in ("unsloth", "auto") and p.hardware != "cpu":
+        why = ("backend: unsloth (or --set backend=peft)" if v.backend == "unsloth" else
+               "optional: backend auto uses it when installed (faster, less memory), else peft")
+        rows.append(("unsloth", why, _module("unsloth"),
+                     f"{SETUP_GPU} (it runs {pip(UNSLOTH, TRL_UNSLOTH)}: unsloth pins an older TRL)"))
+    if v.use_vllm:
+        rows.append(("vllm", "use_vllm: true (rollouts)", _module("vllm"), pip(VLLM)))
+    if p.num_processes > 1 or p.accelerate_config:
+        rows.append(("accelerate", f"num_processes: {p.num_processes}", _module("accelerate"), train))
+    if p.accelerate_config and "zero" in str(p.accelerate_config):
+        rows.append(("deepspeed", f"accelerate_config: {p.accelerate_config}", _module("deepspeed"),
+                     pip("-e", "'.[multi-gpu]'")))
+    out = []
+    for need, why, check, install in rows:
+        ok, found = check()
+        out.append({"need": need, "why": why, "ok": ok, "found": found, "install": "" if ok else install,
+                    "required": not why.startswith("optional")})
+    return out

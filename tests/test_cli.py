@@ -1,8 +1,10 @@
 """The CLI, smoke-tested end to end in subprocesses (as a user types it)."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import loaded_after
@@ -216,3 +218,44 @@ def test_serve_flags_are_serve_config_fields(tmp_path):
         ServeConfig(reasoner=str(gguf), kv_slots=-1)
     with pytest.raises(ValueError, match="--reasoner .* expected a .gguf file"):
         ServeConfig(reasoner=__file__)
+
+
+def test_env_recipe_says_what_is_missing_and_how_to_install_it():
+    """`minivz env --recipe NAME`: each need of the recipe, whether this machine has it, the install
+    command; exit 1 when a required one is missing (here: no GPU, so paper-8b's CUDA needs are)."""
+    import importlib.util
+
+    assert run("env", "--recipe", "tiny-cpu").returncode == 0
+    p = run("env", "--recipe", "paper-8b", "--json", check=False)
+    needs = {n["need"]: n for n in json.loads(p.stdout)}
+    cuda = needs["a CUDA torch"]
+    assert p.returncode == (0 if all(n["ok"] or not n["required"] for n in needs.values()) else 1)
+    assert cuda["ok"] is False and cuda["install"] == "bash scripts/setup-gpu.sh"  # CI has no GPU
+    bnb = needs["bitsandbytes"]
+    assert bnb["ok"] == (importlib.util.find_spec("bitsandbytes") is not None)
+    assert bnb["ok"] or "'.[gpu]'" in bnb["install"]
+    assert "unsloth==" in needs["unsloth"]["install"] or needs["unsloth"]["ok"]
+    p32 = {n["need"] for n in json.loads(run("env", "--recipe", "paper-32b", "--json", check=False).stdout)}
+    assert {"vllm", "deepspeed", "accelerate"} <= p32
+    table = run("env", "--recipe", "paper-8b", check=False)
+    assert "MISSING" in table.stdout and "[gpu]" in table.stdout and "missing a CUDA torch" in table.stderr
+
+
+def test_gpu_setup_script_and_extras(tmp_path):
+    """scripts/setup-gpu.sh parses, and on a machine without an NVIDIA driver stops at once, saying so;
+    the gpu / multi-gpu extras carry the pins minivz names in its errors."""
+    import tomllib
+
+    from minivz.install import VLLM
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "setup-gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("dirname", "bash"):  # a PATH without nvidia-smi
+        (bare / tool).symlink_to(shutil.which(tool))
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": str(bare)})
+    assert p.returncode == 1 and "no NVIDIA GPU visible" in p.stderr and "scripts/demo.sh" in p.stderr
+    extras = tomllib.loads((script.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("bitsandbytes") for r in extras["gpu"])
+    assert VLLM in extras["multi-gpu"] and any(r.startswith("deepspeed") for r in extras["multi-gpu"])
