@@ -15,6 +15,7 @@ built on first use.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -106,13 +107,24 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
     return ckpts[-1] if ckpts else None
 
 
+def is_main_process() -> bool:
+    """True in the one process that writes the run directory: the only process, or rank 0 of a launch
+    (torchrun, ``accelerate launch`` and DeepSpeed set RANK in every process they start)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    """Processes training together (WORLD_SIZE of a launch; 1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resume_step(ckpt_dir: Path, resume: bool) -> tuple[int, Path | None]:
     """``(step, dir)`` a trainer starts from: the latest resumable checkpoint, or ``(0, None)`` when
     there is none. ``resume=False`` starts over: the old checkpoints are deleted first, since they
     would mix into the rotation and into a later resume."""
     if resume:
         return latest_checkpoint(ckpt_dir) or (0, None)
-    old = [p for p in ckpt_dir.iterdir() if p.is_dir()] if ckpt_dir.is_dir() else []
+    old = [p for p in ckpt_dir.iterdir() if p.is_dir()] if ckpt_dir.is_dir() and is_main_process() else []
     if old:
         print(f"starting over: deleting {len(old)} old checkpoints in {ckpt_dir}", file=sys.stderr)
     for p in old:
@@ -145,7 +157,8 @@ def step_checkpoints_callback(ckpt_dir: Path, keep: int, *, save_last: bool = Fa
                 control.should_save = True
 
         def on_save(self, args, state, control, **kw):
-            rotate_checkpoints(ckpt_dir, state.global_step, keep)
+            if state.is_world_process_zero:  # the process that saved (and owns the run dir)
+                rotate_checkpoints(ckpt_dir, state.global_step, keep)
 
     return StepCheckpoints()
 
@@ -181,7 +194,8 @@ def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> Non
                 f"{run} was trained with other settings ({'; '.join(changed)}); resuming would mix them. "
                 f"Resume with the recorded settings ({path}), train into a new --out, or start over "
                 "with --no-resume. Only " + ", ".join(sorted(RESUME_SAFE)) + " may change on resume.")
-    path.write_text(text)
+    if is_main_process():  # every process checks the settings; one writes the record
+        path.write_text(text)
 
 
 def read_run_config(run: Path, cls):
@@ -202,6 +216,8 @@ def read_run_config(run: Path, cls):
 
 def write_env(run: Path, **extra) -> None:
     """RUN/env.json: versions and hardware (``minivz.envinfo.collect``) plus ``extra`` fields."""
+    if not is_main_process():
+        return
     env = collect()
     env.update(extra)
     (run / "env.json").write_text(json.dumps(env, indent=2))

@@ -287,6 +287,43 @@ def test_report_to_tensorboard_and_trackio_offline(tmp_path, ml_data, tiny_polic
 
 
 @pytest.mark.slow
+def test_pipeline_launches_grpo_as_two_cpu_processes(tmp_path, ml_data, tiny_policy):
+    """hardware: multi-gpu, rehearsed on CPU: the pipeline's own `accelerate launch` (MULTI_CPU, gloo,
+    2 processes) runs the verbalizer's GRPO to the end; the main process alone writes the run dir (one
+    metrics line per step, one final adapter); a rerun with more steps resumes where it stopped."""
+    pytest.importorskip("accelerate")
+    from minivz.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "data").symlink_to(ml_data)
+    over = ["hardware=multi-gpu", "accelerate_config=recipes/accelerate/cpu.yaml", "num_processes=2",
+            f"policy_model={tiny_policy}", "policy_gguf=", "backend=peft", "max_steps=2", "save_steps=1",
+            "num_generations=4", "per_device_train_batch_size=4", "gradient_accumulation_steps=1",
+            "train_examples=16", "train_history=5", "max_prompt_length=1024", "max_completion_length=16",
+            "lora_layers=0", "oracle=knn"]
+    said = []
+    pipe = Pipeline("tiny-cpu", out, over, say=said.append)
+    info = pipe.stage_verbalizer()
+    argv = info["launched"]
+    assert argv[:2] == ["accelerate", "launch"] and argv[argv.index("--num_processes") + 1] == "2"
+    run = out / "verbalizer"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]  # written once, by rank 0
+    # two processes really trained: rank 0 logged its share (4 completions) of each 8-completion step
+    assert all(m["processes"] == 2 and m["completions"] == 4 for m in metrics)
+    assert len(read_jsonl(run / "samples.jsonl")) == 8
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000001", "step_000002"]
+    # a stopped run continued (the kill + rerun path: resume from the last checkpoint, train what is
+    # left): both processes load the optimizer state saved on cpu:0 and train step 3 only
+    Pipeline("tiny-cpu", out, [o if o != "max_steps=2" else "max_steps=3" for o in over], say=said.append
+             ).stage_verbalizer()
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000003"]
+
+
+@pytest.mark.slow
 def test_lora_parameters_change(tmp_path, ml_data, tiny_policy):
     """Every LoRA tensor that gets gradient changes; the base weights do not."""
     from safetensors.torch import load_file

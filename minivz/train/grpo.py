@@ -44,8 +44,8 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
-from minivz.rundir import (append_jsonl, record_run_config, resume_step, rotate_checkpoints,
-                           step_checkpoints_callback, truncate_jsonl, write_env)
+from minivz.rundir import (append_jsonl, is_main_process, record_run_config, resume_step, rotate_checkpoints,
+                           step_checkpoints_callback, truncate_jsonl, world_size, write_env)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -143,9 +143,11 @@ def _callbacks():
     class RunLogger(TrainerCallback):
         """metrics.jsonl and samples.jsonl from the reward state, one flush per optimizer step."""
 
-        def __init__(self, run: Path, state, weights: dict[str, float], group_size: int,
+        def __init__(self, run: Path | None, state, weights: dict[str, float], group_size: int,
                      histories: dict[int, str]) -> None:
+            # run=None: a process other than rank 0 (it computes its share, writes nothing)
             self.run, self.rstate, self.weights, self.g = run, state, weights, group_size
+            self.world = world_size()
             self.histories = histories
             self.t_step = time.perf_counter()
             self.pending: dict | None = None
@@ -173,7 +175,8 @@ def _callbacks():
                 "step_seconds": round(now - self.t_step, 3),
                 "oracle_seconds": round(st.oracle_seconds, 3),
                 "reward_seconds": round(st.reward_seconds, 3),
-                "completions": n,
+                "completions": n,  # this process's share when several train together (processes)
+                "processes": self.world,
                 "excluded": st.excluded,
                 "oracle_errors": st.oracle_errors,
                 "oracle_invalid": st.oracle_invalid,
@@ -193,7 +196,8 @@ def _callbacks():
                     "compression_ratio": st.ratio[i] if i < len(st.ratio) else None,
                     "advantage": float(adv[i]), "excluded": bool(np.isnan(total[i])),
                 })
-            append_jsonl(self.run / "samples.jsonl", samples)
+            if self.run is not None:
+                append_jsonl(self.run / "samples.jsonl", samples)
             self.last = rec
             if control.should_log:  # TRL's loss / kl / grad_norm arrive in on_log right after
                 self.pending = rec
@@ -215,7 +219,8 @@ def _callbacks():
                 self.pending = None
 
         def _write(self, rec: dict) -> None:
-            append_jsonl(self.run / "metrics.jsonl", [rec])
+            if self.run is not None:  # None in the processes other than rank 0
+                append_jsonl(self.run / "metrics.jsonl", [rec])
 
     class LiveProgress(TrainerCallback):
         """A rich progress bar with the live reward; one plain line per step when not a TTY."""
@@ -257,6 +262,21 @@ def _callbacks():
 # -- training -----------------------------------------------------------------------------------------
 
 
+def _restore_to_indexed_cpu() -> None:
+    """Let ``torch.load(map_location="cpu:N")`` work. Under a CPU launch (gloo, N processes) each
+    process's device is ``cpu:RANK``; resuming, transformers loads the optimizer state with that as
+    map_location and torch's registry only knows "cpu" ("don't know how to restore data location of
+    torch.storage.UntypedStorage (tagged with cpu:0)"). An added deserializer, after torch's own, keeps
+    such storages on the CPU. torch's public hook: ``torch.serialization.register_package``."""
+    import torch.serialization as ts
+
+    if getattr(_restore_to_indexed_cpu, "done", False):
+        return
+    ts.register_package(90, lambda storage: None,
+                        lambda storage, location: storage if location.startswith("cpu:") else None)
+    _restore_to_indexed_cpu.done = True
+
+
 def _check_vllm(cfg, on_gpu: bool) -> None:
     """TRL's own vLLM rollouts (use_vllm, vllm_mode: colocated with training, or a `trl vllm-serve`
     server) need a GPU; say so before TRL fails deep inside."""
@@ -292,10 +312,11 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
 
     step, ckpt = resume_step(run / "checkpoints", resume)
-    if ckpt is None:
+    main = is_main_process()  # under a launch (N processes) only rank 0 writes the run directory
+    if ckpt is None and main:
         for name in ("metrics.jsonl", "samples.jsonl"):
             (run / name).unlink(missing_ok=True)
-    else:
+    elif main:
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(run / name, lambda rec: int(rec["step"]) <= step)
         print(f"resuming from {ckpt} (step {step})", file=sys.stderr)
@@ -317,6 +338,8 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
 
     on_gpu = torch.cuda.is_available()
     _check_vllm(cfg, on_gpu)
+    if not on_gpu and world_size() > 1:
+        _restore_to_indexed_cpu()
     # num_generations, batch sizes, max_steps, learning_rate, beta, temperature, save/logging steps,
     # gradient_checkpointing, seed, use_vllm/vllm_mode, report_to: the recipe's GRPOConfig fields, by name
     args = trl_args(
@@ -335,11 +358,12 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         log_completions=False,
         dataloader_num_workers=0,
     )
-    (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    if main:
+        (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
     RunLogger, LiveProgress = _callbacks()
-    logger = RunLogger(run, rstate, dict(zip([f.__name__ for f in funcs], weights)), cfg.num_generations,
-                       {r["example_id"]: r["history_text"] for r in rows})
+    logger = RunLogger(run if main else None, rstate, dict(zip([f.__name__ for f in funcs], weights)),
+                       cfg.num_generations, {r["example_id"]: r["history_text"] for r in rows})
     callbacks = [logger, step_checkpoints_callback(run / "checkpoints", cfg.save_total_limit)]
     if progress:
         callbacks.append(LiveProgress(logger))
@@ -363,7 +387,8 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
                else "no new step to save. ")
             + "Bring the oracle back and rerun the same command: it resumes from the checkpoint.") from None
     seconds = time.perf_counter() - t0
-    paths = save_final(trainer.model, tokenizer, run / "final", backend)
+    paths = (save_final(trainer.model, tokenizer, run / "final", backend) if main
+             else {"adapter": str(run / "final"), "merged": str(run / "final" / "merged")})
     return {
         "run": str(run),
         "backend": backend,
