@@ -155,7 +155,7 @@ def test_every_flag_a_message_names_exists():
         declared.update(o for p in cmd.params for o in (*p.opts, *p.secondary_opts))
         if hasattr(cmd, "commands"):  # a group (typer 0.29 does not subclass click.Group)
             todo.extend(cmd.commands.values())
-    external = {"--no-deps", "--force-reinstall", "--query-gpu", "--format", "--decode", "--help",
+    external = {"--no-deps", "--force-reinstall", "--no-cache-dir", "--query-gpu", "--format", "--decode", "--help",
                 "--config_file", "--main_process_port", "--num_processes"}
     named = {f for src in text.values() for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", src)}
     assert named - declared - external == set()
