@@ -410,6 +410,22 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, ml_data, tiny_policy)
     assert summary["resumed_from"] is None and [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1]
 
 
+def test_rerunning_a_finished_run_trains_nothing(tmp_path, ml_data, tiny_policy):
+    """The same command again on a finished run: no step past max_steps (resuming at max_steps used to
+    train step max_steps + 1), the records untouched."""
+    from minivz.train.grpo import train_verbalizer
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_policy, max_steps=2, save_steps=1)
+    train_verbalizer(cfg, ml_data, run, oracle=OverlapOracle(), progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    oracle = OverlapOracle()
+    summary = train_verbalizer(cfg, ml_data, run, oracle=oracle, progress=False)
+    assert summary["steps"] == 2 and summary["resumed_from"].endswith("step_000002") and oracle.calls == 0
+    assert (run / "metrics.jsonl").read_text() == before
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000001", "step_000002"]
+
+
 def test_oracle_down_mid_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_path, ml_data, tiny_policy):
     """Training against an oracle that dies at step 3 stops with a clear message and a checkpoint at
     step 2 (save_steps=100 would have kept none); the rerun with the oracle back trains steps 3-4."""

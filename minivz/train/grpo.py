@@ -312,6 +312,13 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
 
     step, ckpt = resume_step(run / "checkpoints", resume)
+    if ckpt is not None and step >= cfg.max_steps and (run / "final" / "merged").is_dir():
+        # a finished run rerun: nothing to train (resuming at max_steps would train one step past it)
+        print(f"{run}: already trained to step {step} (max_steps={cfg.max_steps}); nothing to do "
+              "(raise max_steps to train on, or --no-resume to start over)", file=sys.stderr)
+        return {"run": str(run), "backend": backend, "steps": step, "resumed_from": str(ckpt), "seconds": 0.0,
+                "prompts": None, "completions": 0, "excluded": 0,
+                "adapter": str(run / "final"), "merged": str(run / "final" / "merged")}
     main = is_main_process()  # under a launch (N processes) only rank 0 writes the run directory
     if ckpt is None and main:
         for name in ("metrics.jsonl", "samples.jsonl"):
