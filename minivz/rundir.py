@@ -107,6 +107,13 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
     return ckpts[-1] if ckpts else None
 
 
+def checkpoint_finished(ckpt: Path, max_steps: int) -> bool:
+    """Whether a checkpoint already holds the whole stage (``max_steps``, or its own planned total).
+    A trainer resumed from such a checkpoint would take one step past it before noticing it is done."""
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return int(state["global_step"]) >= (max_steps or int(state.get("max_steps") or 0) or 1 << 62)
+
+
 def is_main_process() -> bool:
     """True in the one process that writes the run directory: the only process, or rank 0 of a launch
     (torchrun, ``accelerate launch`` and DeepSpeed set RANK in every process they start)."""

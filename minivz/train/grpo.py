@@ -44,8 +44,8 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
-from minivz.rundir import (append_jsonl, is_main_process, record_run_config, resume_step, rotate_checkpoints,
-                           step_checkpoints_callback, truncate_jsonl, world_size, write_env)
+from minivz.rundir import (append_jsonl, checkpoint_finished, is_main_process, record_run_config, resume_step,
+                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, world_size, write_env)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     ``oracle``: a ready Reasoner object (tests); default ``make_reasoner(cfg.oracle, ...)``.
     """
     passive_omp()
-    from minivz.train.policy import load_policy, resolve_backend, save_final
+    from minivz.train.policy import load_adapter, load_policy, resolve_backend, save_final
 
     backend = resolve_backend(cfg.backend)  # first: may import unsloth before trl/transformers/peft
 
@@ -312,13 +312,6 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
 
     step, ckpt = resume_step(run / "checkpoints", resume)
-    if ckpt is not None and step >= cfg.max_steps and (run / "final" / "merged").is_dir():
-        # a finished run rerun: nothing to train (resuming at max_steps would train one step past it)
-        print(f"{run}: already trained to step {step} (max_steps={cfg.max_steps}); nothing to do "
-              "(raise max_steps to train on, or --no-resume to start over)", file=sys.stderr)
-        return {"run": str(run), "backend": backend, "steps": step, "resumed_from": str(ckpt), "seconds": 0.0,
-                "prompts": None, "completions": 0, "excluded": 0,
-                "adapter": str(run / "final"), "merged": str(run / "final" / "merged")}
     main = is_main_process()  # under a launch (N processes) only rank 0 writes the run directory
     if ckpt is None and main:
         for name in ("metrics.jsonl", "samples.jsonl"):
@@ -379,15 +372,23 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl + LiveProgress replace its dict dumps
 
     t0 = time.perf_counter()
+    finished = ckpt is not None and checkpoint_finished(ckpt, cfg.max_steps)
     try:
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        if finished:
+            # a finished run rerun: Trainer.train would take one step past max_steps; load the adapter
+            print(f"{run}: already trained to step {step} (max_steps={cfg.max_steps}); nothing to train",
+                  file=sys.stderr)
+            load_adapter(trainer.model, ckpt)
+        else:
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except OracleDown as e:
         # keep the work done so far: a full checkpoint at the last finished step (the failed step had
         # not updated the weights yet: rewards come before the loss), then stop with what to do
         done = int(trainer.state.global_step)
         if done > step:
             trainer._save_checkpoint(trainer.model, trial=None)
-            rotate_checkpoints(run / "checkpoints", done, max(cfg.save_total_limit, 1))
+            if main:
+                rotate_checkpoints(run / "checkpoints", done, max(cfg.save_total_limit, 1))
         raise OracleDown(
             f"{e} Training stopped at step {done + 1}; "
             + (f"saved a checkpoint at step {done} ({run / 'checkpoints' / f'step_{done:06d}'}). " if done > step
@@ -399,7 +400,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     return {
         "run": str(run),
         "backend": backend,
-        "steps": int(trainer.state.global_step),
+        "steps": step if finished else int(trainer.state.global_step),
         "resumed_from": str(ckpt) if ckpt else None,
         "seconds": round(seconds, 1),
         "prompts": len(rows),

@@ -117,6 +117,14 @@ def load_policy(cfg, backend: str) -> tuple[Any, Any]:
                            r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, layers=cfg.lora_layers)
 
 
+def load_adapter(model: Any, ckpt: Path) -> None:
+    """Put a checkpoint's LoRA weights into ``model`` (a finished stage rerun: no training step)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(ckpt) / "adapter_model.safetensors")))
+
+
 def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str, str]:
     """``out/``: the LoRA adapter + tokenizer; ``out/merged/``: base + LoRA merged, an HF model dir
     that ``rewrite:model=out/merged`` and the GGUF exporter load without peft."""

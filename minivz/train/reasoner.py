@@ -49,8 +49,8 @@ import numpy as np
 
 from minivz.config import trl_args
 from minivz.evaluate import item_stats_for
-from minivz.rundir import (append_jsonl, record_run_config, resume_step, step_checkpoints_callback, truncate_jsonl,
-                           write_env)
+from minivz.rundir import (append_jsonl, checkpoint_finished, record_run_config, resume_step,
+                           step_checkpoints_callback, truncate_jsonl, write_env)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -365,32 +365,21 @@ def _train_stage(trainer, stage: str, cfg, run: Path, ckpt_dir: Path, ckpt: Path
     metrics go to RUN/metrics.jsonl tagged with ``stage``, checkpoints to ``ckpt_dir/step_*``."""
     from transformers import PrinterCallback
 
+    from minivz.train.policy import load_adapter
+
     trainer.add_callback(_metrics_logger_class()(run / "metrics.jsonl", stage, progress))
     trainer.add_callback(step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit, save_last=True))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    if ckpt is not None and _finished(ckpt, max_steps):
+    if ckpt is not None and checkpoint_finished(ckpt, max_steps):
         # Trainer.train would take one more step before noticing it is done: load the adapter instead
-        _load_adapter(trainer.model, ckpt)
+        load_adapter(trainer.model, ckpt)
         steps = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
     else:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         steps = trainer.state.global_step
     return {f"{stage}_steps": int(steps), f"{stage}_seconds": round(time.perf_counter() - t0, 1),
             f"{stage}_resumed_from": str(ckpt) if ckpt else None, "model": trainer.model}
-
-
-def _finished(ckpt: Path, max_steps: int) -> bool:
-    """Whether a checkpoint already holds the whole stage (max_steps, or its own planned total)."""
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    return int(state["global_step"]) >= (max_steps or int(state.get("max_steps") or 0) or 1 << 62)
-
-
-def _load_adapter(model, ckpt: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
 
 
 def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool) -> dict:
