@@ -130,8 +130,10 @@ def data_prepare(
         )
     except ConfigError as e:
         _fail(str(e))
+    from minivz.log import is_glob
+
     for flag, given in (("--input", input), ("--items", items)):
-        if given and not any(c in given for c in "*?[") and not Path(given).exists():
+        if given and not is_glob(given) and not Path(given).exists():
             _fail(f"{flag} {given}: no such file or directory")
     console = _console()
     if dry_run:

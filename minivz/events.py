@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from minivz.log import IngestError, input_columns, read_input
+from minivz.log import IngestError, input_columns, input_files, read_input
 from minivz.timestamps import DEFAULT_TS_WINDOW, NUMERIC_RE, TS_TYPE, TS_UNITS, check_tz, parse_ts, ts_window_us
 
 __all__ = [
@@ -417,13 +417,7 @@ def items_from_table(
 def _onehot_genres(table: pa.Table, spec: str) -> tuple[pa.Table, pa.Array]:
     """``genres=Action|Comedy|...``: one column per genre, truthy (non-zero, true, "1") where the item has
     it; the column's name is the genre. Returns the table without those columns and the genre lists."""
-    cols = [c.strip() for c in spec.split("|") if c.strip()]
-    missing = [c for c in cols if c not in table.column_names]
-    if missing:
-        raise IngestError(
-            f"--items-map genres={spec!r}: {', '.join(repr(c) for c in missing)} not a column of the catalog. "
-            f"One-hot genres are mapped as genres=<col>|<col>|... (each column 0/1, named by its genre); "
-            f"columns: {', '.join(repr(c) for c in table.column_names)}")
+    cols = _onehot_columns(spec, table.column_names)
     has = np.zeros((table.num_rows, len(cols)), bool)
     for j, c in enumerate(cols):
         col = table[c]
@@ -436,6 +430,18 @@ def _onehot_genres(table: pa.Table, spec: str) -> tuple[pa.Table, pa.Array]:
     offsets = np.concatenate([[0], np.cumsum(has.sum(1))]).astype(np.int32)
     flat = pa.array(np.broadcast_to(names, has.shape)[has].tolist(), pa.string())
     return table.drop_columns(cols), pa.ListArray.from_arrays(pa.array(offsets), flat)
+
+
+def _onehot_columns(spec: str, available: list[str]) -> list[str]:
+    """The columns of ``genres=Action|Comedy|...``; an error naming those the catalog lacks."""
+    cols = [c.strip() for c in spec.split("|") if c.strip()]
+    missing = [c for c in cols if c not in available]
+    if missing:
+        raise IngestError(
+            f"--items-map genres={spec!r}: {', '.join(repr(c) for c in missing)} not a column of the catalog. "
+            f"One-hot genres are mapped as genres=<col>|<col>|... (each column 0/1, named by its genre); "
+            f"columns: {', '.join(repr(c) for c in available)}")
+    return cols
 
 
 def _genres(col: pa.ChunkedArray) -> pa.Array:
@@ -562,7 +568,8 @@ def check_maps(
     """Check both column maps against the files' headers and schemas before any data is read.
 
     Raises the same IngestError the full read would (every missing column, the columns there are).
-    JSONL inputs are schemaless: their maps are checked once read."""
+    JSONL inputs are schemaless: their maps are checked once read. ``path`` / ``items_path``: as for
+    ``minivz.log.input_files``, or its result."""
     cols = input_columns(path, fmt, delimiter, encoding)
     if cols is not None:
         _resolve_map(cols, column_map, EVENT_REQUIRED, EVENT_OPTIONAL, "--map", "events log")
@@ -573,10 +580,7 @@ def check_maps(
         return
     imap = dict(items_map or {})
     if "|" in (imap.get("genres") or ""):
-        spec = imap.pop("genres")
-        missing = [c.strip() for c in spec.split("|") if c.strip() and c.strip() not in cols]
-        if missing:
-            _onehot_genres(pa.table({c: pa.array([], pa.int8()) for c in cols}), spec)  # its error
+        _onehot_columns(imap.pop("genres"), cols)
     _resolve_map(cols, imap, ITEM_REQUIRED, ITEM_OPTIONAL, "--items-map", "item catalog")
 
 
@@ -609,10 +613,11 @@ def read_log(
     check_tz(naive_tz)
     cmap = dict(column_map or {})
     window = ts_window_us(ts_min, ts_max)
-    check_maps(path, cmap, fmt=fmt, delimiter=delimiter, items_path=items_path, items_map=items_map,
-               encoding=encoding)
+    found = input_files(path, fmt)  # each input discovered once, for the map check and the read
+    ifound = input_files(items_path) if items_path is not None else None
+    check_maps(found, cmap, delimiter=delimiter, items_path=ifound, items_map=items_map, encoding=encoding)
     as_text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    src = read_input(path, fmt, string_columns=as_text, encoding=encoding, delimiter=delimiter)
+    src = read_input(found, string_columns=as_text, encoding=encoding, delimiter=delimiter)
     raw, rows = src.table, src.rows
     events, rej = events_from_table(
         raw, cmap, row_numbers=rows, file_codes=src.file, files=src.files, ts_unit=ts_unit,
@@ -623,7 +628,7 @@ def read_log(
     item_rej = None
     if items_path is not None:
         imap = dict(items_map or {})
-        isrc = read_input(items_path, None, string_columns=[imap.get("item_id", "item_id")], encoding=encoding)
+        isrc = read_input(ifound, string_columns=[imap.get("item_id", "item_id")], encoding=encoding)
         items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
                                            files=isrc.files)
         _combine(item_rej, isrc.bad)

@@ -29,12 +29,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["IngestError", "Input", "input_columns", "input_files", "read_input", "read_table"]
+__all__ = ["Files", "IngestError", "Input", "input_columns", "input_files", "is_glob", "read_input",
+           "read_table", "sniff_delimiter"]
 
 _FORMATS = {
     ".csv": "csv",
@@ -104,11 +106,7 @@ def read_table(
             raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
         out = table, np.arange(1, table.num_rows + 1, dtype=np.int64), []
     elif kind in ("csv", "tsv"):
-        if kind == "tsv":
-            delimiter = "\t"
-        elif delimiter is None:
-            delimiter = sniff_delimiter(path, encoding)
-        out = _read_csv(path, delimiter, string_columns, encoding)
+        out = _read_csv(path, _delimiter(path, kind, delimiter, encoding), string_columns, encoding)
     else:
         out = _read_json(path, string_columns, encoding)
     names = out[0].column_names
@@ -137,11 +135,12 @@ def _header_line(path: Path, encoding: str) -> str:
     return ""
 
 
-def sniff_delimiter(path, encoding: str = "utf-8") -> str:
+def sniff_delimiter(path, encoding: str = "utf-8", header: str | None = None) -> str:
     """``,`` unless the header holds no comma and exactly one of ``;`` ``|`` tab: then that one.
 
-    A header holding several of them and no comma is ambiguous: an error naming them and the flag."""
-    header = _header_line(Path(path), encoding)
+    A header holding several of them and no comma is ambiguous: an error naming them and the flag.
+    ``header``: the file's first line when the caller has read it already."""
+    header = _header_line(Path(path), encoding) if header is None else header
     if "," in header:
         return ","
     found = [d for d in _OTHER_DELIMITERS if d in header]
@@ -152,6 +151,13 @@ def sniff_delimiter(path, encoding: str = "utf-8") -> str:
             f"separates the columns: --set delimiter={found[0]!r}"
         )
     return found[0] if found else ","
+
+
+def _delimiter(path: Path, kind: str, given: str | None, encoding: str, header: str | None = None) -> str:
+    """The one delimiter rule: a TSV is tab-separated, else ``given``, else ``sniff_delimiter``."""
+    if kind == "tsv":
+        return "\t"
+    return given if given is not None else sniff_delimiter(path, encoding, header)
 
 
 def _file_columns(path: Path, kind: str, delimiter: str | None, encoding: str) -> list[str] | None:
@@ -165,12 +171,10 @@ def _file_columns(path: Path, kind: str, delimiter: str | None, encoding: str) -
             raise IngestError(f"cannot read {str(path)!r} as Parquet: {e}") from e
     if kind == "jsonl":
         return None
-    if kind == "tsv":
-        delimiter = "\t"
-    elif delimiter is None:
-        delimiter = sniff_delimiter(path, encoding)
     header = _header_line(path, encoding)
-    return next(csv.reader([header], delimiter=delimiter), []) if header else []
+    if not header:
+        return []
+    return next(csv.reader([header], delimiter=_delimiter(path, kind, delimiter, encoding, header)), [])
 
 
 # --------------------------------------------------------------------- inputs: file, directory, glob
@@ -178,21 +182,37 @@ def _file_columns(path: Path, kind: str, delimiter: str | None, encoding: str) -
 _GLOB = re.compile(r"[*?[]")
 
 
-def input_files(path, fmt: str | None = None) -> tuple[list[Path], list[dict[str, str | None]], str]:
+def is_glob(path) -> bool:
+    """Whether ``path`` is a pattern (``*``, ``?``, ``[``) rather than a file or directory name."""
+    return bool(_GLOB.search(str(path)))
+
+
+class Files(NamedTuple):
+    """An input's files (sorted), each one's partition keys, and their one format."""
+
+    files: list[Path]
+    parts: list[dict[str, str | None]]
+    kind: str
+
+
+def input_files(path, fmt: str | None = None) -> Files:
     """``(files, partition keys per file, format)`` for a file, a directory or a glob, in sorted order.
+    ``input_columns`` and ``read_input`` take the result, so an input is discovered once.
 
     Discovery and hive partitions (``dt=2024-01-01/``) are ``pyarrow.dataset``'s; partition values are
     strings (``__HIVE_DEFAULT_PARTITION__`` is null). All files must share one format."""
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
+    if isinstance(path, Files):
+        return path
     given = str(path)
     p = Path(given)
     if p.is_file():
-        return [p], [{}], _infer_format(p, fmt)
+        return Files([p], [{}], _infer_format(p, fmt))
     if p.is_dir():
         base, source = p, pafs.FileSelector(str(p.resolve()), recursive=True)
-    elif _GLOB.search(given):
+    elif is_glob(given):
         hits = sorted(h for h in glob.glob(given, recursive=True) if os.path.isfile(h))
         hits = [h for h in hits if not os.path.basename(h).startswith((".", "_"))]
         if not hits:
@@ -224,7 +244,7 @@ def input_files(path, fmt: str | None = None) -> tuple[list[Path], list[dict[str
         listed = "; ".join(f"{len(v)} {k} (e.g. {str(v[0])!r})" for k, v in kinds.items())
         raise IngestError(f"--input {given!r} mixes formats: {listed}. Keep one format per input, or "
                           f"select one with a glob, e.g. --input '{base}/**/*.parquet'.")
-    return [f for f, _ in found], [k for _, k in found], next(iter(kinds))
+    return Files([f for f, _ in found], [k for _, k in found], next(iter(kinds)))
 
 
 @dataclass
@@ -249,7 +269,8 @@ class Input:
 
 def input_columns(path, fmt: str | None = None, delimiter: str | None = None, encoding: str = "utf-8"):
     """Every column an input offers (the union of its files' headers, then partition keys), read from
-    headers and schemas only; None when a file is JSONL (its fields are known only once read)."""
+    headers and schemas only; None when a file is JSONL (its fields are known only once read).
+    ``path``: as for ``input_files``, or its result."""
     files, parts, kind = input_files(path, fmt)
     names: dict[str, None] = {}
     for f in files:
@@ -265,18 +286,16 @@ def input_columns(path, fmt: str | None = None, delimiter: str | None = None, en
 def read_input(
     path, fmt: str | None = None, string_columns=(), encoding: str = "utf-8", delimiter: str | None = None
 ) -> Input:
-    """Read a file, a directory or a glob (see the module docstring) into one table.
+    """Read a file, a directory or a glob (see the module docstring; or ``input_files``' result) into one table.
 
     Files are concatenated in sorted path order; a column missing from a file is null there, a column
     whose type differs between files is read as text in all of them. Partition keys are string columns."""
     files, parts, kind = input_files(path, fmt)
     tables, rows, codes, bad, delims = [], [], [], [], []
     for i, (f, keys) in enumerate(zip(files, parts)):
-        d = delimiter
-        if kind in ("csv", "tsv"):
-            d = "\t" if kind == "tsv" else (delimiter or sniff_delimiter(f, encoding))
-            if d not in delims:
-                delims.append(d)
+        d = _delimiter(f, kind, delimiter, encoding) if kind in ("csv", "tsv") else None
+        if d is not None and d not in delims:
+            delims.append(d)
         table, r, b = read_table(f, kind, string_columns, encoding, d)
         for key, value in keys.items():
             if key in table.column_names:

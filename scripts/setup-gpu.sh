@@ -38,8 +38,8 @@ export CMAKE_ARGS="-DGGML_CUDA=on"   # should pip rebuild llama.cpp below, it bu
 . scripts/_venv.sh
 if [ "${UNSLOTH:-1}" = 1 ]; then
     # unsloth pins an older TRL; minivz runs with either (minivz.train.policy.TESTED)
-    pip install -q "$(python -c 'from minivz.install import UNSLOTH; print(UNSLOTH)')" \
-                   "$(python -c 'from minivz.install import TRL_UNSLOTH; print(TRL_UNSLOTH)')"
+    # shellcheck disable=SC2046  # two requirements, word-split on purpose
+    pip install -q $(python -c 'from minivz.install import TRL_UNSLOTH, UNSLOTH; print(UNSLOTH, TRL_UNSLOTH)')
 fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'setup-gpu: torch ' + torch.__version__ + ' sees no GPU; install the CUDA build: pip install --force-reinstall torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128')"
 RECIPE="paper-8b"

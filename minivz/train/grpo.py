@@ -32,6 +32,7 @@ A killed run resumes from its latest ``checkpoints/step_*`` when started again w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -262,6 +263,7 @@ def _callbacks():
 # -- training -----------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _restore_to_indexed_cpu() -> None:
     """Let ``torch.load(map_location="cpu:N")`` work. Under a CPU launch (gloo, N processes) each
     process's device is ``cpu:RANK``; resuming, transformers loads the optimizer state with that as
@@ -270,11 +272,8 @@ def _restore_to_indexed_cpu() -> None:
     such storages on the CPU. torch's public hook: ``torch.serialization.register_package``."""
     import torch.serialization as ts
 
-    if getattr(_restore_to_indexed_cpu, "done", False):
-        return
-    ts.register_package(90, lambda storage: None,
+    ts.register_package(90, lambda storage: None,  # functools.cache: registered once per process
                         lambda storage, location: storage if location.startswith("cpu:") else None)
-    _restore_to_indexed_cpu.done = True
 
 
 def _check_vllm(cfg, on_gpu: bool) -> None:
