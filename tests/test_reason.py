@@ -124,8 +124,25 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_prompt_placeholders_fill_in_one_pass(tmp_path):
+    """Both families fill {name} the same way: values are not rescanned, other braces are text."""
+    from minivz.prompt import load_prompt
+
+    p = load_prompt("reasoner_choice_v1", "reasoner")
+    user = p.messages(context="Heat {candidates} (1995)", candidates="A. Fargo (1996)", labels="A")[-1]["content"]
+    assert "Heat {candidates} (1995)" in user and "A. Fargo (1996)" in user and "{labels}" not in user
+    f = tmp_path / "mine_v1.txt"
+    f.write_text("### user\n{context} -- a {literal} brace }\n")
+    assert load_prompt(str(f), "reasoner").messages(context="x")[-1]["content"] == "x -- a {literal} brace }"
+    (tmp_path / "bad.txt").write_text("### user\nno context here\n")
+    with pytest.raises(ValueError, match=r"reasoner prompt needs .*\{context\}"):
+        load_prompt(str(tmp_path / "bad.txt"), "reasoner")
+    with pytest.raises(ValueError, match="prompt family"):
+        load_prompt("reasoner_v1", "oracle")
+
+
 def test_fit_context():
-    from minivz.reason.prompt import fit_context
+    from minivz.prompt import fit_context
 
     ctx = "line one\nline two\nline three"
     assert fit_context(ctx, lambda t: True) == (ctx, False)

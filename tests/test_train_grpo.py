@@ -54,14 +54,14 @@ def tiny_policy(tmp_path_factory, ml_data):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from minivz.dataset import PreparedData
-    from minivz.verbalize.prompt import load_prompt
+    from minivz.prompt import load_prompt
     from minivz.verbalize.template import template_text
 
     data = PreparedData.load(ml_data)
     ex = data.examples("train", limit=60)
     corpus = [template_text(h) for h in data.histories(ex, max_events=10)]
     corpus += data.items["title"].to_pylist()[:300]
-    p = load_prompt("verbalizer_rewrite_v1")
+    p = load_prompt("verbalizer_rewrite_v1", "verbalizer")
     corpus += [p.system, p.user] * 5
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

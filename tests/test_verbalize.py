@@ -12,8 +12,9 @@ import pytest
 from minivz.verbalize.generate import Generator
 from minivz.models import default_gguf
 from minivz.verbalize import (VERBALIZERS, ActionVerbalizer, RewriteVerbalizer, TemplateVerbalizer,
-                              ZeroShotVerbalizer, action_grammar, available_prompts, load_prompt,
-                              make_verbalizer, parse_decisions, render_actions, template_line)
+                              ZeroShotVerbalizer, action_grammar, make_verbalizer, parse_decisions, render_actions,
+                              template_line)
+from minivz.prompt import available_prompts, load_prompt
 from minivz.spec import parse_spec
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
@@ -120,11 +121,11 @@ def test_import_is_light():
 # -- prompts -------------------------------------------------------------------------------------
 
 def test_packaged_prompts_load_and_fill():
-    names = available_prompts()
+    names = available_prompts("verbalizer")
     assert {"verbalizer_zero_shot_v1", "verbalizer_action_v1", "verbalizer_rewrite_v1"} <= set(names)
     for n in names:
-        p = load_prompt(n)
-        msgs = p.messages("LINE-A\nLINE-B", 2)
+        p = load_prompt(n, "verbalizer")
+        msgs = p.messages(history="LINE-A\nLINE-B", n_events=2)
         assert msgs[-1]["role"] == "user" and "LINE-A\nLINE-B" in msgs[-1]["content"]
         assert all("{history}" not in m["content"] and "{n_events}" not in m["content"] for m in msgs)
         assert not any(m["content"].lstrip().startswith("#") for m in msgs)
@@ -133,11 +134,11 @@ def test_packaged_prompts_load_and_fill():
 def test_custom_prompt_file(tmp_path):
     f = tmp_path / "my_prompt_v3.txt"
     f.write_text("# comment\n### user\nSay {history} in {n_events}\n")
-    p = load_prompt(str(f))
-    assert p.name == "my_prompt_v3" and p.messages("x", 1) == [{"role": "user", "content": "Say x in 1"}]
+    p = load_prompt(str(f), "verbalizer")
+    assert p.name == "my_prompt_v3" and p.messages(history="x", n_events=1) == [{"role": "user", "content": "Say x in 1"}]
     (tmp_path / "bad.txt").write_text("### user\nno placeholder\n")
     with pytest.raises(ValueError, match="history"):
-        load_prompt(str(tmp_path / "bad.txt"))
+        load_prompt(str(tmp_path / "bad.txt"), "verbalizer")
 
 
 # -- rewrite / zero-shot with a fake generator ---------------------------------------------------

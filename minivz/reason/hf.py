@@ -59,7 +59,7 @@ import numpy as np
 
 from minivz.models import load_model, resolve_device
 from minivz.reason.base import ItemStats, Prediction, Query
-from minivz.reason.prompt import (DEFAULT_CHOICE_PROMPT, DEFAULT_SCORING_PROMPT, candidate_labels, fit_context,
+from minivz.prompt import (DEFAULT_CHOICE_PROMPT, DEFAULT_SCORING_PROMPT, candidate_labels, fit_context,
                                   load_prompt, render_plain)
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
@@ -140,7 +140,7 @@ class HFReasoner:
             param = next(model.parameters())
             self.device, self.dtype = str(param.device), str(param.dtype).replace("torch.", "")
         self.norm = check_norm(norm)
-        self.template = load_prompt(prompt)
+        self.template = load_prompt(prompt, "reasoner")
         self.lists = "{candidates}" in self.template.user
         if answer != "title" and not self.lists:
             raise ValueError(f"answer={answer} reads the listed candidates, but prompt {prompt!r} has no "

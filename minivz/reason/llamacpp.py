@@ -44,7 +44,7 @@ from minivz.envinfo import cpu_threads, passive_omp
 from minivz.install import LLAMA_CPP, pip
 from minivz.models import default_gguf
 from minivz.reason.base import Prediction, Query
-from minivz.reason.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
+from minivz.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
@@ -102,7 +102,7 @@ class LlamaCppReasoner:
         if not os.path.isfile(self.model_path):
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
         self.norm = check_norm(norm)
-        self.template = load_prompt(prompt)
+        self.template = load_prompt(prompt, "reasoner")
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         # Llama gives us the model, tokenizer and chat template; its own context is kept tiny because

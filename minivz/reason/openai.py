@@ -44,7 +44,7 @@ import numpy as np
 
 from minivz.install import pip
 from minivz.reason.base import PartialPredictions, Prediction, Query, ReasonerError
-from minivz.reason.prompt import DEFAULT_CHOICE_PROMPT, candidate_labels, load_prompt
+from minivz.prompt import DEFAULT_CHOICE_PROMPT, candidate_labels, load_prompt
 
 CONSTRAINTS = ("auto", "grammar", "choice", "none")
 MAX_RETRY_AFTER_S = 30.0  # a server asking for longer waits at most this per attempt
@@ -127,7 +127,7 @@ class OpenAIReasoner:
         self.top_logprobs = top_logprobs
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.template = load_prompt(prompt)
+        self.template = load_prompt(prompt, "reasoner")
         headers = {}
         if os.environ.get("OPENAI_API_KEY"):
             headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"

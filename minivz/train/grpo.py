@@ -67,7 +67,7 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
     oldest events (as ``RewriteVerbalizer`` does at inference); None = no fitting.
     """
     from minivz.evaluate import build_queries
-    from minivz.verbalize.prompt import fit_lines
+    from minivz.prompt import fit_lines
     from minivz.verbalize.llm import select_units
     from minivz.verbalize.template import template_text
 

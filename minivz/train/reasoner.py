@@ -131,7 +131,7 @@ def build_grpo_rows(data, rows: list[dict], view, max_completion: int) -> list[d
     import copy
 
     from minivz.reason.base import Query
-    from minivz.reason.prompt import candidate_labels, fit_context
+    from minivz.prompt import candidate_labels, fit_context
 
     view = copy.copy(view)
     view.max_length -= max_completion

@@ -20,15 +20,13 @@ from minivz.verbalize.llm import (ActionVerbalizer, RewriteVerbalizer, SelectVer
                                   action_grammar, parse_decisions, parse_selection, render_actions,
                                   render_selection, select_grammar, select_lines)
 from minivz.verbalize.cache import CachedVerbalizer
-from minivz.verbalize.prompt import available_prompts, load_prompt
 from minivz.verbalize.rules import CleanRule, RecentRule, RuleVerbalizer, SeriesRule, TitlesRule
 from minivz.verbalize.template import TemplateVerbalizer, display_title, template_line, template_text
 
 __all__ = ["Verbalizer", "VERBALIZERS", "make_verbalizer", "template_line", "template_text",
            "display_title", "TemplateVerbalizer", "ZeroShotVerbalizer", "ActionVerbalizer",
            "RewriteVerbalizer", "SelectVerbalizer", "RuleVerbalizer", "action_grammar", "parse_decisions",
-           "render_actions", "select_grammar", "select_lines", "parse_selection", "render_selection",
-           "load_prompt", "available_prompts"]
+           "render_actions", "select_grammar", "select_lines", "parse_selection", "render_selection"]
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ import re
 import time
 import warnings
 from minivz.verbalize.generate import Generator  # light: the backends import their engines lazily
-from minivz.verbalize.prompt import Prompt, fit_lines, load_prompt
+from minivz.prompt import Prompt, fit_lines, load_prompt
 from minivz.verbalize.template import display_title, template_line
 
 
@@ -38,7 +38,7 @@ class _LLMVerbalizer:
         if backend not in ("auto", "llama", "hf"):
             raise ValueError(f"backend={backend!r}; valid: auto, llama, hf")
         self.model, self.adapter, self.backend = model, adapter, backend
-        self.prompt: Prompt = load_prompt(prompt or self.default_prompt)  # fail now, not mid-run
+        self.prompt: Prompt = load_prompt(prompt or self.default_prompt, "verbalizer")  # fail now, not mid-run
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         self.n_ctx, self.n_threads, self.max_events = n_ctx, n_threads, max_events
         self._generator = generator
@@ -67,7 +67,7 @@ class _LLMVerbalizer:
     def _budget_tokens(self, max_new_tokens: int) -> int:
         gen = self.generator
         from minivz.verbalize.generate import count_message_tokens
-        fixed = count_message_tokens(gen, self.prompt.messages("", 0))
+        fixed = count_message_tokens(gen, self.prompt.messages(history="", n_events=0))
         return gen.n_ctx - max_new_tokens - fixed
 
     def _fit(self, history: list[dict], max_new_tokens: int, count_tokens=None) -> list[dict]:
@@ -89,7 +89,7 @@ class _LLMVerbalizer:
 
     def _messages(self, events: list[dict]) -> list[dict]:
         text = "\n".join(self._line(i, e) for i, e in enumerate(events, 1))
-        return self.prompt.messages(text, len(events))
+        return self.prompt.messages(history=text, n_events=len(events))
 
 
 class RewriteVerbalizer(_LLMVerbalizer):
@@ -410,7 +410,7 @@ class SelectVerbalizer(_LLMVerbalizer):
         return f"{i}. {display_title(event, with_year=False)} (preview, 999 min)"
 
     def _messages(self, events: list[dict]) -> list[dict]:
-        return self.prompt.messages("\n".join(select_lines(events)), len(events))
+        return self.prompt.messages(history="\n".join(select_lines(events)), n_events=len(events))
 
     def build_prompts(self, histories: list[list[dict]], fit: bool = True) -> list[list[dict]]:
         count = self.generator.count_tokens if fit else None
