@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -158,9 +158,9 @@ def ingest(cfg: DataConfig):
 
 
 def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) -> PrepareSummary:
-    """Run the whole data stage and write ``out`` (see the module docstring for the layout)."""
-    from minivz import kernels
-
+    """Run the whole data stage and write ``out`` (see the module docstring for the layout):
+    ingest -> encode + sort -> sessions + series runs -> split + examples -> Parquet + manifest,
+    each step timed into the manifest's ``summary.seconds``."""
     from minivz.events import write_rejects
     from minivz.log import IngestError
 
@@ -169,135 +169,34 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     secs: dict[str, float] = {}
 
-    t0 = time.perf_counter()
+    def timed(name: str, step, *args):
+        t0 = time.perf_counter()
+        value = step(*args)
+        secs[name] = time.perf_counter() - t0
+        return value
+
     say("ingest")
-    res = ingest(cfg)
-    secs["ingest"] = time.perf_counter() - t0
-    ev = res.events
-    if ev.num_rows == 0:
+    res = timed("ingest", ingest, cfg)
+    if res.events.num_rows == 0:
         write_rejects(res.rejects, out / "rejects.parquet")  # the reasons are the answer: keep them
         raise IngestError(_no_events_message(res, out))
-
-    t0 = time.perf_counter()
-    say("encode")
-    user_codes, user_ids = _dense_codes(ev["user_id"])
-    item_codes, item_ids = _dense_codes(ev["item_id"])
-    ts = pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-    # Ties on time are broken by the item's code (natural id order), so the order
-    # is the same on every run and every machine.
-    say("sort")
-    perm = kernels.stable_order(user_codes, ts, item_codes)
-    # ids and times come back from their codes below; the other columns are reordered (one chunk per
-    # input file: a take over one chunk is faster)
-    ev = ev.drop_columns(["user_id", "item_id", "ts"]).combine_chunks().take(pa.array(perm))
-    user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
-    secs["encode_sort"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    say("sessionize")
-    session = kernels.sessionize(user_codes, ts, int(cfg.session_gap_s) * 1_000_000)
-    items_in = res.items
-    n_items = len(item_ids)
-    if cfg.n_candidates > n_items:
-        raise IngestError(
-            f"n_candidates={cfg.n_candidates} but the log has only {n_items} distinct items, so a target "
-            f"cannot get {cfg.n_candidates - 1} negatives; lower it (--set n_candidates={n_items}) or use a "
-            "log with more items"
-        )
-    counts = np.bincount(item_codes, minlength=n_items)
-    catalog = _catalog(items_in, item_ids, counts)
-    # series code per event, from the catalog's series_id
-    series_ids_cat = catalog["series_id"]
-    ser_codes_cat = np.full(n_items, -1, dtype=np.int32)
-    series_names: list[str] = []
-    if series_ids_cat.null_count < n_items:
-        valid = pc.is_valid(series_ids_cat).to_numpy(zero_copy_only=False)
-        enc = pc.dictionary_encode(pc.drop_null(series_ids_cat)).combine_chunks() if isinstance(
-            series_ids_cat, pa.ChunkedArray) else pc.dictionary_encode(pc.drop_null(series_ids_cat))
-        ser_codes_cat[valid] = enc.indices.to_numpy(zero_copy_only=False)
-        series_names = enc.dictionary.to_pylist()
-    season_cat = _int_or(catalog["season"], -1)
-    episode_cat = _int_or(catalog["episode"], -1)
-    if "duration_s" in ev.column_names:
-        duration = pc.cast(ev["duration_s"], pa.float64()).to_numpy(zero_copy_only=False)
-    else:
-        duration = np.full(ev.num_rows, np.nan)
-    say("aggregate series")
-    runs = kernels.aggregate_series(
-        session, ser_codes_cat[item_codes], season_cat[item_codes], episode_cat[item_codes], duration, ts
-    )
-    secs["sessionize_series"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    log = timed("encode_sort", encode_sorted, res.events, say)
+    catalog, series = timed("sessionize_series", sessions_and_series, cfg, log, res.items, say)
     say("build examples")
-    inter = ev["interaction"]
-    if cfg.target_interactions:
-        eligible = pc.is_in(inter, value_set=pa.array(cfg.target_interactions)).to_numpy(zero_copy_only=False)
-    else:
-        eligible = np.ones(ev.num_rows, dtype=bool)
-    eligible = np.asarray(eligible, dtype=bool)
-    if cfg.split == "leave-last-out":
-        split = kernels.split_leave_last_out(user_codes, eligible)
-        split_rule = "leave-last-out: per user, last eligible event = test, the one before = valid"
-    else:
-        q_valid, q_test = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
-        split = kernels.split_by_time(ts, int(q_valid), int(q_test), eligible)
-        split_rule = (
-            f"time: valid from {np.datetime64(int(q_valid), 'us')}, test from {np.datetime64(int(q_test), 'us')} UTC"
-        )
-    split = np.asarray(split, dtype=np.int8).copy()
-    if cfg.max_train_per_user > 0:
-        split = _cap_train_per_user(split, user_codes, cfg.max_train_per_user)
-    ex = kernels.build_examples(
-        user_codes,
-        ts,
-        item_codes.astype(np.int32),
-        n_items,
-        split,
-        history_len=cfg.history_len,
-        n_candidates=cfg.n_candidates,
-        negatives=cfg.negatives,
-        item_weights=counts.astype(np.float64) if cfg.negatives == "popularity" else None,
-        seed=cfg.seed,
-        tie_rule=cfg.tie_rule,
-        min_history=cfg.min_history,
-        # an episode's title is its series: the next episode of a show in progress is no discovery
-        title_of_item=np.where(ser_codes_cat >= 0, n_items + ser_codes_cat, np.arange(n_items)),
-    )
-    secs["build_examples"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    ex, split_rule = timed("build_examples", build_split_examples, cfg, log, catalog, series)
     say("write parquet")
-    # Parquet encoding releases the GIL: two writer threads keep both cores busy while the next table
-    # is built (files are independent; each is written whole by one thread)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        writes = [pool.submit(_write, _events_table(ev, user_codes, item_codes, ts, user_ids, item_ids, session,
-                                                    runs.run_of_event), out / "events.parquet"),
-                  pool.submit(_write, catalog, out / "items.parquet"),
-                  pool.submit(_write, _runs_table(runs, series_names), out / "runs.parquet")]
-        ex_counts, disc_share = {}, {}
-        for code, name in enumerate(SPLITS):
-            sel = np.flatnonzero(np.asarray(ex.split) == code)
-            tbl = _examples_table(ex, sel, user_ids, item_codes, ts, cfg.n_candidates)
-            writes.append(pool.submit(_write, tbl, out / f"{name}.parquet"))
-            ex_counts[name] = int(len(sel))
-            disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
-        writes.append(pool.submit(write_rejects, res.rejects, out / "rejects.parquet"))
-        for w in writes:
-            w.result()  # re-raise a writer's error here
-    secs["write"] = time.perf_counter() - t0
-
+    ex_counts, disc_share = timed("write", write_outputs, out, log, catalog, series, ex, res.rejects, cfg.n_candidates)
     summary = PrepareSummary(
         out=out,
         n_read=res.n_read,
         n_rejected=res.n_rejected,
         n_catalog_rejected=int(res.rejects.num_rows) - res.n_rejected,
         n_duplicates=res.n_duplicates,
-        n_events=ev.num_rows,
-        n_users=len(user_ids),
-        n_items=n_items,
-        n_sessions=int(session[-1]) + 1 if len(session) else 0,
-        n_runs=int(len(runs.start)),
+        n_events=log.events.num_rows,
+        n_users=len(log.user_ids),
+        n_items=len(log.item_ids),
+        n_sessions=int(series.session[-1]) + 1 if len(series.session) else 0,
+        n_runs=int(len(series.runs.start)),
         examples=ex_counts,
         discovery_share=disc_share,
         skipped={
@@ -317,6 +216,159 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return summary
+
+
+class SortedLog(NamedTuple):
+    """The events in (user, ts, item) order: dense user/item codes with their ids, int64 microseconds,
+    and the other columns reordered alike (``events`` has no user_id / item_id / ts: they are
+    rebuilt from the codes when written)."""
+    events: pa.Table
+    user_codes: np.ndarray
+    user_ids: list[str]
+    item_codes: np.ndarray
+    item_ids: list[str]
+    ts: np.ndarray
+
+
+class Series(NamedTuple):
+    """Per event: its session; the series runs (consecutive episodes of one show) and their names."""
+    session: np.ndarray
+    runs: Any
+    series_names: list[str]
+    ser_codes_cat: np.ndarray  # per catalog item: its series code, -1 for none
+
+
+def encode_sorted(ev: pa.Table, say: Callable[[str], None]) -> SortedLog:
+    """Dense codes for users and items, then one stable sort by (user, ts, item). Ties on time are
+    broken by the item's code (natural id order), so the order is the same on every run and machine."""
+    from minivz import kernels
+
+    say("encode")
+    user_codes, user_ids = _dense_codes(ev["user_id"])
+    item_codes, item_ids = _dense_codes(ev["item_id"])
+    ts = pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    say("sort")
+    perm = kernels.stable_order(user_codes, ts, item_codes)
+    # ids and times come back from their codes when written; the other columns are reordered (one
+    # chunk per input file: a take over one chunk is faster)
+    ev = ev.drop_columns(["user_id", "item_id", "ts"]).combine_chunks().take(pa.array(perm))
+    user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
+    return SortedLog(ev, user_codes, user_ids, item_codes, item_ids, ts)
+
+
+def sessions_and_series(cfg: DataConfig, log: SortedLog, items_in: pa.Table | None,
+                        say: Callable[[str], None]) -> tuple[pa.Table, Series]:
+    """(the catalog with per-item counts, the sessions and series runs): sessions split at gaps of
+    ``session_gap_s``; a run is consecutive episodes of one series within a session."""
+    from minivz import kernels
+    from minivz.log import IngestError
+
+    say("sessionize")
+    session = kernels.sessionize(log.user_codes, log.ts, int(cfg.session_gap_s) * 1_000_000)
+    n_items = len(log.item_ids)
+    if cfg.n_candidates > n_items:
+        raise IngestError(
+            f"n_candidates={cfg.n_candidates} but the log has only {n_items} distinct items, so a target "
+            f"cannot get {cfg.n_candidates - 1} negatives; lower it (--set n_candidates={n_items}) or use a "
+            "log with more items"
+        )
+    counts = np.bincount(log.item_codes, minlength=n_items)
+    catalog = _catalog(items_in, log.item_ids, counts)
+    # series code per event, from the catalog's series_id
+    series_ids_cat = catalog["series_id"]
+    ser_codes_cat = np.full(n_items, -1, dtype=np.int32)
+    series_names: list[str] = []
+    if series_ids_cat.null_count < n_items:
+        valid = pc.is_valid(series_ids_cat).to_numpy(zero_copy_only=False)
+        enc = pc.dictionary_encode(pc.drop_null(series_ids_cat)).combine_chunks() if isinstance(
+            series_ids_cat, pa.ChunkedArray) else pc.dictionary_encode(pc.drop_null(series_ids_cat))
+        ser_codes_cat[valid] = enc.indices.to_numpy(zero_copy_only=False)
+        series_names = enc.dictionary.to_pylist()
+    season_cat = _int_or(catalog["season"], -1)
+    episode_cat = _int_or(catalog["episode"], -1)
+    ev, item_codes = log.events, log.item_codes
+    if "duration_s" in ev.column_names:
+        duration = pc.cast(ev["duration_s"], pa.float64()).to_numpy(zero_copy_only=False)
+    else:
+        duration = np.full(ev.num_rows, np.nan)
+    say("aggregate series")
+    runs = kernels.aggregate_series(
+        session, ser_codes_cat[item_codes], season_cat[item_codes], episode_cat[item_codes], duration, log.ts
+    )
+    return catalog, Series(session, runs, series_names, ser_codes_cat)
+
+
+def build_split_examples(cfg: DataConfig, log: SortedLog, catalog: pa.Table, series: Series) -> tuple[Any, str]:
+    """(the examples of every split, the split rule in words): targets are the eligible events
+    (``target_interactions``), split leave-last-out or by time, train capped per user, then each
+    target's history bounds and its candidates drawn (``kernels.build_examples``)."""
+    from minivz import kernels
+
+    ev, user_codes, ts = log.events, log.user_codes, log.ts
+    n_items = len(log.item_ids)
+    if cfg.target_interactions:
+        eligible = pc.is_in(ev["interaction"], value_set=pa.array(cfg.target_interactions)).to_numpy(
+            zero_copy_only=False)
+    else:
+        eligible = np.ones(ev.num_rows, dtype=bool)
+    eligible = np.asarray(eligible, dtype=bool)
+    if cfg.split == "leave-last-out":
+        split = kernels.split_leave_last_out(user_codes, eligible)
+        split_rule = "leave-last-out: per user, last eligible event = test, the one before = valid"
+    else:
+        q_valid, q_test = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
+        split = kernels.split_by_time(ts, int(q_valid), int(q_test), eligible)
+        split_rule = (
+            f"time: valid from {np.datetime64(int(q_valid), 'us')}, test from {np.datetime64(int(q_test), 'us')} UTC"
+        )
+    split = np.asarray(split, dtype=np.int8).copy()
+    if cfg.max_train_per_user > 0:
+        split = _cap_train_per_user(split, user_codes, cfg.max_train_per_user)
+    counts = catalog["n_events"].to_numpy()  # events per item code (the catalog's count)
+    ser_codes_cat = series.ser_codes_cat
+    ex = kernels.build_examples(
+        user_codes,
+        ts,
+        log.item_codes.astype(np.int32),
+        n_items,
+        split,
+        history_len=cfg.history_len,
+        n_candidates=cfg.n_candidates,
+        negatives=cfg.negatives,
+        item_weights=counts.astype(np.float64) if cfg.negatives == "popularity" else None,
+        seed=cfg.seed,
+        tie_rule=cfg.tie_rule,
+        min_history=cfg.min_history,
+        # an episode's title is its series: the next episode of a show in progress is no discovery
+        title_of_item=np.where(ser_codes_cat >= 0, n_items + ser_codes_cat, np.arange(n_items)),
+    )
+    return ex, split_rule
+
+
+def write_outputs(out: Path, log: SortedLog, catalog: pa.Table, series: Series, ex, rejects: pa.Table,
+                  n_candidates: int) -> tuple[dict[str, int], dict[str, float]]:
+    """Every Parquet file of the layout; returns (examples per split, discovery share per split).
+    Parquet encoding releases the GIL: two writer threads keep both cores busy while the next table
+    is built (files are independent; each is written whole by one thread)."""
+    from minivz.events import write_rejects
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        writes = [pool.submit(_write, _events_table(log.events, log.user_codes, log.item_codes, log.ts, log.user_ids,
+                                                    log.item_ids, series.session, series.runs.run_of_event),
+                              out / "events.parquet"),
+                  pool.submit(_write, catalog, out / "items.parquet"),
+                  pool.submit(_write, _runs_table(series.runs, series.series_names), out / "runs.parquet")]
+        ex_counts, disc_share = {}, {}
+        for code, name in enumerate(SPLITS):
+            sel = np.flatnonzero(np.asarray(ex.split) == code)
+            tbl = _examples_table(ex, sel, log.user_ids, log.item_codes, log.ts, n_candidates)
+            writes.append(pool.submit(_write, tbl, out / f"{name}.parquet"))
+            ex_counts[name] = int(len(sel))
+            disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
+        writes.append(pool.submit(write_rejects, rejects, out / "rejects.parquet"))
+        for w in writes:
+            w.result()  # re-raise a writer's error here
+    return ex_counts, disc_share
 
 
 def _write(table: pa.Table, path: Path) -> None:

@@ -190,7 +190,7 @@ def test_step_advantages_match_trl_with_exclusions():
     """samples.jsonl's advantages = TRL's nan-aware formula (excluded rows: out of the baseline, 0)."""
     from trl.trainer.utils import nanstd
 
-    from minivz.train.grpo import step_advantages
+    from minivz.train.callbacks import step_advantages
 
     r = np.array([1.0, 0.2, np.nan, 0.5, 0.3, 0.3, 0.3, 0.9, np.nan, np.nan, np.nan, 0.4])
     t = torch.tensor(r).view(-1, 4)

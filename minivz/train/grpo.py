@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,8 +44,8 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
-from minivz.rundir import (append_jsonl, checkpoint_finished, is_main_process, record_run_config, resume_step,
-                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, world_size, write_env)
+from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resume_step, rotate_checkpoints,
+                           step_checkpoints_callback, truncate_jsonl, world_size, write_env)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -116,150 +115,6 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
     return rows
 
 
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def step_advantages(total: np.ndarray, group_size: int) -> np.ndarray:
-    """TRL's advantages from logged totals (NaN = excluded: left out of its group's mean/std and
-    given advantage 0, as TRL does), computed with ``minivz.kernels.group_advantages``."""
-    from minivz.kernels import group_advantages
-
-    adv = np.zeros_like(total)
-    for s in range(0, len(total) - len(total) % group_size, group_size):
-        g = total[s:s + group_size]
-        ok = np.isfinite(g)
-        if ok.sum() >= 2:
-            adv[s:s + group_size][ok] = group_advantages(g[ok], int(ok.sum()))
-    return adv
-
-
-# -- callbacks ----------------------------------------------------------------------------------------
-
-
-def _callbacks():
-    """TrainerCallback subclasses, defined on first use (transformers is imported lazily)."""
-    from transformers import TrainerCallback
-
-    class RunLogger(TrainerCallback):
-        """metrics.jsonl and samples.jsonl from the reward state, one flush per optimizer step."""
-
-        def __init__(self, run: Path | None, state, weights: dict[str, float], group_size: int,
-                     histories: dict[int, str]) -> None:
-            # run=None: a process other than rank 0 (it computes its share, writes nothing)
-            self.run, self.rstate, self.weights, self.g = run, state, weights, group_size
-            self.world = world_size()
-            self.histories = histories
-            self.t_step = time.perf_counter()
-            self.pending: dict | None = None
-            self.last: dict = {}
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t_step = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
-            st = self.rstate.flush()
-            n = st.n
-            acc = np.array([np.nan if v is None else v for v in st.accuracy] or [np.nan] * n, dtype=float)
-            ln = np.array([np.nan if v is None else v for v in st.length] or [np.nan] * n, dtype=float)
-            w_a, w_l = self.weights.get("accuracy", 0.0), self.weights.get("length", 0.0)
-            total = np.where(np.isnan(acc) & np.isnan(ln), np.nan,
-                             w_a * np.nan_to_num(acc) + w_l * np.nan_to_num(ln)) if n else np.zeros(0)
-            adv = step_advantages(total, self.g) if n else np.zeros(0)
-            rec = {
-                "step": int(state.global_step),
-                "reward": _nan_to_none(np.nanmean(total)) if np.isfinite(total).any() else None,
-                "accuracy": _nan_to_none(np.nanmean(acc)) if np.isfinite(acc).any() else None,
-                "length": _nan_to_none(np.nanmean(ln)) if np.isfinite(ln).any() else None,
-                "compression_ratio": _nan_to_none(float(np.mean(st.ratio))) if st.ratio else None,
-                "step_seconds": round(now - self.t_step, 3),
-                "oracle_seconds": round(st.oracle_seconds, 3),
-                "reward_seconds": round(st.reward_seconds, 3),
-                "completions": n,  # this process's share when several train together (processes)
-                "processes": self.world,
-                "excluded": st.excluded,
-                "oracle_errors": st.oracle_errors,
-                "oracle_invalid": st.oracle_invalid,
-            }
-            if st.last_error:
-                rec["oracle_last_error"] = st.last_error
-            self.t_step = now
-            samples = []
-            for i in range(n):
-                eid = st.example_id[i] if i < len(st.example_id) else -1
-                samples.append({
-                    "step": rec["step"], "example_id": eid, "history": self.histories.get(eid, ""),
-                    "completion": st.completion[i] if i < len(st.completion) else "",
-                    "verbalization": st.verbalization[i] if i < len(st.verbalization) else "",
-                    "rewards": {"accuracy": _nan_to_none(acc[i]), "length": _nan_to_none(ln[i]),
-                                "total": _nan_to_none(total[i])},
-                    "compression_ratio": st.ratio[i] if i < len(st.ratio) else None,
-                    "advantage": float(adv[i]), "excluded": bool(np.isnan(total[i])),
-                })
-            if self.run is not None:
-                append_jsonl(self.run / "samples.jsonl", samples)
-            self.last = rec
-            if control.should_log:  # TRL's loss / kl / grad_norm arrive in on_log right after
-                self.pending = rec
-            else:
-                self._write(rec)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if self.pending is None or not logs:
-                return
-            for k, v in logs.items():
-                if k not in self.pending and isinstance(v, (int, float)) and k != "epoch":
-                    self.pending[k] = v
-            self._write(self.pending)
-            self.pending = None
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.pending is not None:
-                self._write(self.pending)
-                self.pending = None
-
-        def _write(self, rec: dict) -> None:
-            if self.run is not None:  # None in the processes other than rank 0
-                append_jsonl(self.run / "metrics.jsonl", [rec])
-
-    class LiveProgress(TrainerCallback):
-        """A rich progress bar with the live reward; one plain line per step when not a TTY."""
-
-        def __init__(self, logger: RunLogger) -> None:
-            from rich.console import Console
-
-            self.logger = logger
-            self.console = Console(stderr=True)
-            self.bar = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            if self.console.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                    TextColumn("{task.description}"), console=self.console)
-                self.bar.start()
-                self.task = self.bar.add_task("", total=args.max_steps, completed=state.global_step)
-
-        def on_step_end(self, args, state, control, **kw):
-            r = self.logger.last
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            desc = (f"reward {fmt(r.get('reward'))}  acc {fmt(r.get('accuracy'))}  len {fmt(r.get('length'))}  "
-                    f"ratio {fmt(r.get('compression_ratio'))}  {r.get('step_seconds', 0):.1f}s/step"
-                    + (f"  excluded {r['excluded']}" if r.get("excluded") else ""))
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step, description=desc)
-            else:
-                print(f"step {state.global_step}/{args.max_steps}  {desc}", file=sys.stderr, flush=True)
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.bar is not None:
-                self.bar.stop()
-
-    return RunLogger, LiveProgress
-
-
 # -- training -----------------------------------------------------------------------------------------
 
 
@@ -291,57 +146,97 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     ``oracle``: a ready Reasoner object (tests); default ``make_reasoner(cfg.oracle, ...)``.
     """
     passive_omp()
-    from minivz.train.policy import load_adapter, load_policy, resolve_backend, save_final
+    from minivz.train.policy import load_policy, resolve_backend, save_final
 
     backend = resolve_backend(cfg.backend)  # first: may import unsloth before trl/transformers/peft
 
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from minivz.dataset import PreparedData
-    from minivz.evaluate import item_stats_for
-    from minivz.reason import make_reasoner
-    from minivz.train.rewards import OracleDown, RewardState, build_reward_funcs
 
     run = Path(out)
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    record_run_config(run, cfg, data_dir, resume)
-    write_env(run, train_backend=backend, torch_device="cuda" if torch.cuda.is_available() else "cpu")
-
-    step, ckpt = resume_step(run / "checkpoints", resume)
+    on_gpu = torch.cuda.is_available()
+    step, ckpt = open_run(run, cfg, data_dir, resume, backend, on_gpu)
     main = is_main_process()  # under a launch (N processes) only rank 0 writes the run directory
-    if ckpt is None and main:
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            (run / name).unlink(missing_ok=True)
-    elif main:
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            truncate_jsonl(run / name, lambda rec: int(rec["step"]) <= step)
-        print(f"resuming from {ckpt} (step {step})", file=sys.stderr)
-
     torch.manual_seed(cfg.seed)
     data = PreparedData.load(data_dir)
     model, tokenizer = load_policy(cfg, backend)
     rows = build_prompt_rows(cfg, data, tokenizer)
     if not rows:
         raise ValueError(f"{data_dir}: no train examples with a history; check `minivz data prepare`")
-    dataset = Dataset.from_list(rows)
+    rstate, funcs, weights = reward_state(cfg, data, model, tokenizer, oracle)
+    args = grpo_args(cfg, run, weights, on_gpu)
+    if main:
+        (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    trainer, _ = grpo_trainer(cfg, run, model, tokenizer, Dataset.from_list(rows), rstate, funcs, weights, args,
+                              progress)
+    t0 = time.perf_counter()
+    finished = run_training(trainer, cfg, run, step, ckpt)
+    seconds = time.perf_counter() - t0
+    paths = (save_final(trainer.model, tokenizer, run / "final", backend) if main
+             else {"adapter": str(run / "final"), "merged": str(run / "final" / "merged")})
+    return {
+        "run": str(run),
+        "backend": backend,
+        "steps": step if finished else int(trainer.state.global_step),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "seconds": round(seconds, 1),
+        "prompts": len(rows),
+        "completions": rstate.totals["completions"],
+        "excluded": rstate.totals["excluded"],
+        **paths,
+    }
 
-    if oracle is None:  # `policy`: the model above with its adapter disabled (co-located, no 2nd copy)
+
+def open_run(run: Path, cfg, data_dir: str | Path, resume: bool, backend: str,
+             on_gpu: bool) -> tuple[int, Path | None]:
+    """The run directory before training: config and environment recorded, the checkpoint to resume
+    from (``resume_step``), and metrics/samples lines past it dropped (a fresh run: removed)."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    record_run_config(run, cfg, data_dir, resume)
+    write_env(run, train_backend=backend, torch_device="cuda" if on_gpu else "cpu")
+    step, ckpt = resume_step(run / "checkpoints", resume)
+    if not is_main_process():
+        return step, ckpt
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        if ckpt is None:
+            (run / name).unlink(missing_ok=True)
+        else:
+            truncate_jsonl(run / name, lambda rec: int(rec["step"]) <= step)
+    if ckpt is not None:
+        print(f"resuming from {ckpt} (step {step})", file=sys.stderr)
+    return step, ckpt
+
+
+def reward_state(cfg, data, model, tokenizer, oracle: Any = None):
+    """(RewardState, TRL reward functions, their weights): the frozen oracle (``cfg.oracle``, or
+    ``oracle`` when given; ``policy`` = this model with its adapter disabled, no second copy) read
+    by the accuracy and length rewards."""
+    from minivz.evaluate import item_stats_for
+    from minivz.reason import make_reasoner
+    from minivz.train.rewards import RewardState, build_reward_funcs
+
+    if oracle is None:
         oracle = make_reasoner(cfg.oracle, item_stats=item_stats_for(data), policy=(model, tokenizer))
     rstate = RewardState(oracle, accuracy=cfg.accuracy_reward, lo=cfg.length_lo, hi=cfg.length_hi,
                          softness=cfg.length_softness, variant=cfg.variant, max_retries=cfg.max_oracle_retries,
                          render=cfg.select_render)
     funcs, weights = build_reward_funcs(["accuracy", "length"], rstate, [cfg.w_accuracy, cfg.w_length])
+    return rstate, funcs, weights
 
-    on_gpu = torch.cuda.is_available()
+
+def grpo_args(cfg, run: Path, weights: list[float], on_gpu: bool):
+    """TRL's GRPOConfig from the recipe: num_generations, batch sizes, max_steps, learning_rate, beta,
+    temperature, save/logging steps, gradient_checkpointing, seed, use_vllm/vllm_mode, report_to are
+    the recipe's fields by name (``config.trl_args``); the rest is fixed here."""
+    import torch
+    from trl import GRPOConfig
+
     _check_vllm(cfg, on_gpu)
     if not on_gpu and world_size() > 1:
         _restore_to_indexed_cpu()
-    # num_generations, batch sizes, max_steps, learning_rate, beta, temperature, save/logging steps,
-    # gradient_checkpointing, seed, use_vllm/vllm_mode, report_to: the recipe's GRPOConfig fields, by name
-    args = trl_args(
+    return trl_args(
         GRPOConfig, cfg,
         output_dir=str(run / "checkpoints"),
         chat_template_kwargs={"enable_thinking": cfg.enable_thinking},
@@ -357,53 +252,54 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         log_completions=False,
         dataloader_num_workers=0,
     )
-    if main:
-        (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
-    RunLogger, LiveProgress = _callbacks()
-    logger = RunLogger(run if main else None, rstate, dict(zip([f.__name__ for f in funcs], weights)),
-                       cfg.num_generations, {r["example_id"]: r["history_text"] for r in rows})
+
+def grpo_trainer(cfg, run: Path, model, tokenizer, dataset, rstate, funcs, weights, args, progress: bool):
+    """(GRPOTrainer, its RunLogger): minivz's callbacks (metrics/samples, step_* checkpoints, the
+    progress bar) in place of TRL's printer."""
+    from transformers import PrinterCallback
+    from trl import GRPOTrainer
+
+    from minivz.train.callbacks import LiveProgress, RunLogger
+
+    histories = dict(zip(dataset["example_id"], dataset["history_text"]))
+    logger = RunLogger(run if is_main_process() else None, rstate, dict(zip([f.__name__ for f in funcs], weights)),
+                       cfg.num_generations, histories)
     callbacks = [logger, step_checkpoints_callback(run / "checkpoints", cfg.save_total_limit)]
     if progress:
         callbacks.append(LiveProgress(logger))
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl + LiveProgress replace its dict dumps
+    return trainer, logger
 
-    t0 = time.perf_counter()
-    finished = ckpt is not None and checkpoint_finished(ckpt, cfg.max_steps)
+
+def run_training(trainer, cfg, run: Path, step: int, ckpt: Path | None) -> bool:
+    """Train from ``ckpt`` (None: from scratch); True when ``ckpt`` already held the whole run (its
+    adapter is loaded, nothing is trained). An oracle that stays down stops training with a full
+    checkpoint at the last finished step and says how to resume."""
+    from minivz.train.policy import load_adapter
+    from minivz.train.rewards import OracleDown
+
+    if ckpt is not None and checkpoint_finished(ckpt, cfg.max_steps):
+        # a finished run rerun: Trainer.train would take one step past max_steps; load the adapter
+        print(f"{run}: already trained to step {step} (max_steps={cfg.max_steps}); nothing to train",
+              file=sys.stderr)
+        load_adapter(trainer.model, ckpt)
+        return True
     try:
-        if finished:
-            # a finished run rerun: Trainer.train would take one step past max_steps; load the adapter
-            print(f"{run}: already trained to step {step} (max_steps={cfg.max_steps}); nothing to train",
-                  file=sys.stderr)
-            load_adapter(trainer.model, ckpt)
-        else:
-            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except OracleDown as e:
         # keep the work done so far: a full checkpoint at the last finished step (the failed step had
         # not updated the weights yet: rewards come before the loss), then stop with what to do
         done = int(trainer.state.global_step)
         if done > step:
             trainer._save_checkpoint(trainer.model, trial=None)
-            if main:
+            if is_main_process():
                 rotate_checkpoints(run / "checkpoints", done, max(cfg.save_total_limit, 1))
         raise OracleDown(
             f"{e} Training stopped at step {done + 1}; "
             + (f"saved a checkpoint at step {done} ({run / 'checkpoints' / f'step_{done:06d}'}). " if done > step
                else "no new step to save. ")
             + "Bring the oracle back and rerun the same command: it resumes from the checkpoint.") from None
-    seconds = time.perf_counter() - t0
-    paths = (save_final(trainer.model, tokenizer, run / "final", backend) if main
-             else {"adapter": str(run / "final"), "merged": str(run / "final" / "merged")})
-    return {
-        "run": str(run),
-        "backend": backend,
-        "steps": step if finished else int(trainer.state.global_step),
-        "resumed_from": str(ckpt) if ckpt else None,
-        "seconds": round(seconds, 1),
-        "prompts": len(rows),
-        "completions": rstate.totals["completions"],
-        "excluded": rstate.totals["excluded"],
-        **paths,
-    }
+    return False

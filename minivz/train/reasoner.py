@@ -49,8 +49,8 @@ import numpy as np
 
 from minivz.config import trl_args
 from minivz.evaluate import item_stats_for
-from minivz.rundir import (append_jsonl, checkpoint_finished, record_run_config, resume_step,
-                           step_checkpoints_callback, truncate_jsonl, write_env)
+from minivz.rundir import (checkpoint_finished, record_run_config, resume_step, step_checkpoints_callback,
+                           truncate_jsonl, write_env)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -193,43 +193,6 @@ def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
     truncate_jsonl(path, keep)
 
 
-def _metrics_logger_class():
-    """The TrainerCallback subclass, defined on first use (transformers is imported lazily)."""
-    from transformers import TrainerCallback
-
-    class MetricsLogger(TrainerCallback):
-        """metrics.jsonl: one line per logging step with TRL's numbers + wall seconds per step."""
-
-        def __init__(self, path: Path, stage: str, progress: bool) -> None:
-            self.path, self.stage, self.progress = path, stage, progress
-            self.t = time.perf_counter()
-            self.last_step = 0
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t, self.last_step = time.perf_counter(), state.global_step
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs and "reward" not in logs:
-                return  # the end-of-training summary (train_loss, train_runtime) is not a step
-            now = time.perf_counter()
-            steps = max(state.global_step - self.last_step, 1)
-            rec = {"stage": self.stage, "step": int(state.global_step),
-                   "step_seconds": round((now - self.t) / steps, 3)}
-            for k, v in logs.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    rec["lr" if k == "learning_rate" else k] = v
-            self.t, self.last_step = now, state.global_step
-            append_jsonl(self.path, [rec])
-            if self.progress:
-                extra = f"loss {rec['loss']:.4f}" if "loss" in rec else ""
-                if "reward" in rec:
-                    extra += f"  reward {rec['reward']:.3f}"
-                print(f"{self.stage} step {state.global_step}/{state.max_steps}  {extra}  lr {rec.get('lr', 0):.2e}  "
-                      f"{rec['step_seconds']:.1f}s/step", file=sys.stderr, flush=True)
-
-    return MetricsLogger
-
-
 # -- model --------------------------------------------------------------------------------------------
 
 
@@ -365,9 +328,10 @@ def _train_stage(trainer, stage: str, cfg, run: Path, ckpt_dir: Path, ckpt: Path
     metrics go to RUN/metrics.jsonl tagged with ``stage``, checkpoints to ``ckpt_dir/step_*``."""
     from transformers import PrinterCallback
 
+    from minivz.train.callbacks import MetricsLogger
     from minivz.train.policy import load_adapter
 
-    trainer.add_callback(_metrics_logger_class()(run / "metrics.jsonl", stage, progress))
+    trainer.add_callback(MetricsLogger(run / "metrics.jsonl", stage, progress))
     trainer.add_callback(step_checkpoints_callback(ckpt_dir, cfg.reasoner_save_total_limit, save_last=True))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
