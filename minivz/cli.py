@@ -332,6 +332,25 @@ def compare_cmd(
     console.print(f"wrote {png}, {dest / 'compare.md'}, {dest / 'compare.json'}")
 
 
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="A run directory (minivz recipe --out, or one holding eval/<row> dirs)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default RUN/report.html)."),
+    examples: int = typer.Option(6, "--examples", help="Test users shown with each reader's text and pick."),
+) -> None:
+    """Write one self-contained HTML page of a run: tables with CIs, plots, and what each reader saw.
+
+    Example: minivz report runs/tiny-cpu        (minivz recipe writes it at the end of every run)
+    """
+    from minivz.report import html_report
+
+    try:
+        path = html_report(run, out, n_examples=examples)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
 @app.command("recipe")
 def recipe_cmd(
     name: str = typer.Argument(..., help="A recipe (tiny-cpu, paper-8b, paper-32b, or a YAML path), or `list`."),

@@ -83,6 +83,18 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."): figures differ ~2x between them."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (Intel AMX-BF16: Sapphire Rapids and later).
     Read from /proc/cpuinfo, so no torch import; False where that file does not exist."""
@@ -135,6 +147,7 @@ def collect() -> dict[str, str | int | float | None]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "memory_gib": _mem_gib(),
         "gpus": _gpus(),

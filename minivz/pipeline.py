@@ -21,7 +21,8 @@ Stages, each writing into one run directory and skipped when already complete (i
                 ("reasoner only") and on the learned verbalizer's     RUN/reasoner-learned
                 text ("two-stage")                                     RUN/eval/reasoner-*
     export      GGUF of the trained verbalizer and reasoner           RUN/export/
-    table       the final tables: JSON, Markdown, PNG                 RUN/results.{json,md,png}
+    table       the final tables: JSON, Markdown, PNG, and the HTML      RUN/results.{json,md,png}
+                report (tables, plots, what each reader saw)           RUN/report.html
 
 Stage 1 rows are compared with the template under the oracle; stage 2 rows with the template read
 by the untrained reasoner -- the baselines the paper's relative numbers use.
@@ -260,7 +261,7 @@ class Pipeline:
         }
 
     def stage_table(self) -> dict:
-        from minivz.report import bar_chart, compare_runs
+        from minivz.report import bar_chart, compare_runs, html_report
 
         if not (self.out / "eval" / "template" / "metrics.json").exists():
             raise RuntimeError("the table needs the template row (stage baselines) as its reference")
@@ -296,6 +297,7 @@ class Pipeline:
         if "stage2" in tables:
             bar_chart(tables["stage2"], self.out / "results-stage2.png",
                       title=f"minivz recipe {self.recipe}, stage 2 (LLM reasoner): Recall@1 (95% CI)")
+        html_report(self.out)  # RUN/report.html: the tables, plots and what each reader saw
         return {"rows": {k: [r["row"] for r in t] for k, t in tables.items()}}
 
     def run(self) -> list[dict]:

@@ -153,3 +153,135 @@ def bar_chart(rows: list[dict], path: str | Path, title: str = "Recall@1 (95% CI
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# -- the run report: one self-contained HTML page ----------------------------------------------------
+
+# rows of a recipe run shown per example: (eval row, what its text is, what reads it)
+_EXAMPLE_ROWS = (("template", "template text", "oracle"), ("learned", "learned verbalizer", "oracle"),
+                 ("base-template", "template text", "untrained reasoner"),
+                 ("reasoner-only", "template text", "reasoner trained on template"),
+                 ("two-stage", "learned verbalizer", "reasoner trained on the learned text"))
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}
+pre{white-space:pre-wrap;background:#f8f8f8;border:1px solid #e3e3e3;padding:6px;max-height:260px;overflow:auto;
+margin:2px 0;font-size:12px}.hit{color:#17803d;font-weight:600}.miss{color:#b3261e;font-weight:600}
+.ex{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}.grid{display:grid;
+grid-template-columns:1fr 1fr;gap:10px}img{max-width:100%;border:1px solid #eee}.muted{color:#777}"""
+
+
+def _esc(s) -> str:
+    import html
+
+    return html.escape(str(s))
+
+
+def _html_table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in table_cells(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _png(path: Path) -> str:
+    import base64
+
+    return f'<img alt="{_esc(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def _run_tables(run: Path) -> dict[str, list[dict]]:
+    """The recipe's tables (RUN/results.json), else one table of whatever RUN/eval rows exist."""
+    if (run / "results.json").is_file():
+        results = json.loads((run / "results.json").read_text())
+        return {k: results[k] for k in ("stage1", "stage2") if k in results}
+    rows = sorted(p.parent for p in (run / "eval").glob("*/metrics.json"))
+    rows.sort(key=lambda p: p.name != "template")  # the reference first
+    return {"rows": compare_runs(rows, labels=[p.name for p in rows])} if rows else {}
+
+
+def _examples_html(run: Path, n: int) -> str:
+    import pyarrow.parquet as pq
+
+    found = [row for row in _EXAMPLE_ROWS if (run / "eval" / row[0] / "samples.jsonl").is_file()]
+    if not found:
+        return "<p class=muted>no evaluated rows with samples yet</p>"
+    samples = {name: {int(r["example_id"]): r for r in _samples(run / "eval" / name)} for name, _, _ in found}
+    first = found[0][0]
+    ids = [i for i in samples[first] if all(i in samples[name] for name, _, _ in found)][:n]
+    if not ids:
+        ids = list(samples[first])[:n]
+    titles = pq.read_table(run / "data" / "items.parquet", columns=["title"])["title"].to_pylist() \
+        if (run / "data" / "items.parquet").is_file() else None
+
+    def title(code) -> str:
+        return titles[code] if titles is not None and 0 <= code < len(titles) else f"item {code}"
+
+    out = []
+    for eid in ids:
+        base = next(samples[name][eid] for name, _, _ in found if eid in samples[name])
+        truth = title(base["candidates"][base["label"]])
+        cells = []
+        for name, what, reader in found:
+            r = samples[name].get(eid)
+            if r is None:
+                continue
+            hit = r.get("choice") == r["label"]
+            pick = title(r["candidates"][r["choice"]]) if r.get("choice", -1) >= 0 else "no valid answer"
+            cells.append(f"<div><b>{_esc(name)}</b> <span class=muted>({_esc(what)}, read by {_esc(reader)})</span>"
+                         f"<pre>{_esc(r.get('verbalization', ''))}</pre>pick: <span class={'hit' if hit else 'miss'}>"
+                         f"{_esc(pick)} {'✓' if hit else '✗'}</span></div>")
+        out.append(f"<div class=ex><b>user {_esc(base.get('user_id', '?'))}</b>, example {eid}: "
+                   f"truth <b>{_esc(truth)}</b>{' (never seen: discovery)' if base.get('discovery') else ''}"
+                   f"<div class=grid>{''.join(cells)}</div></div>")
+    return "".join(out)
+
+
+def html_report(run: str | Path, out: str | Path | None = None, n_examples: int = 6) -> Path:
+    """RUN/report.html: one self-contained page (CSS and PNGs inline) with the run's tables and
+    their CIs, its plots (results, training curves), and for the first ``n_examples`` test users the
+    template text beside the learned verbalization with each reader's pick and the truth."""
+    import datetime
+
+    from minivz.plot import plot_run
+
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    out = Path(out) if out else run / "report.html"
+    parts = [f"<h1>minivz run report: {_esc(run.name)}</h1>"]
+    env_file = next(iter(sorted(run.glob("eval/*/env.json"))), None)
+    env = json.loads(env_file.read_text()) if env_file else {}
+    from minivz.config import STAGES
+
+    stages = {s: json.loads((run / "stages" / f"{s}.json").read_text()).get("seconds") for s in STAGES
+              if (run / "stages" / f"{s}.json").is_file()}
+    meta = [f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"]
+    if env:
+        meta.append(f"{env.get('cpu_model') or env.get('machine')}, {env.get('cpu_cores')} cores, "
+                    f"{env.get('memory_gib')} GiB, GPU: {env.get('gpus')}")
+    if stages:
+        total = sum(s for s in stages.values() if s)
+        meta.append("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items() if v is not None)
+                    + f" (total {total / 60:.1f} min)")
+    parts.append("<p class=muted>" + "<br>".join(_esc(m) for m in meta) + "</p>")
+    titles = {"stage1": "Stage 1: verbalizers under the frozen oracle (vs the template)",
+              "stage2": "Stage 2: an LLM reasoner reads the text (vs the template read by the untrained reasoner)",
+              "rows": "Evaluated rows (vs the first)"}
+    tables = _run_tables(run)
+    for key, rows in tables.items():
+        parts.append(f"<h2>{_esc(titles[key])}</h2>{_html_table(rows)}")
+    if not tables:
+        parts.append("<p class=muted>no evaluated rows yet</p>")
+    pngs = [p for p in (run / "results.png", run / "results-stage2.png") if p.is_file()]
+    if (run / "verbalizer" / "metrics.jsonl").is_file():  # the GRPO curves: reward, compression, step time
+        try:
+            pngs += plot_run(run / "verbalizer")
+        except ValueError:  # no steps logged yet
+            pass
+    if pngs:
+        parts.append("<h2>Plots</h2><div class=grid>" + "".join(_png(p) for p in pngs) + "</div>")
+    parts.append(f"<h2>What each reader saw: the first {n_examples} test users</h2>" + _examples_html(run, n_examples))
+    out.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>minivz {_esc(run.name)}</title>"
+                   f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+    return out
