@@ -369,13 +369,22 @@ def list_recipes() -> list[tuple[str, str]]:
     return out
 
 
-def verbalizer_spec(v, model: str | Path) -> str:
-    """The one spec of a trained policy, wherever it is read (the learned row, the curve, ``serve
-    --run``): its variant, render and completion budget from its ``VerbalizerTrainConfig``, greedy. A
-    merged HF dir reads with ``backend=hf``, an exported GGUF with ``backend=llama``."""
-    backend = "llama" if str(model).endswith(".gguf") else "hf"
+def verbalizer_spec(v, model: str | Path | None = None, *, adapter: str | Path | None = None,
+                    sampled: bool = False) -> str:
+    """The one spec of a trained policy, wherever it is read (the learned row, the held-out curve,
+    ``serve --run``): its variant, render and completion budget from its ``VerbalizerTrainConfig``,
+    greedy. A merged HF dir reads with ``backend=hf``, an exported GGUF with ``backend=llama``;
+    ``adapter=`` a LoRA checkpoint on its base (the curve); ``sampled`` decodes at the run's
+    training temperature with its seed instead of greedily."""
+    if (model is None) == (adapter is None):
+        raise ValueError("verbalizer_spec: pass the policy's model or one of its adapters, not both")
+    if adapter is not None:
+        source = f"adapter={adapter},backend=hf"
+    else:
+        source = f"model={model},backend={'llama' if str(model).endswith('.gguf') else 'hf'}"
     render = f",render={v.select_render}" if v.variant == "select" else ""
-    return f"{v.variant}:model={model},backend={backend}{render},max_new_tokens={v.max_completion_length}"
+    sample = f",temperature={v.temperature},seed={v.seed}" if sampled else ""
+    return f"{v.variant}:{source}{render},max_new_tokens={v.max_completion_length}{sample}"
 
 
 def run_models(run: Path) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """The TRL ``TrainerCallback``s of minivz's trainers: what each writes into the run directory.
 
-    RunLogger      GRPO verbalizer: metrics.jsonl (one line per optimizer step, TRL's loss / kl /
-                   grad_norm / reward std merged in on log steps) and samples.jsonl (one line per
+    RunLogger      GRPO verbalizer: metrics.jsonl (one line per optimizer step; on log steps every
+                   number TRL logs merged in: loss, kl, grad_norm, rewards/*, TRL's reward as trl_reward) and samples.jsonl (one line per
                    completion, with its rewards and group advantage), from the reward state
     LiveProgress   GRPO verbalizer: a rich progress bar with the live reward (a plain line per step
                    when stderr is not a TTY)
@@ -109,8 +109,11 @@ class RunLogger(TrainerCallback):
         if self.pending is None or not logs:
             return
         for k, v in logs.items():
-            if k not in self.pending and isinstance(v, (int, float)) and k != "epoch":
-                self.pending[k] = v
+            # every number TRL logs is kept: its "reward" (unscorable samples left out, as minivz's;
+            # the mean over ALL processes' completions since the last log) beside minivz's own (this
+            # process's share of this step) as "trl_reward"
+            if isinstance(v, (int, float)) and k != "epoch":
+                self.pending[f"trl_{k}" if k in self.pending else k] = v
         self._write(self.pending)
         self.pending = None
 

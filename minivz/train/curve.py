@@ -40,6 +40,7 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     from minivz.config import EvalConfig
     from minivz.evaluate import evaluate
     from minivz.models import adapter_base
+    from minivz.pipeline import verbalizer_spec
     from minivz.plot import plot_heldout
     from minivz.config import VerbalizerTrainConfig
     from minivz.rundir import read_run_config
@@ -49,15 +50,13 @@ def heldout_curve(run: str | Path, data: str | Path, split: str = "valid", limit
     cfg = read_run_config(run, VerbalizerTrainConfig)  # the run's own settings, validated
     points = _points(run)
     base = adapter_base(points[1][1])  # the base the adapters were trained on (the policy's HF dir)
-    # the decoding the policy is used with: its variant, prompt and completion budget, greedy
-    gen = f"backend=hf,max_new_tokens={cfg.max_completion_length}" + (
-        f",render={cfg.select_render}" if cfg.variant == "select" else "") + (
-        f",temperature={cfg.temperature},seed={cfg.seed}" if sampled else "")
     tag = "heldout-sampled" if sampled else "heldout"
     oracle = oracle or eval_oracle(cfg)  # `policy` -> hf: on the same base model
     rows = []
     for step, adapter in points:
-        spec = (f"{cfg.variant}:model={base},{gen}" if adapter is None else f"{cfg.variant}:adapter={adapter},{gen}")
+        # the decoding the policy is used with (its variant, render and completion budget): the pipeline's spec
+        spec = (verbalizer_spec(cfg, base, sampled=sampled) if adapter is None
+                else verbalizer_spec(cfg, adapter=adapter, sampled=sampled))
         out = run / tag / f"step_{step:06d}"
         m = evaluate(EvalConfig(data=str(data), verbalizer=spec, reasoner=oracle, eval_split=split, limit=limit,
                                 eval_history=cfg.train_history, out=str(out), seed=cfg.seed))["all"]
