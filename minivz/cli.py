@@ -650,10 +650,13 @@ def serve_command(reasoner: Optional[str], verbalizer: Optional[str], run: Optio
     except ImportError as e:
         _fail(f"serving needs the serve extra ({e}): {pip(extra('serve'))}", code=1)
     if run is not None:
-        from minivz.pipeline import run_models
+        from minivz.pipeline import run_models, run_scoring
 
         try:
             run_reasoner, run_verbalizer = run_models(run)
+            if reasoner is None:  # the run's own reasoner: read the way it was trained, on the run's data
+                settings["reasoner_scoring"] = settings.get("reasoner_scoring") or run_scoring(run)
+                settings["data"] = settings.get("data") or str(run / "data")
         except FileNotFoundError as e:
             _fail(str(e))
         reasoner, verbalizer = reasoner or run_reasoner, verbalizer or run_verbalizer
@@ -664,7 +667,8 @@ def serve_command(reasoner: Optional[str], verbalizer: Optional[str], run: Optio
         typer.echo(f"minivz serve: no --reasoner, serving the embedded default: SmolLM2-135M-Instruct ({reasoner}); "
                    "--run RUN serves a recipe run's trained pair", err=True)
     verbalizer = verbalizer or "template"
-    typer.echo(f"minivz serve: reasoner {reasoner}; verbalizer {verbalizer}", err=True)
+    typer.echo(f"minivz serve: reasoner {reasoner}" + (f" ({settings['reasoner_scoring']})" if settings.get(
+        "reasoner_scoring") else "") + f"; verbalizer {verbalizer}", err=True)
     from minivz.config import ServeConfig
 
     try:

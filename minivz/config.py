@@ -443,6 +443,12 @@ class ServeConfig:
     reasoner: str = field(default="", metadata=_help("Reasoner GGUF (scores candidates by log-likelihood)."))
     verbalizer: str = field(default="template", metadata=_help(
         "'template' (no model), any verbalizer spec, or a rewrite-verbalizer GGUF."))
+    reasoner_scoring: str = field(default="", metadata=_help(
+        "How the reasoner reads the candidates, as it was trained (serve --run takes the run's), e.g. "
+        "answer=line,order=popularity,viewers=true,match=true; empty: title likelihood."))
+    data: str = field(default="", metadata=_help(
+        "A prepared data dir (minivz data prepare) whose training statistics the scoring prints (viewers, "
+        "popularity order, match) and whose catalog maps request titles to items; serve --run uses RUN/data."))
     n_gpu_layers: int = field(default=0, metadata=_help("Layers to offload to the GPU (llama.cpp; -1 = all)."))
     n_ctx: int = field(default=2048, metadata=_help("Context tokens per model."))
     n_threads: int = field(default=0, metadata=_help(
@@ -483,6 +489,14 @@ class ServeConfig:
             raise ValueError(f"{f('reasoner')} {self.reasoner!r}: expected a .gguf file (export one with `minivz export`)")
         if self.verbalizer.endswith(".gguf") and not os.path.isfile(self.verbalizer):
             raise ValueError(f"{f('verbalizer')} {self.verbalizer!r}: no such GGUF file")
+        if self.data and not os.path.isfile(os.path.join(self.data, "manifest.json")):
+            raise ValueError(f"{f('data')} {self.data!r}: not a prepared data dir (no manifest.json); "
+                             "make one with `minivz data prepare`")
+        opts = [o.strip() for o in self.reasoner_scoring.split(",")]
+        reads_stats = any(o in opts for o in ("order=popularity", "viewers=true", "genres=true", "match=true"))
+        if reads_stats and not self.data:
+            raise ValueError(f"{f('reasoner_scoring')} {self.reasoner_scoring!r} prints training statistics: pass "
+                             f"{f('data')} DATA_DIR (the data the reasoner was trained on), or serve --run RUN")
         low = {"max_new_tokens": 1, "n_ctx": 256, "max_queue": 1, "kv_slots": 0, "n_batch": 1,
                "verbalization_cache": 0, "max_request_tokens": 64}
         for name, least in low.items():

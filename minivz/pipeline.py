@@ -387,6 +387,16 @@ def verbalizer_spec(v, model: str | Path | None = None, *, adapter: str | Path |
     return f"{v.variant}:{source}{render},max_new_tokens={v.max_completion_length}{sample}"
 
 
+def run_scoring(run: Path) -> str:
+    """How a `minivz recipe` run's trained reasoner reads the candidates (its ``reasoner_scoring`` and
+    prompt, recorded in RUN/reasoner-learned/config.yaml): the options ``minivz serve --run`` scores with."""
+    from minivz.config import ReasonerTrainConfig
+    from minivz.rundir import read_run_config
+    from minivz.train.reasoner import scoring_options
+
+    return scoring_options(read_run_config(run / "reasoner-learned", ReasonerTrainConfig)).lstrip(",")
+
+
 def run_models(run: Path) -> tuple[str, str]:
     """(reasoner GGUF, verbalizer spec) of a `minivz recipe` run's export: the verbalizer served the way it
     was trained (``verbalizer_spec`` of the settings recorded in RUN/verbalizer/config.yaml)."""

@@ -170,8 +170,10 @@ class Engine:
             else:
                 self.device = f"gpu ({cfg.n_gpu_layers} layers offloaded)"
             gpu = {"n_gpu_layers": cfg.n_gpu_layers}
+        scoring, stats = self._scoring()
         self.reasoner = LlamaCppReasoner(model=cfg.reasoner, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
-                                         n_batch=cfg.n_batch, kv_slots=cfg.kv_slots if cfg.reuse_kv else 0, **gpu)
+                                         n_batch=cfg.n_batch, kv_slots=cfg.kv_slots if cfg.reuse_kv else 0,
+                                         item_stats=stats, **scoring, **gpu)
         if cfg.verbalizer.endswith(".gguf"):
             from minivz.verbalize import RewriteVerbalizer
 
@@ -183,6 +185,35 @@ class Engine:
 
             self.verbalizer = make_verbalizer(cfg.verbalizer)
         self.warmup()
+
+    def _scoring(self) -> tuple[dict, object]:
+        """(the reasoner's scoring options, typed as make_reasoner types them; the training item
+        statistics they read), and the catalog's item texts -> item codes, from ``--data``."""
+        from minivz.reason.base import option_value
+        from minivz.spec import parse_spec
+
+        _, raw = parse_spec(f"llamacpp:{self.cfg.reasoner_scoring}" if self.cfg.reasoner_scoring else "llamacpp",
+                            "reasoner")
+        opts = {k: option_value("llamacpp", k, v) for k, v in raw.items()}
+        self._codes: dict[str, int] = {}
+        if not self.cfg.data:
+            return opts, None
+        from minivz.dataset import PreparedData
+        from minivz.evaluate import item_stats_for
+
+        data = PreparedData.load(self.cfg.data)
+        # a request's candidates are the titles the reasoner was trained on (PreparedData.item_text)
+        self._codes = {data.item_text(i): i for i in range(data.items.num_rows)}
+        return opts, item_stats_for(data)
+
+    def candidate_codes(self, candidates: list[str]):
+        """Item codes of the request's candidate titles (-1 = not in --data's catalog: 0 viewers, no
+        match); positions 0..C-1 when the server has no catalog."""
+        import numpy as np
+
+        if not self._codes:
+            return np.arange(len(candidates))
+        return np.array([self._codes.get(c, -1) for c in candidates], dtype=np.int64)
 
     @staticmethod
     def _generator_cls():
@@ -198,7 +229,6 @@ class Engine:
                   ) -> tuple[str, list[float], float, float, bool]:
         """(verbalization, scores, verbalize ms, rank ms, context truncated). Raises TooLarge before any
         model work for a request over the token budget, Cancelled when ``ticket`` says stop."""
-        import numpy as np
 
         from minivz.reason import Query
         from minivz.reason.llamacpp import Cancelled
@@ -210,10 +240,14 @@ class Engine:
             self.reasoner.reset()
         text = self._verbalize(history)
         t1 = time.perf_counter()
-        q = Query(context=text, candidates=candidates, candidate_ids=np.arange(len(candidates)))
+        q = Query(context=text, candidates=candidates, candidate_ids=self.candidate_codes(candidates))
         cut0 = self.reasoner.n_truncated
-        prefix, cands = self.reasoner.prepare(q)
-        need = len(prefix) + sum(max(len(c) - 1, 0) for c in cands)
+        if self.reasoner.answer == "line":  # the candidates listed in the prompt, one decode
+            prefix, order, positions = self.reasoner.prepare_lines(q)
+            need = len(prefix)
+        else:
+            prefix, cands = self.reasoner.prepare(q)
+            need = len(prefix) + sum(max(len(c) - 1, 0) for c in cands)
         if need > self.cfg.max_request_tokens:
             raise TooLarge(f"this request needs {need} tokens of reasoner work (prompt {len(prefix)} + candidates), "
                            f"over the server's --max-request-tokens {self.cfg.max_request_tokens}: send fewer or "
@@ -221,7 +255,8 @@ class Engine:
         self.reasoner.should_stop = ticket.stop if ticket is not None else None
         reused0 = self.reasoner.reused_tokens
         try:  # what predict() does, on the tokens prepared above (prepare once per request)
-            scores = self.reasoner.score_shared(prefix, cands)
+            scores = (self.reasoner.score_lines(prefix, order, positions) if self.reasoner.answer == "line"
+                      else self.reasoner.score_shared(prefix, cands))
         finally:
             self.reasoner.should_stop = None
         self.stats["prompt_tokens"] += len(prefix)

@@ -319,3 +319,42 @@ def test_gguf_rewrite_verbalizer():
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.com")
+
+
+def test_line_reader_is_served_with_the_run_data_statistics(tmp_path):
+    """--reasoner-scoring answer=line,... + --data: the candidates are listed in the prompt with the
+    training statistics and each is scored at its own line, exactly as the llamacpp line reader scores
+    the same query (same GGUF, same n_batch); unknown titles are listed with 0 viewers."""
+    import numpy as np
+
+    pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
+    from minivz.config import DataConfig, resolve
+    from minivz.dataset import PreparedData
+    from minivz.evaluate import item_stats_for
+    from minivz.examples import prepare
+    from minivz.reason import Query, make_reasoner
+
+    data_dir = tmp_path / "data"
+    prepare(resolve(DataConfig, recipe="tiny-cpu"), data_dir)
+    scoring = "answer=line,order=popularity,viewers=true,match=true"
+    cands = ["Star Wars (1977)", "Fargo (1996)", "Casino (1995)", "Not A Movie (2042)"]
+    bad = subprocess.run([sys.executable, "-m", "minivz", "serve", "--reasoner-scoring", scoring],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--data" in bad.stderr  # the statistics it prints need the data dir
+    proc, url = _start_server("--verbalizer", "template", "--reasoner-scoring", scoring, "--data", str(data_dir),
+                              "--n-batch", "128")
+    try:
+        out = _post(url, {"history": HISTORY, "candidates": cands, "k": len(cands)}).json()
+    finally:
+        _stop(proc)
+    got = {x["candidate"]: x["score"] for x in out["ranking"]}
+    data = PreparedData.load(data_dir)
+    codes = {data.item_text(i): i for i in range(data.n_items)}
+    ids = np.array([codes.get(c, -1) for c in cands])
+    assert (ids[:3] >= 0).all() and ids[3] == -1
+    ref = make_reasoner(f"llamacpp:{scoring},n_ctx=1024,n_batch=128,n_threads=2", item_stats=item_stats_for(data))
+    q = Query(context=out["verbalization"], candidates=cands, candidate_ids=ids)
+    _, lines, _ = ref.candidate_list.lines(q)
+    assert "A. Star Wars (1977) | " in lines and "Not A Movie (2042) | 0 viewers | match" in lines
+    want = ref.predict([q])[0].scores
+    np.testing.assert_allclose([got[c] for c in cands], want, rtol=0, atol=1e-6)

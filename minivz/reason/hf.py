@@ -59,6 +59,7 @@ import numpy as np
 
 from minivz.models import load_model, resolve_device
 from minivz.reason.base import ItemStats, Prediction, Query
+from minivz.reason.listing import READOUT, CandidateList, line_ends, token_positions
 from minivz.prompt import (DEFAULT_CHOICE_PROMPT, DEFAULT_SCORING_PROMPT, candidate_labels, fit_context,
                                   load_prompt, render_plain)
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
@@ -117,21 +118,10 @@ class HFReasoner:
 
         if answer not in ANSWERS:
             raise ValueError(f"answer={answer!r}; use one of {', '.join(ANSWERS)}")
-        if order not in ORDERS:
-            raise ValueError(f"order={order!r}; use one of {', '.join(ORDERS)}")
-        if (order == "popularity" or viewers or genres or match) and item_stats is None:
-            raise ValueError(f"order={order}, viewers={viewers}, genres={genres}, match={match} read the training item "
-                             "statistics: build the reasoner with make_reasoner(spec, item_stats=ItemStats...) "
-                             "(minivz eval does)")
-        if genres and item_stats is not None and item_stats.genres is None:
-            raise ValueError("genres=true but the item statistics carry no genres (the catalog has no genres column)")
-        self.answer, self.order, self.viewers, self.genres, self.constrain = answer, order, viewers, genres, constrain
-        self.item_stats = item_stats
-        self.matcher = None
-        if match:  # item-kNN from the titles the context names (the mention oracle's reading of the text)
-            from minivz.reason.mention import MentionReasoner
-
-            self.matcher = MentionReasoner(item_stats=item_stats)
+        self.candidate_list = CandidateList(order=order, viewers=viewers, genres=genres, match=match,
+                                            item_stats=item_stats)
+        self.answer, self.constrain, self.item_stats = answer, constrain, item_stats
+        self.matcher = self.candidate_list.matcher
         prompt = prompt or (DEFAULT_SCORING_PROMPT if answer == "title" else DEFAULT_CHOICE_PROMPT)
 
         self._torch = torch
@@ -155,33 +145,8 @@ class HFReasoner:
     # -- text and tokens ------------------------------------------------------------------------
 
     def listing(self, query: Query) -> tuple[list[int], str, str]:
-        """(order, candidate lines, labels) of the prompt's list: ``order[k]`` is the query index of the
-        k-th listed candidate (labelled ``candidate_labels(C)[k]``)."""
-        ids = query.candidate_ids
-        k = np.arange(len(ids))
-        if self.order == "popularity":  # most popular first; ties by item code (deterministic)
-            counts = self.item_stats.counts
-            pop = np.array([counts[i] if 0 <= i < len(counts) else 0.0 for i in ids])
-            k = np.lexsort((ids, -pop))
-        labels = candidate_labels(len(ids))
-        match = None
-        if self.matcher is not None:  # 0-100, 100 = the candidate most similar to the titles the text names
-            sim = self.matcher.predict([query])[0].scores
-            top = float(sim.max()) if len(sim) else 0.0
-            match = np.rint(100.0 * sim / top).astype(int) if top > 0 else np.zeros(len(ids), dtype=int)
-        lines = []
-        for lab, j in zip(labels, k):
-            text = f"{lab}. {query.candidates[j]}"
-            i = int(ids[j])
-            known = self.item_stats is not None and 0 <= i < self.item_stats.n_items
-            if self.genres:
-                text += " | " + (", ".join(self.item_stats.genres[i]) if known and self.item_stats.genres[i] else "?")
-            if self.viewers:
-                text += f" | {int(self.item_stats.counts[i]) if known else 0} viewers"
-            if match is not None:
-                text += f" | match {int(match[j])}"
-            lines.append(text)
-        return [int(j) for j in k], "\n".join(lines), ", ".join(labels)
+        """(order, candidate lines, labels) of the prompt's list (``CandidateList.lines``)."""
+        return self.candidate_list.lines(query)
 
     def messages(self, context: str, query: Query | None = None) -> list[dict[str, str]]:
         """The prompt's chat messages: the context, and the candidate list when the prompt has one."""
@@ -260,18 +225,9 @@ class HFReasoner:
         context = self._fitted(query, 1)
         text, head = self.prompt_text(context, query)
         order, lines, _ = self.listing(query)
-        start = text.rfind(lines)  # the list comes after the context
-        if start < 0:
-            raise ValueError(f"prompt {self.template.name}: the candidate lines do not appear verbatim in the "
-                             "rendered prompt; answer=line needs {candidates} on lines of its own")
-        ends, c = [], start
-        for line in lines.split("\n"):
-            c += len(line)
-            ends.append(c - 1)
-            c += 1
+        ends = line_ends(text, lines, self.template.name)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        starts = np.array([a for a, _ in enc["offset_mapping"]])
-        positions = [len(head) + int(np.searchsorted(starts, e, side="right")) - 1 for e in ends]
+        positions = token_positions([a for a, _ in enc["offset_mapping"]], ends, len(head))
         return head + list(enc["input_ids"]), order, positions
 
     def prepare_listed(self, query: Query) -> tuple[list[int], list[int], list[int]]:
@@ -438,9 +394,7 @@ def line_scores(logits, index, token: int):
     return got.masked_fill(index < 0, float("-inf"))
 
 
-READOUT = " yes"  # answer=line: its log-probability at the end of a candidate's line is the score
 ANSWERS = ("title", "label", "line")
-ORDERS = ("as-is", "popularity")
 
 
 class FrozenBaseReasoner(HFReasoner):

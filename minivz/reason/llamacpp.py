@@ -32,6 +32,14 @@ tokens, so ``score_naive`` (each prompt+candidate decoded from scratch) gives th
 Contexts that do not fit ``n_ctx`` are cut from the left (whole oldest lines first);
 ``n_truncated`` counts them. Uses llama.cpp's public C API (batch, decode, memory) through
 llama_cpp's bindings, not ``echo=True`` prompt logprobs (those are shifted for models without BOS).
+
+``answer=line`` is the stage-2 reader of ``hf`` (``minivz.reason.hf``) on llama.cpp: the prompt
+(``reasoner_choice_v1``) lists the candidates (``minivz.reason.listing``: popularity order, viewers,
+match) and ONE decode of it returns logits at each candidate line's last token only (the batch's
+per-token logits flags); candidate j scores log p(" yes") there. This is how a reasoner trained with
+``reasoner_scoring=answer=line,...`` is served from its GGUF (``minivz serve --run``):
+
+    make_reasoner("llamacpp:model=R.gguf,answer=line,order=popularity,viewers=true,match=true", item_stats=stats)
 """
 
 from __future__ import annotations
@@ -43,8 +51,9 @@ import numpy as np
 from minivz.envinfo import cpu_threads, passive_omp
 from minivz.install import LLAMA_CPP, pip
 from minivz.models import default_gguf
-from minivz.reason.base import Prediction, Query
-from minivz.prompt import DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
+from minivz.reason.base import ItemStats, Prediction, Query
+from minivz.reason.listing import READOUT, CandidateList, line_ends, token_positions
+from minivz.prompt import DEFAULT_CHOICE_PROMPT, DEFAULT_SCORING_PROMPT, fit_context, load_prompt, render_plain
 from minivz.reason.scoring import check_norm, predict_by_likelihood, reduce_logprobs, token_logprobs
 
 _C_API = ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_batch_init",
@@ -85,16 +94,28 @@ class LlamaCppReasoner:
         n_batch: int = 512,
         n_threads: int = 0,
         norm: str = "mean",
-        prompt: str = DEFAULT_SCORING_PROMPT,
+        prompt: str = "",
         chat_template: bool = True,
         batch_candidates: bool = True,
         max_candidates: int = 16,
         n_gpu_layers: int = 0,
         kv_slots: int = 0,
         verbose: bool = False,
+        answer: str = "title",
+        order: str = "as-is",
+        viewers: bool = False,
+        genres: bool = False,
+        match: bool = False,
+        item_stats: ItemStats | None = None,
     ) -> None:
         if kv_slots < 0 or n_batch < 1:
             raise ValueError(f"kv_slots={kv_slots} must be >= 0 and n_batch={n_batch} >= 1")
+        if answer not in ("title", "line"):
+            raise ValueError(f"answer={answer!r}; the llamacpp backend reads title or line (label: use hf)")
+        self.answer = answer
+        self.candidate_list = CandidateList(order=order, viewers=viewers, genres=genres, match=match,
+                                            item_stats=item_stats)
+        prompt = prompt or (DEFAULT_SCORING_PROMPT if answer == "title" else DEFAULT_CHOICE_PROMPT)
         self._lib = lib = import_llama_cpp()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -103,6 +124,9 @@ class LlamaCppReasoner:
             raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
         self.norm = check_norm(norm)
         self.template = load_prompt(prompt, "reasoner")
+        if answer == "line" and "{candidates}" not in self.template.user:
+            raise ValueError(f"answer=line reads the listed candidates, but prompt {prompt!r} has no {{candidates}}; "
+                             f"use prompt={DEFAULT_CHOICE_PROMPT} (the default for answer=line)")
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         # Llama gives us the model, tokenizer and chat template; its own context is kept tiny because
@@ -151,14 +175,19 @@ class LlamaCppReasoner:
             if tmpl else None
         )
         self.n_truncated = 0
+        self._readout: int | None = None  # answer=line: the token id of READOUT
         # a server sets this to stop a request mid-way (deadline passed, client gone): checked before
         # every decode call, it raises Cancelled
         self.should_stop = None
 
     # -- text and tokens ------------------------------------------------------------------------
 
-    def prompt_text(self, context: str) -> str:
-        messages = self.template.messages(context=context)
+    def prompt_text(self, context: str, query: Query | None = None) -> str:
+        if self.answer == "line":
+            _, lines, labels = self.candidate_list.lines(query)
+            messages = self.template.messages(context=context, candidates=lines, labels=labels)
+        else:
+            messages = self.template.messages(context=context)
         if self._formatter is None:
             return render_plain(messages)
         return self._formatter(messages=messages).prompt
@@ -183,6 +212,45 @@ class LlamaCppReasoner:
         self.n_truncated += cut
         return self.tokenize_prompt(self.prompt_text(context)), cands
 
+    def prepare_lines(self, query: Query) -> tuple[list[int], list[int], list[int]]:
+        """``answer=line``: (prompt tokens, listing order, positions): ``positions[k]`` is the index of
+        the token covering the last character of the k-th listed candidate's line (as ``hf`` reads it)."""
+        context, cut = fit_context(query.context,
+                                   lambda ctx: len(self.tokenize_prompt(self.prompt_text(ctx, query))) <= self.n_ctx)
+        self.n_truncated += cut
+        text = self.prompt_text(context, query)
+        order, lines, _ = self.candidate_list.lines(query)
+        ends = line_ends(text, lines, self.template.name)
+        tokens = self.tokenize_prompt(text)
+        # each token's first byte: the pieces concatenate to the prompt's bytes (a BOS piece is empty)
+        pieces = [self.llm.detokenize([t], special=True) for t in tokens]
+        head = int(bool(pieces) and tokens[0] == self.llm.token_bos() and not text.startswith(self._bos_text or "\0"))
+        if head:
+            pieces[0] = b""
+        raw = text.encode("utf-8")
+        if b"".join(pieces) != raw:
+            raise ValueError("answer=line: this GGUF's tokens do not spell the prompt back byte for byte, so a line's "
+                             "last token cannot be found; use answer=title")
+        starts = np.cumsum([0] + [len(x) for x in pieces[:-1]])
+        byte_ends = [len(text[: e + 1].encode("utf-8")) - 1 for e in ends]
+        return tokens, order, token_positions(starts, byte_ends)
+
+    def score_lines(self, tokens: list[int], order: list[int], positions: list[int]) -> np.ndarray:
+        """Scores float64 (C,) in query order: the prompt decoded once from an empty cache, logits kept
+        at ``positions`` only, log p(" yes") there."""
+        if self._readout is None:
+            self._readout = self.tokenize_candidate(READOUT)[0]
+        self.reset()
+        logits = self._decode(tokens, 0, len(tokens), want=positions)  # (C, V), in position order
+        self.reset()
+        rows = logits.astype(np.float64)
+        m = rows.max(axis=1, keepdims=True)
+        lp = rows[:, self._readout] - (m[:, 0] + np.log(np.exp(rows - m).sum(axis=1)))
+        rank = np.argsort(np.argsort(positions))  # positions ascend with the listing; keep it general
+        scores = np.empty(len(order), dtype=np.float64)
+        scores[order] = lp[rank]
+        return scores
+
     # -- decoding -------------------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -198,19 +266,21 @@ class LlamaCppReasoner:
         del self._cached[n:]
 
     def _decode(self, tokens: list[int], pos0: int, logits_from: int, seqs: list[int] | None = None,
-                positions: list[int] | None = None) -> np.ndarray:
+                positions: list[int] | None = None, want: list[int] | None = None) -> np.ndarray:
         """Decode ``tokens`` at positions pos0.. in sequence 0 (appending to the cache), or with
         explicit per-token ``seqs``/``positions`` (then ``self._cached`` is left alone).
 
-        Returns float32 (len(tokens) - logits_from, V): logits of tokens[logits_from:]."""
+        Returns float32 (len(tokens) - logits_from, V): logits of tokens[logits_from:] (or of the
+        token indices in ``want`` only, ascending)."""
         lib, b = self._lib, self._batch
+        wanted = set(want or ())
         rows = []
         for s in range(0, len(tokens), self.n_batch):
             chunk = tokens[s : s + self.n_batch]
             b.n_tokens = len(chunk)
             n_out = 0
             for i, tok in enumerate(chunk):
-                want = s + i >= logits_from
+                want = s + i >= logits_from or s + i in wanted
                 b.token[i] = tok
                 b.pos[i] = pos0 + s + i if positions is None else positions[s + i]
                 b.n_seq_id[i] = 1
@@ -351,6 +421,8 @@ class LlamaCppReasoner:
         return scores
 
     def predict(self, queries: list[Query]) -> list[Prediction]:
+        if self.answer == "line":
+            return [Prediction.from_scores(self.score_lines(*self.prepare_lines(q))) for q in queries]
         return predict_by_likelihood(self, queries)
 
     def close(self) -> None:
