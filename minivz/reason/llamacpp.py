@@ -107,7 +107,9 @@ class LlamaCppReasoner:
         genres: bool = False,
         match: bool = False,
         item_stats: ItemStats | None = None,
+        thinking: bool = False,
     ) -> None:
+        self.thinking = thinking  # the chat template's enable_thinking
         if kv_slots < 0 or n_batch < 1:
             raise ValueError(f"kv_slots={kv_slots} must be >= 0 and n_batch={n_batch} >= 1")
         if answer not in ("title", "line"):
@@ -190,7 +192,9 @@ class LlamaCppReasoner:
             messages = self.template.messages(context=context)
         if self._formatter is None:
             return render_plain(messages)
-        return self._formatter(messages=messages).prompt
+        # thinking off unless asked (as the hf backend renders it): a Qwen3 template then opens the reply
+        # with an empty, closed <think> block and the candidate is read right after it
+        return self._formatter(messages=messages, enable_thinking=self.thinking).prompt
 
     def tokenize_prompt(self, text: str) -> list[int]:
         # A template that writes the BOS text itself must not get a second BOS from the tokenizer.
