@@ -308,7 +308,8 @@ def merge_trained(model: Any, adapter: str | os.PathLike) -> Any:
         # transformers on a CPU nor the GGUF exporter read; merge into a bf16 copy of the base instead
         # (what Unsloth's save_pretrained_merged does).
         source = next(iter(model.peft_config.values())).base_model_name_or_path
-        return merge_adapter(source, adapter, dtype="bfloat16")[0]
+        cuda = str(next(model.parameters()).device).startswith("cuda")
+        return merge_adapter(source, adapter, dtype="bfloat16" if cuda else "float32")[0]
     return model.merge_and_unload()  # folds B @ A into the base weights
 
 
@@ -330,21 +331,25 @@ def _has_module(model: Any, suffix: str) -> bool:
 def load_lora_model(source: str, *, load_in_4bit: bool = False, gradient_checkpointing: bool = False, r: int = 16,
                     alpha: int = 32, dropout: float = 0.0, layers: int = 0) -> tuple[Any, Any]:
     """(PeftModel with trainable LoRA on the attention + MLP projections, tokenizer) through peft:
-    float32 on CPU, bf16 on a bf16 GPU, NF4 base weights (QLoRA) with ``load_in_4bit`` on CUDA. The
+    float32 on CPU, bf16 on a bf16 GPU, NF4 base weights (QLoRA) with ``load_in_4bit`` (bitsandbytes:
+    CUDA, or its CPU backend, which CI's paper-8b miniature uses). The
     verbalizer policy (peft backend) and the stage-2 reasoner are both loaded here."""
     torch = import_torch()
     peft = _import_peft()
 
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     extra: dict[str, Any] = {}
-    if load_in_4bit:  # QLoRA: NF4 base weights, LoRA and compute in bf16
-        if not torch.cuda.is_available():
-            raise ImportError("load_in_4bit=true needs a CUDA GPU (bitsandbytes); on CPU use --set load_in_4bit=false")
+    if load_in_4bit:  # QLoRA: NF4 base weights, LoRA and compute in bf16 (float32 on a CPU)
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError(f"load_in_4bit=true needs bitsandbytes: {pip('bitsandbytes>=0.49')} (its CPU backend "
+                              "runs NF4 too, slowly), or --set load_in_4bit=false")
         from transformers import BitsAndBytesConfig
 
         extra["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
-        extra["device_map"] = {"": torch.cuda.current_device()}
+        extra["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     model, tok = load_model(source, dtype=dtype, **extra)
     if load_in_4bit and gradient_checkpointing:
         # Not peft's prepare_model_for_kbit_training: it up-casts lm_head and norms to fp32, and

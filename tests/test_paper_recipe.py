@@ -3,9 +3,10 @@
 The models are a tiny random-weight Qwen3ForCausalLM with a Qwen-style tokenizer and Qwen3's
 ``enable_thinking`` switch (tests/tiny_qwen3.py); every stage runs: data -> baselines -> GRPO
 verbalizer against the co-located oracle (``oracle: policy``) -> learned row -> reasoner SFT + GRPO
--> Qwen3 GGUF export -> table, then ``minivz serve --run`` answers a request. What differs from the
-GPU run, and why: ``backend=peft`` (unsloth needs CUDA), bf16 weights not 4-bit (bitsandbytes is not
-in the CPU stack), and the sizes.
+-> Qwen3 GGUF export -> table, then ``minivz serve --run`` answers a request. The policy and the
+reasoner are loaded in 4-bit as the recipe says (NF4 through bitsandbytes' CPU backend) and merged
+into a float32 copy of the base. What differs from the GPU run, and why: ``backend=peft`` (unsloth
+needs CUDA), float32 compute instead of bf16, and the sizes.
 """
 
 import glob
@@ -20,14 +21,14 @@ import pytest
 pytest.importorskip("trl", reason="pip install -e '.[train]'")
 pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python==0.3.36")
 pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
+pytest.importorskip("bitsandbytes", reason="pip install 'bitsandbytes>=0.49' (the dev extra): paper-8b loads in 4-bit")
 
 CLOSED = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # Qwen3's generation prompt with thinking off
 
 
 def sizes(model: str) -> list[str]:
     return [
-        f"policy_model={model}", f"reasoner_model={model}", "backend=peft", "load_in_4bit=false",
-        "reasoner_load_in_4bit=false", "history_len=20", "max_train_per_user=2", "eval_history=5", "eval_limit=20",
+        f"policy_model={model}", f"reasoner_model={model}", "backend=peft", "history_len=20", "max_train_per_user=2", "eval_history=5", "eval_limit=20",
         "llm_eval_limit=3", "stage2_limit=3", "headroom_limit=20", "headroom_rules=recent:recent=2;titles",
         "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_prompt_length=512",
         "max_completion_length=16", "num_generations=4", "per_device_train_batch_size=4",
@@ -65,6 +66,17 @@ def test_every_stage_of_paper_8b_runs_on_a_tiny_qwen3(paper_run):
     summary = json.loads((run / "reasoner-learned" / "summary.json").read_text())
     assert summary["sft_steps"] == 2 and summary["grpo_steps"] == 2  # SFT warm start, then the paper's GRPO
     assert (run / "report.html").is_file()
+    # trained on NF4 base weights (the recipe's load_in_4bit, kept), merged into a plain float copy
+    import yaml
+
+    from minivz.models import load_model
+
+    for train, flag in (("verbalizer", "load_in_4bit"), ("reasoner-learned", "reasoner_load_in_4bit")):
+        assert yaml.safe_load((run / train / "config.yaml").read_text())[flag] is True
+        merged = run / train / "final" / "merged"
+        assert "quantization_config" not in json.loads((merged / "config.json").read_text())
+        m, _ = load_model(str(merged))
+        assert type(m).__name__ == "Qwen3ForCausalLM" and not any("4bit" in type(x).__name__ for x in m.modules())
 
 
 @pytest.mark.slow
