@@ -28,7 +28,8 @@ CLOSED = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # Qwen3's generation 
 
 def sizes(model: str) -> list[str]:
     return [
-        f"policy_model={model}", f"reasoner_model={model}", "backend=peft", "history_len=20", "max_train_per_user=2", "eval_history=5", "eval_limit=10",
+        f"policy_model={model}", f"reasoner_model={model}", "backend=peft", "history_len=20", "max_train_per_user=2",
+        "eval_history=5", "eval_limit=10",
         "llm_eval_limit=3", "stage2_limit=3", "headroom_limit=10", "headroom_rules=recent:recent=2;titles",
         "max_steps=2", "save_steps=1", "train_examples=16", "train_history=5", "max_prompt_length=512",
         "max_completion_length=16", "num_generations=4", "per_device_train_batch_size=4",
