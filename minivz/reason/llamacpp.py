@@ -100,16 +100,12 @@ class LlamaCppReasoner:
         max_candidates: int = 16,
         n_gpu_layers: int = 0,
         kv_slots: int = 0,
-        verbose: bool = False,
-        answer: str = "title",
-        order: str = "as-is",
-        viewers: bool = False,
-        genres: bool = False,
-        match: bool = False,
-        item_stats: ItemStats | None = None,
-        thinking: bool = False,
+        verbose: bool = False, thinking: bool = False,  # thinking: the chat template's enable_thinking
+        # how the candidates are read: title likelihood, or answer=line with the list (module doc)
+        answer: str = "title", order: str = "as-is", viewers: bool = False, genres: bool = False,
+        match: bool = False, item_stats: ItemStats | None = None,
     ) -> None:
-        self.thinking = thinking  # the chat template's enable_thinking
+        self.thinking = thinking
         if kv_slots < 0 or n_batch < 1:
             raise ValueError(f"kv_slots={kv_slots} must be >= 0 and n_batch={n_batch} >= 1")
         if answer not in ("title", "line"):
