@@ -475,6 +475,15 @@ class ServeConfig:
         "Seconds from arrival to answer; past it the work stops and the client gets 503 + Retry-After.",
         "--request-timeout"))
 
+    def scoring_options(self) -> dict:
+        """``reasoner_scoring`` as the llamacpp reasoner's keyword arguments, typed the way
+        ``make_reasoner`` types them (an unknown option is a ValueError naming the valid ones)."""
+        from minivz.reason.base import option_value
+        from minivz.spec import parse_spec
+
+        _, raw = parse_spec(f"llamacpp:{self.reasoner_scoring}" if self.reasoner_scoring else "llamacpp", "reasoner")
+        return {k: option_value("llamacpp", k, v) for k, v in raw.items()}
+
     @staticmethod
     def flag(name: str) -> str:
         """The command-line flag of field ``name``."""
@@ -492,9 +501,13 @@ class ServeConfig:
         if self.data and not os.path.isfile(os.path.join(self.data, "manifest.json")):
             raise ValueError(f"{f('data')} {self.data!r}: not a prepared data dir (no manifest.json); "
                              "make one with `minivz data prepare`")
-        opts = [o.strip() for o in self.reasoner_scoring.split(",")]
-        reads_stats = any(o in opts for o in ("order=popularity", "viewers=true", "genres=true", "match=true"))
-        if reads_stats and not self.data:
+        from minivz.reason.listing import needs_item_stats
+
+        try:
+            scoring = self.scoring_options()
+        except ValueError as e:
+            raise ValueError(f"{f('reasoner_scoring')} {self.reasoner_scoring!r}: {e}") from None
+        if needs_item_stats(**scoring) and not self.data:
             raise ValueError(f"{f('reasoner_scoring')} {self.reasoner_scoring!r} prints training statistics: pass "
                              f"{f('data')} DATA_DIR (the data the reasoner was trained on), or serve --run RUN")
         low = {"max_new_tokens": 1, "n_ctx": 256, "max_queue": 1, "kv_slots": 0, "n_batch": 1,

@@ -170,10 +170,9 @@ class Engine:
             else:
                 self.device = f"gpu ({cfg.n_gpu_layers} layers offloaded)"
             gpu = {"n_gpu_layers": cfg.n_gpu_layers}
-        scoring, stats = self._scoring()
         self.reasoner = LlamaCppReasoner(model=cfg.reasoner, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
                                          n_batch=cfg.n_batch, kv_slots=cfg.kv_slots if cfg.reuse_kv else 0,
-                                         item_stats=stats, **scoring, **gpu)
+                                         item_stats=self._item_stats(), **cfg.scoring_options(), **gpu)
         if cfg.verbalizer.endswith(".gguf"):
             from minivz.verbalize import RewriteVerbalizer
 
@@ -186,25 +185,19 @@ class Engine:
             self.verbalizer = make_verbalizer(cfg.verbalizer)
         self.warmup()
 
-    def _scoring(self) -> tuple[dict, object]:
-        """(the reasoner's scoring options, typed as make_reasoner types them; the training item
-        statistics they read), and the catalog's item texts -> item codes, from ``--data``."""
-        from minivz.reason.base import option_value
-        from minivz.spec import parse_spec
-
-        _, raw = parse_spec(f"llamacpp:{self.cfg.reasoner_scoring}" if self.cfg.reasoner_scoring else "llamacpp",
-                            "reasoner")
-        opts = {k: option_value("llamacpp", k, v) for k, v in raw.items()}
+    def _item_stats(self):
+        """The training item statistics the scoring prints (``--data``; None without), and the
+        catalog's item texts -> item codes that ``candidate_codes`` looks request titles up in."""
         self._codes: dict[str, int] = {}
         if not self.cfg.data:
-            return opts, None
+            return None
         from minivz.dataset import PreparedData
         from minivz.evaluate import item_stats_for
 
         data = PreparedData.load(self.cfg.data)
         # a request's candidates are the titles the reasoner was trained on (PreparedData.item_text)
-        self._codes = {data.item_text(i): i for i in range(data.items.num_rows)}
-        return opts, item_stats_for(data)
+        self._codes = {data.item_text(i): i for i in range(data.n_items)}
+        return item_stats_for(data)
 
     def candidate_codes(self, candidates: list[str]):
         """Item codes of the request's candidate titles (-1 = not in --data's catalog: 0 viewers, no

@@ -11,9 +11,6 @@ needs CUDA), float32 compute instead of bf16, and the sizes.
 
 import glob
 import json
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -38,6 +35,18 @@ def sizes(model: str) -> list[str]:
         "reasoner_save_steps=1", "reasoner_grpo_max_steps=2", "reasoner_grpo_num_generations=4",
         "reasoner_grpo_max_completion_length=8", "export_quant=q8_0", "stage2_baselines=popularity",
     ]
+
+
+def _queries(run, n: int):
+    """The first ``n`` test users of the run as reasoner queries (template text of 5 events)."""
+    from minivz.dataset import PreparedData
+    from minivz.evaluate import build_queries
+    from minivz.verbalize.template import template_text
+
+    data = PreparedData.load(run / "data")
+    ex = data.examples("test").slice(0, n)
+    return build_queries(data, ex, [template_text(h) for h in data.histories(ex, max_events=5)],
+                         data.history_ids(ex, max_events=5))
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +93,12 @@ def test_every_stage_of_paper_8b_runs_on_a_tiny_qwen3(paper_run):
 def test_thinking_is_off_everywhere_a_prompt_is_rendered(paper_run):
     """TRL renders the verbalizer's and the reasoner's GRPO prompts with enable_thinking=False; the hf
     reasoner, and llama.cpp reading the exported GGUF's own template, render the same closed block."""
-    from minivz.dataset import PreparedData
-    from minivz.evaluate import build_queries
     from minivz.reason import make_reasoner
-    from minivz.verbalize.template import template_text
 
     run, model, _ = paper_run
     for args in (run / "verbalizer" / "trl_args.json", run / "reasoner-learned" / "grpo" / "trl_args.json"):
         assert json.loads(args.read_text())["chat_template_kwargs"] == {"enable_thinking": False}
-    data = PreparedData.load(run / "data")
-    ex = data.examples("test").slice(0, 4)
-    queries = build_queries(data, ex, [template_text(h) for h in data.histories(ex, max_events=5)],
-                            data.history_ids(ex, max_events=5))
+    queries = _queries(run, 4)
     hf = make_reasoner(f"hf:model={run / 'reasoner-learned' / 'final' / 'merged'}")
     ll = make_reasoner(f"llamacpp:model={glob.glob(str(run / 'export' / 'reasoner' / '*.gguf'))[0]},n_ctx=1024")
     for q in queries:
@@ -118,20 +121,14 @@ def test_colocated_oracle_scores_are_the_frozen_base_scores(paper_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from minivz.dataset import PreparedData
-    from minivz.evaluate import build_queries
     from minivz.reason import make_reasoner
-    from minivz.verbalize.template import template_text
 
     run, model, _ = paper_run
     tok = AutoTokenizer.from_pretrained(model)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), run / "verbalizer" / "final")
     lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)
-    data = PreparedData.load(run / "data")
-    ex = data.examples("test").slice(0, 3)
-    queries = build_queries(data, ex, [template_text(h) for h in data.histories(ex, max_events=5)],
-                            data.history_ids(ex, max_events=5))
+    queries = _queries(run, 3)
     oracle = make_reasoner("policy", policy=(policy, tok))
     base = make_reasoner(f"hf:model={model}")
     with torch.no_grad():
@@ -143,27 +140,14 @@ def test_colocated_oracle_scores_are_the_frozen_base_scores(paper_run):
 def test_serve_run_answers_with_the_exported_qwen3_pair(paper_run):
     import httpx
 
-    from test_serve import _free_port, _stop
+    from test_serve import _start_server, _stop
 
     run, _, _ = paper_run
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "minivz", "serve", "--run", str(run), "--port", str(port),
-                             "--n-ctx", "1024", "--max-new-tokens", "16"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc, url = _start_server("--run", str(run), "--max-new-tokens", "16", reasoner=False)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json().get("loaded"):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, "serve --run did not come up"
-            time.sleep(0.5)
         history = [{"ts": 881250949 + i, "item": t, "interaction": "rate", "rating": 4}
                    for i, t in enumerate(["Star Wars (1977)", "Fargo (1996)", "Contact (1997)"])]
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", timeout=120,
+        r = httpx.post(f"{url}/v1/recommend", timeout=120,
                        json={"history": history, "candidates": ["Heat (1995)", "Babe (1995)", "Casino (1995)"], "k": 3})
         assert r.status_code == 200, r.text
         assert len(r.json()["ranking"]) == 3 and isinstance(r.json()["verbalization"], str)

@@ -24,12 +24,19 @@ READOUT = " yes"  # answer=line: its log-probability at the end of a candidate's
 ORDERS = ("as-is", "popularity")
 
 
+def needs_item_stats(order: str = "as-is", viewers: bool = False, genres: bool = False, match: bool = False,
+                     **_other) -> bool:
+    """Whether a list written with these options reads the training item statistics (any other
+    reasoner option in ``_other`` is ignored, so a whole option dict can be passed)."""
+    return order == "popularity" or viewers or genres or match
+
+
 class CandidateList:
     def __init__(self, order: str = "as-is", viewers: bool = False, genres: bool = False, match: bool = False,
                  item_stats: ItemStats | None = None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order={order!r}; use one of {', '.join(ORDERS)}")
-        if (order == "popularity" or viewers or genres or match) and item_stats is None:
+        if needs_item_stats(order, viewers, genres, match) and item_stats is None:
             raise ValueError(f"order={order}, viewers={viewers}, genres={genres}, match={match} read the training item "
                              "statistics: build the reasoner with make_reasoner(spec, item_stats=ItemStats...) "
                              "(minivz eval does; minivz serve --run reads RUN/data)")

@@ -173,7 +173,7 @@ class LlamaCppReasoner:
             if tmpl else None
         )
         self.n_truncated = 0
-        self._readout: int | None = None  # answer=line: the token id of READOUT
+        self._readout = self.tokenize_candidate(READOUT)[0] if answer == "line" else -1  # its token id
         # a server sets this to stop a request mid-way (deadline passed, client gone): checked before
         # every decode call, it raises Cancelled
         self.should_stop = None
@@ -192,10 +192,12 @@ class LlamaCppReasoner:
         # with an empty, closed <think> block and the candidate is read right after it
         return self._formatter(messages=messages, enable_thinking=self.thinking).prompt
 
-    def tokenize_prompt(self, text: str) -> list[int]:
+    def _adds_bos(self, text: str) -> bool:
         # A template that writes the BOS text itself must not get a second BOS from the tokenizer.
-        add_bos = not (self._bos_text and text.startswith(self._bos_text))
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return not (self._bos_text and text.startswith(self._bos_text))
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self._adds_bos(text), special=True)
 
     def tokenize_candidate(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
@@ -222,13 +224,11 @@ class LlamaCppReasoner:
         order, lines, _ = self.candidate_list.lines(query)
         ends = line_ends(text, lines, self.template.name)
         tokens = self.tokenize_prompt(text)
-        # each token's first byte: the pieces concatenate to the prompt's bytes (a BOS piece is empty)
+        # each token's first byte: the pieces concatenate to the prompt's bytes (an added BOS is no text)
         pieces = [self.llm.detokenize([t], special=True) for t in tokens]
-        head = int(bool(pieces) and tokens[0] == self.llm.token_bos() and not text.startswith(self._bos_text or "\0"))
-        if head:
+        if tokens and tokens[0] == self.llm.token_bos() and self._adds_bos(text):
             pieces[0] = b""
-        raw = text.encode("utf-8")
-        if b"".join(pieces) != raw:
+        if b"".join(pieces) != text.encode("utf-8"):
             raise ValueError("answer=line: this GGUF's tokens do not spell the prompt back byte for byte, so a line's "
                              "last token cannot be found; use answer=title")
         starts = np.cumsum([0] + [len(x) for x in pieces[:-1]])
@@ -237,18 +237,13 @@ class LlamaCppReasoner:
 
     def score_lines(self, tokens: list[int], order: list[int], positions: list[int]) -> np.ndarray:
         """Scores float64 (C,) in query order: the prompt decoded once from an empty cache, logits kept
-        at ``positions`` only, log p(" yes") there."""
-        if self._readout is None:
-            self._readout = self.tokenize_candidate(READOUT)[0]
+        at ``positions`` only (they ascend with the listing: one row each, in that order), log p(" yes")
+        there."""
         self.reset()
-        logits = self._decode(tokens, 0, len(tokens), want=positions)  # (C, V), in position order
+        logits = self._decode(tokens, 0, len(tokens), want=positions)  # (C, V)
         self.reset()
-        rows = logits.astype(np.float64)
-        m = rows.max(axis=1, keepdims=True)
-        lp = rows[:, self._readout] - (m[:, 0] + np.log(np.exp(rows - m).sum(axis=1)))
-        rank = np.argsort(np.argsort(positions))  # positions ascend with the listing; keep it general
         scores = np.empty(len(order), dtype=np.float64)
-        scores[order] = lp[rank]
+        scores[order] = token_logprobs(logits, np.full(len(positions), self._readout))
         return scores
 
     # -- decoding -------------------------------------------------------------------------------

@@ -169,8 +169,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     args = grpo_args(cfg, run, weights, on_gpu)
     if main:
         (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
-    trainer, _ = grpo_trainer(cfg, run, model, tokenizer, Dataset.from_list(rows), rstate, funcs, weights, args,
-                              progress)
+    trainer = grpo_trainer(cfg, run, model, tokenizer, Dataset.from_list(rows), rstate, funcs, weights, args, progress)
     t0 = time.perf_counter()
     finished = run_training(trainer, cfg, run, step, ckpt)
     seconds = time.perf_counter() - t0
@@ -255,8 +254,8 @@ def grpo_args(cfg, run: Path, weights: list[float], on_gpu: bool):
 
 
 def grpo_trainer(cfg, run: Path, model, tokenizer, dataset, rstate, funcs, weights, args, progress: bool):
-    """(GRPOTrainer, its RunLogger): minivz's callbacks (metrics/samples, step_* checkpoints, the
-    progress bar) in place of TRL's printer."""
+    """The GRPOTrainer with minivz's callbacks (metrics/samples, step_* checkpoints, the progress
+    bar) in place of TRL's printer."""
     from transformers import PrinterCallback
     from trl import GRPOTrainer
 
@@ -271,7 +270,7 @@ def grpo_trainer(cfg, run: Path, model, tokenizer, dataset, rstate, funcs, weigh
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl + LiveProgress replace its dict dumps
-    return trainer, logger
+    return trainer
 
 
 def run_training(trainer, cfg, run: Path, step: int, ckpt: Path | None) -> bool:

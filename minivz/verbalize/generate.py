@@ -95,18 +95,19 @@ class LlamaCppGenerator:
 
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 200, temperature: float = 0.0,
                  seed: int | None = 0, grammar: str | None = None) -> list[str]:
+        # The GGUF's own chat template renders through llama-cpp-python's handler for it, called with
+        # enable_thinking=False as transformers renders it (thinking off: a Qwen3 verbalizer writes the
+        # verbalization, not a <think> block first; templates without the switch ignore it).
+        # create_chat_completion passes no template variables, so the handler is called as it calls it,
+        # with its repeat_penalty (1.0; the handler's own default is 1.1).
+        handler = self._llm._chat_handlers.get(self._llm.chat_format)  # llama-cpp-python 0.3.36
+        compiled = self._grammar(grammar) if grammar else None
         out = []
         for i, messages in enumerate(prompts):
             # llama.cpp keeps the KV cache of the previous prompt and reuses the common prefix
             # (the system prompt), so a batch only re-reads what differs.
             args = dict(messages=messages, max_tokens=int(max_new_tokens), temperature=float(temperature),
-                        seed=None if seed is None else int(seed) + i, grammar=self._grammar(grammar) if grammar else None)
-            # The GGUF's own chat template renders through llama-cpp-python's handler for it, called with
-            # enable_thinking=False as transformers renders it (thinking off: a Qwen3 verbalizer writes the
-            # verbalization, not a <think> block first; templates without the switch ignore it).
-            # create_chat_completion passes no template variables, so the handler is called as it calls it,
-            # with its repeat_penalty (1.0; the handler's own default is 1.1).
-            handler = self._llm._chat_handlers.get(self._llm.chat_format)  # llama-cpp-python 0.3.36
+                        seed=None if seed is None else int(seed) + i, grammar=compiled)
             resp = (handler(llama=self._llm, repeat_penalty=1.0, enable_thinking=False, **args) if handler
                     else self._llm.create_chat_completion(**args))
             out.append((resp["choices"][0]["message"]["content"] or "").strip())
