@@ -175,7 +175,8 @@ def step_checkpoints_callback(ckpt_dir: Path, keep: int, *, save_last: bool = Fa
 # Settings a resumed run may change: how long it runs and what it keeps, not what it learns.
 RESUME_SAFE = frozenset({"max_steps", "save_steps", "save_total_limit", "logging_steps", "max_oracle_retries",
                          "gpu_memory_gib", "report_to",
-                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit", "reasoner_report_to"})
+                         "reasoner_max_steps", "reasoner_save_steps", "reasoner_eval_limit", "reasoner_eval_split",
+                         "reasoner_grpo_max_steps", "reasoner_report_to"})  # + reasoner_grpo_* before GRPO starts
 
 
 def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> None:
@@ -191,8 +192,12 @@ def record_run_config(run: Path, cfg, data_dir: str | Path, resume: bool) -> Non
     if resume and path.is_file() and latest_checkpoint(run / "checkpoints"):
         old_text = path.read_text()
         old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(text)
+        # the reasoner's GRPO settings shape nothing trained before its first GRPO checkpoint: GRPO
+        # may be added to (or retuned on) a finished SFT
+        grpo_started = latest_checkpoint(run / "grpo" / "checkpoints") is not None
         changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*old, *new])
-                   if k not in RESUME_SAFE and old.get(k) != new.get(k)]
+                   if k not in RESUME_SAFE and old.get(k) != new.get(k)
+                   and (grpo_started or not k.startswith("reasoner_grpo_"))]
         old_head = old_text.splitlines()[0] if old_text.startswith("# data_dir: ") else None
         if old_head is not None and old_head != head.strip():
             changed.append(f"data_dir: {old_head[len('# data_dir: '):]} -> {Path(data_dir).resolve()}")

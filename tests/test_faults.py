@@ -185,6 +185,32 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     assert "temperature: 0.5" in (run / "config.yaml").read_text()
 
 
+def test_resume_lets_grpo_settings_change_until_grpo_starts(tmp_path):
+    """GRPO may be added to a finished SFT (its settings shaped nothing yet); once it has a checkpoint
+    they are training settings like any other."""
+    import dataclasses
+
+    from minivz.config import ConfigError, ReasonerTrainConfig
+    from minivz.rundir import record_run_config
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    cfg = ReasonerTrainConfig()
+    (run / "checkpoints" / "step_000125").mkdir(parents=True)
+    record_run_config(run, cfg, data, resume=True)
+    (run / "checkpoints" / "step_000125" / "trainer_state.json").write_text("{}")
+    grpo = dataclasses.replace(cfg, reasoner_grpo_max_steps=40, reasoner_grpo_learning_rate=1e-4,
+                               reasoner_eval_split="valid")
+    record_run_config(run, grpo, data, resume=True)  # SFT done, GRPO not started: accepted and recorded
+    assert "reasoner_grpo_learning_rate: 0.0001" in (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"reasoner_learning_rate"):  # the SFT's own settings stay fixed
+        record_run_config(run, dataclasses.replace(grpo, reasoner_learning_rate=1.0), data, resume=True)
+    (run / "grpo" / "checkpoints" / "step_000010").mkdir(parents=True)
+    (run / "grpo" / "checkpoints" / "step_000010" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"reasoner_grpo_learning_rate: 0\.0001 -> 0\.001"):
+        record_run_config(run, dataclasses.replace(grpo, reasoner_grpo_learning_rate=1e-3), data, resume=True)
+    record_run_config(run, dataclasses.replace(grpo, reasoner_grpo_max_steps=80), data, resume=True)  # longer
+
+
 def test_onehot_genre_columns_map_to_genres(tmp_path):
     """Another distribution of MovieLens: genres as one 0/1 column per genre."""
     items = tmp_path / "items.csv"

@@ -357,7 +357,7 @@ def test_line_scores_are_the_readout_logprob_at_each_line_end_of_one_plain_forwa
         make_reasoner(f"hf:model={tiny_model},answer=line,prompt=reasoner_v1")
 
 
-def test_line_training_learns_and_refuses_grpo(data_dir, data, tiny_model, tmp_path):
+def test_line_training_learns_then_grpo_on_the_line_reader(data_dir, data, tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
     from minivz.evaluate import item_stats_for
@@ -378,9 +378,34 @@ def test_line_training_learns_and_refuses_grpo(data_dir, data, tiny_model, tmp_p
     assert s["objective"] == "listwise" and s["sft_steps"] == 10
     m = [r for r in metrics(run) if r["stage"] == "sft"]
     assert m[-1]["loss"] < 0.5 * m[0]["loss"], [r["loss"] for r in m]
-    with pytest.raises(ValueError, match="answer=line reads no reply"):
-        train_reasoner(tiny_cfg(tiny_model, reasoner_scoring=scoring, reasoner_grpo_max_steps=1), data_dir,
-                       tmp_path / "grpo", progress=False)
+    # the paper's GRPO from that warm start, in the same run (the SFT is loaded, not retrained): each
+    # reply is one candidate sampled from the softmax over the line scores, +-1, group-normalized
+    g = tiny_cfg(tiny_model, reasoner_scoring=scoring, reasoner_max_steps=10, reasoner_save_steps=10,
+                 reasoner_eval_limit=0, reasoner_lora_r=8, reasoner_lora_alpha=16, reasoner_grpo_max_steps=3,
+                 reasoner_grpo_num_generations=8, reasoner_grpo_learning_rate=1e-2)
+    s = train_reasoner(g, data_dir, run, progress=False)
+    assert s["sft_steps"] == 10 and s["grpo_steps"] == 3 and s["sft_resumed_from"]
+    grpo = [r for r in metrics(run) if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == [1, 2, 3]
+    assert all(-1 <= r["reward"] <= 1 and 0 <= r["frac_reward_zero_std"] <= 1 for r in grpo)
+    assert (run / "grpo" / "checkpoints" / "step_000003").is_dir() and (run / "final" / "merged").is_dir()
+    with pytest.raises(ConfigError, match="reasoner_grpo_beta: GRPOConfig settings that the answer=line GRPO"):
+        train_reasoner(tiny_cfg(tiny_model, reasoner_scoring=scoring, reasoner_max_steps=1, reasoner_grpo_max_steps=1,
+                                reasoner_trl_extra={"reasoner_grpo_beta": 0.1}), data_dir, tmp_path / "b",
+                       progress=False)
+
+
+def test_group_advantages_are_grpo_s_for_plus_minus_one_rewards():
+    import torch
+
+    from minivz.train.reasoner import group_advantages
+
+    choices = torch.tensor([[0, 1, 0, 2], [3, 3, 3, 3], [1, 1, 1, 1]])
+    rewards, adv = group_advantages(choices, torch.tensor([0, 3, 0]))
+    assert rewards.tolist() == [[1, -1, 1, -1], [1] * 4, [-1] * 4]
+    # group mean 0, std (unbiased) 2/sqrt(3): +-0.866; a group whose rewards are all equal learns nothing
+    np.testing.assert_allclose(adv[0].numpy(), [0.866, -0.866, 0.866, -0.866], atol=1e-3)
+    assert adv[1:].abs().max() == 0
 
 
 # -- training ----------------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ What one SFT example is (prompt-completion, loss on the completion only):
 
 The reasoner_v1 prompt does not list the candidates (the backend scores each candidate's text as
 the reply), so neither does the training prompt. Optional GRPO (``reasoner_grpo_max_steps > 0``) samples
-G replies to the same prompt; accuracy reward = 1 when the reply names the target candidate.
+G replies to the same prompt; accuracy reward = 1 when the reply names the target candidate. Under
+``answer=line`` (the candidates listed, each scored at its own line, trained listwise) a reply is one
+candidate drawn from the softmax over the line scores: GRPO samples G of them from one forward,
+reward +1 / -1, group-normalized (``_line_grpo``).
 
 The run directory is the contract (as ``minivz train verbalizer``):
     RUN/config.yaml, RUN/env.json, RUN/trl_args.json
@@ -270,6 +273,112 @@ def _listwise_trainer_class(readout: int | None = None):
     return ListwiseTrainer
 
 
+def group_advantages(choices, target, eps: float = 1e-4):
+    """GRPO's advantages for G sampled choices per prompt: reward +1 for the true item, -1 otherwise,
+    minus the group mean, over the group std (TRL's ``scale_rewards="group"``, unbiased std, +eps).
+    ``choices`` (B, G) candidate indices, ``target`` (B,). Returns (rewards, advantages), both (B, G)."""
+    import torch
+
+    rewards = torch.where(choices == target[:, None], 1.0, -1.0)
+    adv = (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + eps)
+    return rewards, adv
+
+
+def _line_grpo_trainer_class(readout: int, num_generations: int, temperature: float, seed: int):
+    """transformers' Trainer running the paper's stage-2 GRPO on the ``answer=line`` reader: its policy
+    is the softmax over the C candidates' line scores (what ``minivz eval`` ranks), one action per
+    completion. Each prompt's forward gives the C scores; G choices are sampled from them, rewarded
+    +1 / -1, group-normalized; the loss is -mean(A * log pi(choice)). One update per sample (on-policy,
+    TRL's default num_iterations=1), so the importance ratio is 1 and clipping never binds; beta=0
+    (no KL term, TRL's default). G samples cost no extra forward: one reply is one candidate."""
+    import torch
+    from transformers import Trainer
+
+    from minivz.reason.hf import line_scores
+
+    class LineGRPOTrainer(Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._stats: list[tuple[float, float]] = []  # (mean reward, all-equal group) per micro-batch
+            self._draw = (-1, 0)  # (global step, micro-batch within it): what seeds the samples
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            target = inputs.pop("target")
+            index, keep = inputs.pop("line_index"), inputs.pop("line_keep")
+            out = model(**inputs, logits_to_keep=keep)
+            logp = torch.log_softmax(line_scores(out.logits, index, readout) / temperature, dim=-1)  # (B, C)
+            # the samples depend on the seed and the step only: a resumed run draws what it would have
+            step = self.state.global_step
+            self._draw = (step, self._draw[1] + 1 if self._draw[0] == step else 0)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + self._draw[1])
+            probs = logp.detach().exp().cpu().nan_to_num(0.0)
+            choices = torch.multinomial(probs, num_generations, replacement=True, generator=gen).to(logp.device)
+            rewards, adv = group_advantages(choices, target)
+            loss = -(adv * logp.gather(1, choices)).mean()
+            self._stats.append((float(rewards.mean()), float((rewards.std(dim=1) == 0).float().mean())))
+            return (loss, out) if return_outputs else loss
+
+        def log(self, logs: dict, *args, **kwargs) -> None:
+            if self._stats and "loss" in logs:  # TRL's names: reward, frac_reward_zero_std
+                logs["reward"] = round(float(np.mean([r for r, _ in self._stats])), 4)
+                logs["frac_reward_zero_std"] = round(float(np.mean([z for _, z in self._stats])), 4)
+                self._stats.clear()
+            super().log(logs, *args, **kwargs)
+
+    return LineGRPOTrainer
+
+
+def _line_grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool,
+               readout: int) -> dict:
+    """GRPO (``_line_grpo_trainer_class``) from the listwise warm start, on the same label rows:
+    ``reasoner_grpo_max_steps`` steps of ``reasoner_per_device_train_batch_size`` prompts, each with
+    ``reasoner_grpo_num_generations`` sampled choices, at ``reasoner_grpo_learning_rate``."""
+    import dataclasses
+
+    import torch
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from minivz.config import ConfigError
+    from minivz.envinfo import fast_bf16
+
+    ckpt_dir = run / "grpo" / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    step, ckpt = resume_step(ckpt_dir, resume)
+    _truncate_metrics(run / "metrics.jsonl", "grpo", step)
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ignored = [k for k in cfg.reasoner_trl_extra if k.startswith("reasoner_grpo_") and k[14:] not in fields]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)}: GRPOConfig settings that the answer=line GRPO does not read (its "
+                          "reply is one sampled candidate: no generation, beta=0, one iteration); remove them")
+    args = trl_args(
+        TrainingArguments, cfg, "reasoner_grpo_",
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.reasoner_per_device_train_batch_size,
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps=cfg.reasoner_save_steps,
+        save_total_limit=None,
+        logging_steps=cfg.reasoner_logging_steps,
+        bf16=fast_bf16(),
+        gradient_checkpointing=cfg.reasoner_gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed + 1,  # a new shuffle of the training rows, not the SFT epoch's order again
+        data_seed=cfg.seed + 1,
+        report_to=cfg.reasoner_report_to,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = _line_grpo_trainer_class(readout, cfg.reasoner_grpo_num_generations, 1.0, cfg.seed)(
+        model=model, args=args, train_dataset=dataset, data_collator=_label_collator(pad, lines=True),
+        processing_class=tokenizer)
+    return _train_stage(trainer, "grpo", cfg, run, ckpt_dir, ckpt, cfg.reasoner_grpo_max_steps, progress)
+
+
 def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool,
          listwise: bool = False, readout: int | None = None) -> dict:
     """SFT on the target's title (TRL's SFTTrainer, loss on the completion) or, ``listwise``, the
@@ -442,9 +551,6 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     model, tokenizer = load_reasoner_model(cfg, base)
     view = scoring_view(tokenizer, cfg, cfg.reasoner_max_length, item_stats_for(data))
     listwise = view.answer in ("label", "line")
-    if view.answer == "line" and cfg.reasoner_grpo_max_steps > 0:
-        raise ValueError("reasoner_grpo_max_steps > 0 samples a reply, but answer=line reads no reply (each "
-                         "candidate is scored at its line); use answer=label for GRPO, or reasoner_grpo_max_steps=0")
     if listwise:
         sft_rows = build_label_rows(data, rows, view)
     else:
@@ -458,7 +564,11 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
                                "train_examples": len(rows), "verbalize_seconds": round(verbalize_seconds, 1),
                                "tokens_per_example_mean": round(float(np.mean(lengths)), 1),
                                "tokens_per_example_max": int(max(lengths)), **sft}
-    if cfg.reasoner_grpo_max_steps > 0:
+    if cfg.reasoner_grpo_max_steps > 0 and view.answer == "line":  # one action per reply: a candidate
+        grpo = _line_grpo(cfg, run, model, tokenizer, sft_rows, resume, progress, view.readout_token_id())
+        model = grpo.pop("model")
+        summary.update(grpo)
+    elif cfg.reasoner_grpo_max_steps > 0:
         grpo_rows = build_grpo_rows(data, rows, view, cfg.reasoner_grpo_max_completion_length)
         grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
