@@ -596,11 +596,21 @@ def _trl_field_names(trl_name: str) -> frozenset[str]:
     """Field names of TRL's ``GRPOConfig`` / ``SFTConfig`` (empty when TRL is not installed). Read only
     for a key minivz does not declare itself, so a recipe of minivz fields never imports TRL."""
     if trl_name not in _trl_names:
+        import logging
+
+        # TRL's config classes import bitsandbytes, whose CPU backend warns at import on AVX512 CPUs
+        # that an optional kernel package is missing: noise on a command that only reads field names
+        bnb = logging.getLogger("bitsandbytes")
+        level = bnb.level
+        bnb.setLevel(logging.ERROR)
         try:
             import trl
+
+            _trl_names[trl_name] = frozenset(f.name for f in dataclasses.fields(getattr(trl, trl_name)))
         except ImportError:
             return frozenset()
-        _trl_names[trl_name] = frozenset(f.name for f in dataclasses.fields(getattr(trl, trl_name)))
+        finally:
+            bnb.setLevel(level)
     return _trl_names[trl_name]
 
 

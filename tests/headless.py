@@ -35,8 +35,15 @@ def render(binary: str, url: str, png: str | Path, width: int = 1100, height: in
     from websockets.sync.client import connect
 
     profile = tempfile.mkdtemp(prefix="minivz-chromium-")
-    fonts = Path(binary).parent / "fonts"
-    env = dict(os.environ, HOME=profile, **({"FONTCONFIG_PATH": str(fonts)} if fonts.is_dir() else {}))
+    # The package's own fonts.conf looks only in Lambda's places (/var/task/fonts, /tmp/fonts, ...): where
+    # none exists the page lays out with no font, no text is drawn and the page is one window tall. Our
+    # own config lists the fonts it ships (unpacked/fonts/fonts) and the system's.
+    dirs = [Path(binary).parent / "fonts" / "fonts", Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
+    conf = Path(profile) / "fonts.conf"
+    conf.write_text('<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+                    + "".join(f"<dir>{d}</dir>" for d in dirs if d.is_dir())
+                    + f"<cachedir>{profile}/fonts-cache</cachedir></fontconfig>")
+    env = dict(os.environ, HOME=profile, FONTCONFIG_FILE=str(conf))
     proc = subprocess.Popen(
         [binary, "--headless=shell", "--no-sandbox", "--no-zygote", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
