@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from minivz.dataset import PreparedData
-from minivz.metrics import paired_difference_ci, summarize
+from minivz.metrics import paired_difference_ci, rank_metrics, summarize
 from minivz.pipeline import Pipeline, run_scoring
-from minivz.report import _per_example_recall1, _samples, fmt
+from minivz.report import _samples, fmt
 from minivz.spec import parse_spec
 from minivz.train.reasoner import base_model_source
 from minivz.verbalize.cache import verbalize_split
@@ -49,13 +49,16 @@ def _greedy_labels(scoring: str) -> str:
 
 
 def hr_row(run: Path) -> dict:
-    """HR@1 both ways and the valid ratio of one eval run, and its per-example hits by example id."""
+    """HR@1 both ways and the valid ratio of one eval run, and its per-example hits by example id
+    (samples.jsonl read once)."""
     rows = _samples(run)
     scores = np.array([[(-np.inf if s is None else s) for s in r["scores"]] for r in rows], dtype=float)
-    s = summarize(scores, np.array([r["label"] for r in rows]), np.array([r["valid"] for r in rows]),
-                  hr_at_1=True)["all"]
+    labels, valid = np.array([r["label"] for r in rows]), np.array([r["valid"] for r in rows])
+    s = summarize(scores, labels, valid, hr_at_1=True)["all"]
+    hits = rank_metrics(scores, labels, valid)["recall@1"]
     return {"n": s["n"], "hr@1": s["hr@1"], "hr@1_ci": s["hr@1_ci"], "hr@1_valid": s["hr@1_valid"],
-            "hr@1_valid_ci": s["hr@1_valid_ci"], "valid_ratio": s["valid_rate"], "hits": _per_example_recall1(run)}
+            "hr@1_valid_ci": s["hr@1_valid_ci"], "valid_ratio": s["valid_rate"],
+            "hits": {int(r["example_id"]): float(h) for r, h in zip(rows, hits)}}
 
 
 def main() -> None:
@@ -88,9 +91,8 @@ def main() -> None:
               f"hf:model={args.run / 'reasoner-template' / 'final' / 'merged'}{dt},{scoring}"),
              ("two-stage (trained on the learned text)", "two-stage", f"cached:path={learned}",
               f"hf:model={args.run / 'reasoner-learned' / 'final' / 'merged'}{dt},{scoring}")]
-    rows += [(f"{parse_spec(s)[0]} (ids only)", f"stage2-{parse_spec(s)[0]}", "template", s)
-             for s in ["popularity", "knn", *[b for b in pipe.stage2_baselines if parse_spec(b)[0] not in
-                                              ("popularity", "knn")]]]
+    ids_only = {parse_spec(b)[0]: b for b in ["popularity", "knn", *pipe.stage2_baselines]}  # the run's own specs win
+    rows += [(f"{name} (ids only)", f"stage2-{name}", "template", spec) for name, spec in ids_only.items()]
     seconds, results = {}, []
     for label, name, verb, reasoner in rows:
         t0 = time.perf_counter()
@@ -113,9 +115,11 @@ def _table(results: list[tuple[str, dict]], args) -> str:
              "| row | n | valid ratio | HR@1 over valid (LLaRA's way) | HR@1 over all | vs row 1 (all) |",
              "|---|---|---|---|---|---|"]
     for i, (label, r) in enumerate(results):
-        common = sorted(set(r["hits"]) & set(base))
-        d = paired_difference_ci([r["hits"][k] for k in common], [base[k] for k in common])
-        vs = "—" if i == 0 else fmt(d["value"], d["ci"], style="diff")
+        vs = "—"
+        if i:
+            common = sorted(set(r["hits"]) & set(base))
+            d = paired_difference_ci([r["hits"][k] for k in common], [base[k] for k in common])
+            vs = fmt(d["value"], d["ci"], style="diff")
         lines.append(f"| {label} | {r['n']} | {r['valid_ratio']:.3f} | {fmt(r['hr@1_valid'], r['hr@1_valid_ci'])} "
                      f"| {fmt(r['hr@1'], r['hr@1_ci'])} | {vs} |")
     for label, vr, hr in LLARA:

@@ -284,7 +284,7 @@ def group_advantages(choices, target, eps: float = 1e-4):
     return rewards, adv
 
 
-def _line_grpo_trainer_class(readout: int, num_generations: int, temperature: float, seed: int):
+def _line_grpo_trainer_class(readout: int, num_generations: int, seed: int):
     """transformers' Trainer running the paper's stage-2 GRPO on the ``answer=line`` reader: its policy
     is the softmax over the C candidates' line scores (what ``minivz eval`` ranks), one action per
     completion. Each prompt's forward gives the C scores; G choices are sampled from them, rewarded
@@ -306,7 +306,7 @@ def _line_grpo_trainer_class(readout: int, num_generations: int, temperature: fl
             target = inputs.pop("target")
             index, keep = inputs.pop("line_index"), inputs.pop("line_keep")
             out = model(**inputs, logits_to_keep=keep)
-            logp = torch.log_softmax(line_scores(out.logits, index, readout) / temperature, dim=-1)  # (B, C)
+            logp = torch.log_softmax(line_scores(out.logits, index, readout), dim=-1)  # (B, C), temperature 1
             # the samples depend on the seed and the step only: a resumed run draws what it would have
             step = self.state.global_step
             self._draw = (step, self._draw[1] + 1 if self._draw[0] == step else 0)
@@ -328,29 +328,52 @@ def _line_grpo_trainer_class(readout: int, num_generations: int, temperature: fl
     return LineGRPOTrainer
 
 
+def _listwise_data(rows: list[dict], tokenizer, lines: bool):
+    """(Dataset, collator) of ``build_label_rows`` rows for the listwise trainers (SFT and line GRPO)."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return dataset, _label_collator(pad, lines=lines)
+
+
+def _grpo_start(run: Path, resume: bool) -> tuple[Path, Path | None]:
+    """RUN/grpo/checkpoints and the checkpoint GRPO resumes from; metrics past it are dropped."""
+    ckpt_dir = run / "grpo" / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    step, ckpt = resume_step(ckpt_dir, resume)
+    _truncate_metrics(run / "metrics.jsonl", "grpo", step)
+    return ckpt_dir, ckpt
+
+
+def check_line_grpo_settings(cfg) -> None:
+    """The answer=line GRPO builds transformers' TrainingArguments, not GRPOConfig: a GRPOConfig-only
+    ``reasoner_grpo_*`` setting would be silently ignored, so it is refused (before any training)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from minivz.config import ConfigError
+
+    prefix = "reasoner_grpo_"
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ignored = [k for k in cfg.reasoner_trl_extra if k.startswith(prefix) and k[len(prefix):] not in fields]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)}: GRPOConfig settings that the answer=line GRPO does not read (its "
+                          "reply is one sampled candidate: no generation, beta=0, one iteration); remove them")
+
+
 def _line_grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progress: bool,
                readout: int) -> dict:
     """GRPO (``_line_grpo_trainer_class``) from the listwise warm start, on the same label rows:
     ``reasoner_grpo_max_steps`` steps of ``reasoner_per_device_train_batch_size`` prompts, each with
     ``reasoner_grpo_num_generations`` sampled choices, at ``reasoner_grpo_learning_rate``."""
-    import dataclasses
-
     import torch
-    from datasets import Dataset
     from transformers import TrainingArguments
 
-    from minivz.config import ConfigError
     from minivz.envinfo import fast_bf16
 
-    ckpt_dir = run / "grpo" / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step, ckpt = resume_step(ckpt_dir, resume)
-    _truncate_metrics(run / "metrics.jsonl", "grpo", step)
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    ignored = [k for k in cfg.reasoner_trl_extra if k.startswith("reasoner_grpo_") and k[14:] not in fields]
-    if ignored:
-        raise ConfigError(f"{', '.join(ignored)}: GRPOConfig settings that the answer=line GRPO does not read (its "
-                          "reply is one sampled candidate: no generation, beta=0, one iteration); remove them")
+    ckpt_dir, ckpt = _grpo_start(run, resume)
     args = trl_args(
         TrainingArguments, cfg, "reasoner_grpo_",
         output_dir=str(ckpt_dir),
@@ -371,11 +394,9 @@ def _line_grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool,
         remove_unused_columns=False,
     )
     (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
-    dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = _line_grpo_trainer_class(readout, cfg.reasoner_grpo_num_generations, 1.0, cfg.seed)(
-        model=model, args=args, train_dataset=dataset, data_collator=_label_collator(pad, lines=True),
-        processing_class=tokenizer)
+    dataset, collator = _listwise_data(rows, tokenizer, lines=True)
+    trainer = _line_grpo_trainer_class(readout, cfg.reasoner_grpo_num_generations, cfg.seed)(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
     return _train_stage(trainer, "grpo", cfg, run, ckpt_dir, ckpt, cfg.reasoner_grpo_max_steps, progress)
 
 
@@ -419,11 +440,9 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     )
     (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
     if listwise:
-        dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "target", "label_ids")} for r in rows])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        dataset, collator = _listwise_data(rows, tokenizer, lines=readout is not None)
         trainer = _listwise_trainer_class(readout)(model=model, args=args, train_dataset=dataset,
-                                                   data_collator=_label_collator(pad, lines=readout is not None),
-                                                   processing_class=tokenizer)
+                                                   data_collator=collator, processing_class=tokenizer)
     else:
         dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
                                      for r in rows])
@@ -460,10 +479,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    ckpt_dir = run / "grpo" / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step, ckpt = resume_step(ckpt_dir, resume)
-    _truncate_metrics(run / "metrics.jsonl", "grpo", step)
+    ckpt_dir, ckpt = _grpo_start(run, resume)
     on_gpu = torch.cuda.is_available()
     g = cfg.reasoner_grpo_num_generations
     # reasoner_grpo_<f> for each GRPOConfig field <f> (max_steps, num_generations, learning_rate,
@@ -551,6 +567,8 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     model, tokenizer = load_reasoner_model(cfg, base)
     view = scoring_view(tokenizer, cfg, cfg.reasoner_max_length, item_stats_for(data))
     listwise = view.answer in ("label", "line")
+    if view.answer == "line" and cfg.reasoner_grpo_max_steps > 0:
+        check_line_grpo_settings(cfg)  # before the SFT, not after it
     if listwise:
         sft_rows = build_label_rows(data, rows, view)
     else:
@@ -564,13 +582,12 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
                                "train_examples": len(rows), "verbalize_seconds": round(verbalize_seconds, 1),
                                "tokens_per_example_mean": round(float(np.mean(lengths)), 1),
                                "tokens_per_example_max": int(max(lengths)), **sft}
-    if cfg.reasoner_grpo_max_steps > 0 and view.answer == "line":  # one action per reply: a candidate
-        grpo = _line_grpo(cfg, run, model, tokenizer, sft_rows, resume, progress, view.readout_token_id())
-        model = grpo.pop("model")
-        summary.update(grpo)
-    elif cfg.reasoner_grpo_max_steps > 0:
-        grpo_rows = build_grpo_rows(data, rows, view, cfg.reasoner_grpo_max_completion_length)
-        grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
+    if cfg.reasoner_grpo_max_steps > 0:
+        if view.answer == "line":  # one action per reply: a candidate
+            grpo = _line_grpo(cfg, run, model, tokenizer, sft_rows, resume, progress, view.readout_token_id())
+        else:
+            grpo_rows = build_grpo_rows(data, rows, view, cfg.reasoner_grpo_max_completion_length)
+            grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
         summary.update(grpo)
     summary.update(save_final(model, tokenizer, run / "final", "peft"))
