@@ -589,6 +589,23 @@ def test_sequential_baseline_learns_a_deterministic_next_item(kind):
     assert [e["loss"] for e in again.train_log] == [e["loss"] for e in r.train_log]  # seeded
 
 
+def test_recbole_import_leaves_autograd_anomaly_detection_off():
+    """RecBole 1.2.1's sequential_recommender package turns torch's anomaly detection on at import
+    (sine.py); minivz puts it back, else every later training in the process runs with it (SASRec's
+    epoch 1.8x slower). Fresh interpreters, so the import really happens in each."""
+    pytest.importorskip("torch", reason="pip install torch==2.13.0")
+    pytest.importorskip("recbole", reason="pip install --no-deps recbole==1.2.1")
+    import subprocess
+    import sys
+
+    def anomaly_after(imports: str) -> str:
+        code = f"import torch\n{imports}\nprint(torch.is_anomaly_enabled())"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert anomaly_after("import recbole.model.sequential_recommender.sasrec") == "True"  # upstream's side effect
+    assert anomaly_after("from minivz.reason.sequential import _recbole_class\n_recbole_class('sasrec')") == "False"
+
+
 def test_llamacpp_line_reader_reads_what_the_hf_line_reader_reads(llama, tmp_path):
     """answer=line on the SmolLM2 GGUF (llama.cpp, Q4_1 weights) and on the same GGUF dequantized into
     transformers (fp32): the same prompt tokens and the same line positions; scores within 0.4 nats

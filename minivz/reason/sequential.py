@@ -40,15 +40,25 @@ _CLASSES = {"sasrec": ("recbole.model.sequential_recommender.sasrec", "SASRec"),
 
 
 def _recbole_class(kind: str):
+    """RecBole's model class, imported without its side effect: ``recbole.model.sequential_recommender``
+    imports ``sine.py``, which calls ``torch.autograd.set_detect_anomaly(True)`` at import time. That
+    switches anomaly detection on for the whole process (a stack trace recorded per op, a NaN check on
+    every gradient): SASRec's epoch ran 1.8x slower, and so did every later training in the process
+    (``minivz recipe`` trains the stage-2 reasoners after the SASRec row). The mode is put back."""
     import importlib
 
+    import torch
+
     module, attr = _CLASSES[kind]
+    anomaly, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
     try:
         return getattr(importlib.import_module(module), attr)
     except ImportError as e:
         raise ImportError(
             f"the {kind} baseline uses RecBole's model ({e}): `{pip(RECBOLE, no_deps=True)}` and its model "
             "code's imports, `pip install 'minivz[seqrec]'` (scripts/test.sh and scripts/demo.sh install both)") from e
+    finally:
+        torch.autograd.set_detect_anomaly(anomaly, check_nan=check_nan)
 
 
 class _Dataset:
