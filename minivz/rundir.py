@@ -14,6 +14,7 @@ built on first use.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -62,10 +63,12 @@ def drop_partial_line(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def resume_jsonl(path: Path) -> dict[int, dict]:
+def resume_jsonl(path: Path, write: bool = True) -> dict[int, dict]:
     """Make a per-example JSONL ready to append to again (a cut last line removed) and return the
-    records already in it by ``example_id``; an unreadable line or one without an id is redone."""
-    drop_partial_line(path)
+    records already in it by ``example_id``; an unreadable line or one without an id is redone.
+    ``write=False`` only reads (a process that does not own the file: another may be appending)."""
+    if write:
+        drop_partial_line(path)
     done = {}
     for rec in read_jsonl(path):
         try:
@@ -123,6 +126,28 @@ def is_main_process() -> bool:
 def world_size() -> int:
     """Processes training together (WORLD_SIZE of a launch; 1 alone)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resumable_on_cpu_ranks() -> None:
+    """Let a trainer resume under a CPU launch (gloo, N processes, no CUDA): each process's device is
+    ``cpu:RANK``, transformers loads the optimizer state with that as map_location, and torch's
+    registry only knows "cpu" ("don't know how to restore data location of torch.storage.UntypedStorage
+    (tagged with cpu:0)"). Both training stages call it before building their trainer."""
+    if world_size() > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            _restore_to_indexed_cpu()
+
+
+@functools.cache
+def _restore_to_indexed_cpu() -> None:
+    """An added deserializer, after torch's own, keeps storages tagged ``cpu:N`` on the CPU (torch's
+    public hook ``torch.serialization.register_package``; functools.cache: once per process)."""
+    import torch.serialization as ts
+
+    ts.register_package(90, lambda storage: None,
+                        lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
 def resume_step(ckpt_dir: Path, resume: bool) -> tuple[int, Path | None]:

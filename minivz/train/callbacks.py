@@ -175,6 +175,8 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs and "reward" not in logs:
             return  # the end-of-training summary (train_loss, train_runtime) is not a step
+        if not state.is_world_process_zero:  # under a launch every process logs; rank 0 owns the run dir
+            return
         now = time.perf_counter()
         steps = max(state.global_step - self.last_step, 1)
         rec = {"stage": self.stage, "step": int(state.global_step),

@@ -32,7 +32,6 @@ A killed run resumes from its latest ``checkpoints/step_*`` when started again w
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -44,8 +43,8 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
-from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resume_step, rotate_checkpoints,
-                           step_checkpoints_callback, truncate_jsonl, world_size, write_env)
+from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks, resume_step,
+                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, write_env)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -116,19 +115,6 @@ def build_prompt_rows(cfg, data, tokenizer=None) -> list[dict]:
 
 
 # -- training -----------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _restore_to_indexed_cpu() -> None:
-    """Let ``torch.load(map_location="cpu:N")`` work. Under a CPU launch (gloo, N processes) each
-    process's device is ``cpu:RANK``; resuming, transformers loads the optimizer state with that as
-    map_location and torch's registry only knows "cpu" ("don't know how to restore data location of
-    torch.storage.UntypedStorage (tagged with cpu:0)"). An added deserializer, after torch's own, keeps
-    such storages on the CPU. torch's public hook: ``torch.serialization.register_package``."""
-    import torch.serialization as ts
-
-    ts.register_package(90, lambda storage: None,  # functools.cache: registered once per process
-                        lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
 def _check_vllm(cfg, on_gpu: bool) -> None:
@@ -233,8 +219,7 @@ def grpo_args(cfg, run: Path, weights: list[float], on_gpu: bool):
     from trl import GRPOConfig
 
     _check_vllm(cfg, on_gpu)
-    if not on_gpu and world_size() > 1:
-        _restore_to_indexed_cpu()
+    resumable_on_cpu_ranks()
     return trl_args(
         GRPOConfig, cfg,
         output_dir=str(run / "checkpoints"),

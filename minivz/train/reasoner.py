@@ -52,8 +52,8 @@ import numpy as np
 
 from minivz.config import trl_args
 from minivz.evaluate import item_stats_for
-from minivz.rundir import (checkpoint_finished, record_run_config, resume_step, step_checkpoints_callback,
-                           truncate_jsonl, write_env)
+from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks,
+                           resume_step, step_checkpoints_callback, truncate_jsonl, write_env)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -187,13 +187,22 @@ def accuracy_reward(completions, target, candidates, answer=None, **kwargs) -> l
 
 
 def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
-    """Drop this stage's lines past ``max_step`` (a resumed run redoes those steps) and any later stage."""
+    """Drop this stage's lines past ``max_step`` (a resumed run redoes those steps) and any later stage
+    (the main process only: under a launch it alone writes the run directory)."""
+    if not is_main_process():
+        return
     def keep(rec: dict) -> bool:
         if rec.get("stage") == "sft":
             return stage == "grpo" or rec["step"] <= max_step
         return rec.get("stage") == "grpo" and stage == "grpo" and rec["step"] <= max_step
 
     truncate_jsonl(path, keep)
+
+
+def _write_args(path: Path, args) -> None:
+    """The trainer's resolved arguments beside its checkpoints (the main process writes them)."""
+    if is_main_process():
+        path.write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
 
 # -- model --------------------------------------------------------------------------------------------
@@ -393,7 +402,7 @@ def _line_grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    _write_args(run / "grpo" / "trl_args.json", args)
     dataset, collator = _listwise_data(rows, tokenizer, lines=True)
     trainer = _line_grpo_trainer_class(readout, cfg.reasoner_grpo_num_generations, cfg.seed)(
         model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
@@ -414,7 +423,8 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
     ckpt_dir = run / "checkpoints"
     step, ckpt = resume_step(ckpt_dir, resume)
     if ckpt is None:
-        (run / "metrics.jsonl").unlink(missing_ok=True)
+        if is_main_process():
+            (run / "metrics.jsonl").unlink(missing_ok=True)
     else:
         _truncate_metrics(run / "metrics.jsonl", "sft", step)
         print(f"resuming SFT from {ckpt}", file=sys.stderr)
@@ -438,7 +448,7 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         dataloader_num_workers=0,
         remove_unused_columns=not listwise,  # the listwise loss reads target and label_ids
     )
-    (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    _write_args(run / "trl_args.json", args)
     if listwise:
         dataset, collator = _listwise_data(rows, tokenizer, lines=readout is not None)
         trainer = _listwise_trainer_class(readout)(model=model, args=args, train_dataset=dataset,
@@ -505,7 +515,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
         log_completions=False,
         dataloader_num_workers=0,
     )
-    (run / "grpo" / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    _write_args(run / "grpo" / "trl_args.json", args)
     trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer)
     return _train_stage(trainer, "grpo", cfg, run, ckpt_dir, ckpt, cfg.reasoner_grpo_max_steps, progress)
@@ -552,6 +562,7 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     record_run_config(run, cfg, data_dir, resume)
     write_env(run, train_backend="peft", torch_device="cuda" if torch.cuda.is_available() else "cpu")
+    resumable_on_cpu_ranks()  # SFT and GRPO resume from checkpoints in every process of a CPU launch
     torch.manual_seed(cfg.seed)
 
     data = PreparedData.load(data_dir)
@@ -590,6 +601,10 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
             grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
         summary.update(grpo)
+    if not is_main_process():
+        # under a launch (N processes) rank 0 writes the final adapter, the merged model, the
+        # self-evaluation and the summary; the others trained their share and are done
+        return {**summary, "adapter": str(run / "final"), "merged": str(run / "final" / "merged")}
     summary.update(save_final(model, tokenizer, run / "final", "peft"))
     del model
 

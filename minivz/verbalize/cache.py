@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from minivz.rundir import append_jsonl, read_jsonl, resume_jsonl
+from minivz.rundir import append_jsonl, is_main_process, read_jsonl, resume_jsonl
 
 
 def history_key(history: list[dict]) -> str:
@@ -49,7 +49,8 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
     candidates), candidates (item codes), n_events. Examples already in ``out_path`` are skipped;
     ``out_path.meta.json`` records the verbalizer spec and history, and a cache written by another
     verbalizer is an error rather than silently mixed in. Returns the rows of the selected
-    examples, in split order.
+    examples, in split order. Under a launch (N processes) only the main process writes the cache;
+    the others compute the same rows (deterministic verbalizers) without writing.
     """
     from minivz.verbalize import make_verbalizer
 
@@ -62,9 +63,9 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
         if {k: old.get(k) for k in meta} != meta:
             raise ValueError(f"{out_path} was verbalized with {old}, not {meta}; use another --out or delete "
                              f"{out_path} and {meta_path}")
-    else:
+    elif is_main_process():
         meta_path.write_text(json.dumps(meta, indent=2))
-    done = resume_jsonl(out_path)
+    done = resume_jsonl(out_path, write=is_main_process())
 
     ex = select_examples(data, split, limit, seed)
     ids = ex["example_id"].to_numpy()
@@ -80,7 +81,8 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
                      "label": int(row["label"]), "candidates": [int(c) for c in row["candidates"]],
                      "n_events": len(hist)} for row, hist, text in zip(batch.to_pylist(), hists, texts)]
             done.update((rec["example_id"], rec) for rec in recs)
-            append_jsonl(out_path, recs)
+            if is_main_process():
+                append_jsonl(out_path, recs)
             if progress and (b // batch_size % 10 == 9 or b + batch_size >= len(todo)):
                 n = b + len(batch)
                 print(f"verbalize {split}: {n}/{len(todo)}  {(time.perf_counter() - t0) / n:.2f}s/example",
