@@ -9,7 +9,9 @@ built in a fixture; the data is real MovieLens-100K prepared with the tiny-cpu r
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -563,3 +565,49 @@ def test_pipeline_launches_the_reasoner_as_two_cpu_processes_like_one(data_dir, 
     again._launch(again.launch_command("reasoner", run, ["reasoner_verbalizer=template"]))
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
     assert [m["loss"] for m in metrics(run)][:3] == [m["loss"] for m in two]
+
+
+@pytest.mark.slow
+def test_reasoner_trains_under_deepspeed_zero3_on_cpu(data_dir, tiny_model, tmp_path):
+    """paper-32b's sharded path rehearsed on CPU: `accelerate launch` with DeepSpeed ZeRO-3 (DeepSpeed's
+    CPU accelerator, 2 processes, recipes/accelerate/zero3-cpu.yaml) trains the line reader, writes the
+    run dir once, saves the adapter and a merged model of the base's shapes, and resumes."""
+    import os
+
+    if importlib.util.find_spec("deepspeed") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
+        pytest.skip("pip install deepspeed (scripts/test.sh does)")
+    from safetensors.torch import load_file
+
+    from minivz.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "data").symlink_to(data_dir)
+    over = ["hardware=multi-gpu", "accelerate_config=recipes/accelerate/zero3-cpu.yaml", "num_processes=2",
+            "reasoner_gguf=", f"reasoner_model={tiny_model}", "reasoner_scoring=answer=line,order=popularity,viewers=true",
+            "reasoner_train_examples=16", "reasoner_history=3", "reasoner_max_length=512",
+            "reasoner_per_device_train_batch_size=2", "reasoner_max_steps=3", "reasoner_save_steps=1",
+            "reasoner_eval_limit=0", "reasoner_lora_layers=0", "reasoner_verbalizer=template"]
+    run = out / "reasoner-template"
+    pipe = Pipeline("tiny-cpu", out, over, say=lambda _msg: None)
+    pipe._launch(pipe.launch_command("reasoner", run))
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    assert all(np.isfinite(m["loss"]) for m in metrics(run))
+    base = load_file(Path(tiny_model) / "model.safetensors")
+    merged = load_file(run / "final" / "merged" / "model.safetensors")
+    assert {k: tuple(v.shape) for k, v in merged.items()} == {k: tuple(v.shape) for k, v in base.items()}
+    # the gathered weights, not shards: base + the saved adapter merged in float32 by peft, to within the
+    # bfloat16 the merged model is written in under ZeRO-3 (zero3_save_16bit_model; docs/recipes.md)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                    str(run / "final")).merge_and_unload().state_dict()
+    for k, v in merged.items():
+        torch.testing.assert_close(v.float(), ref[k], rtol=2 ** -7, atol=1e-6)
+    more = Pipeline("tiny-cpu", out, [o.replace("max_steps=3", "max_steps=4") for o in over], say=lambda _msg: None)
+    more._launch(more.launch_command("reasoner", run))
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]

@@ -43,8 +43,8 @@ def _recbole_class(kind: str):
     """RecBole's model class, imported without its side effect: ``recbole.model.sequential_recommender``
     imports ``sine.py``, which calls ``torch.autograd.set_detect_anomaly(True)`` at import time. That
     switches anomaly detection on for the whole process (a stack trace recorded per op, a NaN check on
-    every gradient): SASRec's epoch ran 1.8x slower, and so did every later training in the process
-    (``minivz recipe`` trains the stage-2 reasoners after the SASRec row). The mode is put back."""
+    every gradient): SASRec's epoch ran 1.8x slower, and every later training in the process ran with
+    it (``minivz recipe`` trains the stage-2 reasoners after the SASRec row). The mode is put back."""
     import importlib
 
     import torch
