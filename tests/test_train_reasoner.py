@@ -599,7 +599,8 @@ def test_reasoner_trains_under_deepspeed_zero3_on_cpu(data_dir, tiny_model, tmp_
     merged = load_file(run / "final" / "merged" / "model.safetensors")
     assert {k: tuple(v.shape) for k, v in merged.items()} == {k: tuple(v.shape) for k, v in base.items()}
     # the gathered weights, not shards: base + the saved adapter merged in float32 by peft, to within the
-    # bfloat16 the merged model is written in under ZeRO-3 (zero3_save_16bit_model; docs/recipes.md)
+    # bfloat16 the merge runs in under ZeRO-3 (zero3_save_16bit_model; docs/recipes.md): one bf16 step
+    # of the base weight and of the result (where base and LoRA nearly cancel, the base's rounding stays)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -607,7 +608,8 @@ def test_reasoner_trains_under_deepspeed_zero3_on_cpu(data_dir, tiny_model, tmp_
     ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
                                     str(run / "final")).merge_and_unload().state_dict()
     for k, v in merged.items():
-        torch.testing.assert_close(v.float(), ref[k], rtol=2 ** -7, atol=1e-6)
+        err = (v.float() - ref[k]).abs()
+        assert bool((err <= 2 ** -7 * (base[k].abs() + ref[k].abs()) + 1e-6).all()), (k, float(err.max()))
     more = Pipeline("tiny-cpu", out, [o.replace("max_steps=3", "max_steps=4") for o in over], say=lambda _msg: None)
     more._launch(more.launch_command("reasoner", run))
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
