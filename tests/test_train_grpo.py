@@ -11,6 +11,7 @@ reward depends on what the policy writes. Nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -287,17 +288,23 @@ def test_report_to_tensorboard_and_trackio_offline(tmp_path, ml_data, tiny_polic
 
 
 @pytest.mark.slow
-def test_pipeline_launches_grpo_as_two_cpu_processes(tmp_path, ml_data, tiny_policy):
+@pytest.mark.parametrize("launch", ["cpu", "zero3-cpu"])
+def test_pipeline_launches_grpo_as_two_cpu_processes(tmp_path, ml_data, tiny_policy, launch):
     """hardware: multi-gpu, rehearsed on CPU: the pipeline's own `accelerate launch` (MULTI_CPU, gloo,
-    2 processes) runs the verbalizer's GRPO to the end; the main process alone writes the run dir (one
-    metrics line per step, one final adapter); a rerun with more steps resumes where it stopped."""
+    2 processes; or DeepSpeed ZeRO-3 on its CPU accelerator) runs the verbalizer's GRPO to the end; the
+    main process alone writes the run dir (one metrics line per step, one final adapter); a rerun with
+    more steps resumes where it stopped."""
     pytest.importorskip("accelerate")
+    if launch == "zero3-cpu" and importlib.util.find_spec("deepspeed") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
+        pytest.skip("pip install deepspeed (scripts/test.sh does)")
     from minivz.pipeline import Pipeline
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "data").symlink_to(ml_data)
-    over = ["hardware=multi-gpu", "accelerate_config=recipes/accelerate/cpu.yaml", "num_processes=2",
+    over = ["hardware=multi-gpu", f"accelerate_config=recipes/accelerate/{launch}.yaml", "num_processes=2",
             f"policy_model={tiny_policy}", "policy_gguf=", "backend=peft", "max_steps=2", "save_steps=1",
             "num_generations=4", "per_device_train_batch_size=4", "gradient_accumulation_steps=1",
             "train_examples=16", "train_history=5", "max_prompt_length=1024", "max_completion_length=16",
