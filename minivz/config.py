@@ -262,17 +262,22 @@ class VerbalizerTrainConfig:
                               "completions per prompt; try --set num_generations=4")
         # TRL 1.16 (GRPOConfig.__post_init__): generation_batch_size = per_device_train_batch_size
         # * world_size * steps_per_generation (= gradient_accumulation_steps) must hold whole groups.
-        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        # world_size: WORLD_SIZE of a launch (accelerate/torchrun set it in every process), else 1
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        from minivz.rundir import world_size
+
+        n = world_size()
+        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * n
         if gen_batch % self.num_generations:
             fits = [g for g in range(2, gen_batch + 1) if gen_batch % g == 0]
             hint = f"--set num_generations={fits[-1]}" if fits else \
                 f"--set per_device_train_batch_size={self.num_generations}"
+            processes = f" * {n} processes" if n > 1 else ""
             raise ConfigError(
                 f"num_generations={self.num_generations} must divide per_device_train_batch_size * "
-                f"gradient_accumulation_steps = {self.per_device_train_batch_size} * "
-                f"{self.gradient_accumulation_steps} = {gen_batch} (TRL's generation batch holds whole "
+                f"gradient_accumulation_steps{' * world_size' if n > 1 else ''} = {self.per_device_train_batch_size} * "
+                f"{self.gradient_accumulation_steps}{processes} = {gen_batch} (TRL's generation batch holds whole "
                 f"groups; on N GPUs multiply by N); try {hint}")
         for name in ("max_steps", "save_steps", "logging_steps", "save_total_limit", "lora_r",
                      "lora_alpha", "max_prompt_length", "max_completion_length", "train_examples",

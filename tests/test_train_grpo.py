@@ -141,6 +141,19 @@ def test_config_errors_say_how_to_fix(override, needle):
         resolve(VerbalizerTrainConfig, overrides=override)
 
 
+def test_group_check_counts_the_processes_of_a_launch(monkeypatch):
+    """TRL's generation batch is per-device batch x accumulation x world size: 2 prompts' completions per
+    process make whole groups of 4 across 2 processes, not in one."""
+    over = ["num_generations=4", "per_device_train_batch_size=2", "gradient_accumulation_steps=1"]
+    with pytest.raises(ConfigError, match=r"= 2 \(TRL's generation batch"):
+        resolve(VerbalizerTrainConfig, overrides=over)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch / torchrun set in every process
+    assert resolve(VerbalizerTrainConfig, overrides=over).num_generations == 4
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"\* 3 processes = 6 .* try --set num_generations=6"):
+        resolve(VerbalizerTrainConfig, overrides=over)
+
+
 def test_config_from_recipe_and_sections():
     from minivz.config import SECTIONS
 
