@@ -191,6 +191,7 @@ def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
     (the main process only: under a launch it alone writes the run directory)."""
     if not is_main_process():
         return
+
     def keep(rec: dict) -> bool:
         if rec.get("stage") == "sft":
             return stage == "grpo" or rec["step"] <= max_step
