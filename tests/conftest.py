@@ -23,3 +23,15 @@ def loaded_after(code: str, modules) -> list[str]:
     probe = f"{code}\nimport sys; print([m for m in {tuple(modules)!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def require_deepspeed() -> None:
+    """Skip a ZeRO-3 rehearsal without deepspeed; under CI (scripts/test.sh installs it) fail instead."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("deepspeed") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
+        pytest.skip("pip install deepspeed (scripts/test.sh does)")

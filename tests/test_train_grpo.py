@@ -11,7 +11,6 @@ reward depends on what the policy writes. Nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning Op
 
 import numpy as np
 import pytest
-from conftest import loaded_after
+from conftest import loaded_after, require_deepspeed
 
 from minivz.config import ConfigError, resolve, to_dict
 from minivz.config import VerbalizerTrainConfig
@@ -308,10 +307,8 @@ def test_pipeline_launches_grpo_as_two_cpu_processes(tmp_path, ml_data, tiny_pol
     main process alone writes the run dir (one metrics line per step, one final adapter); a rerun with
     more steps resumes where it stopped."""
     pytest.importorskip("accelerate")
-    if launch == "zero3-cpu" and importlib.util.find_spec("deepspeed") is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
-        pytest.skip("pip install deepspeed (scripts/test.sh does)")
+    if launch == "zero3-cpu":
+        require_deepspeed()
     from minivz.pipeline import Pipeline
 
     out = tmp_path / "run"

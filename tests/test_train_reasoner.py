@@ -9,7 +9,6 @@ built in a fixture; the data is real MovieLens-100K prepared with the tiny-cpu r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -572,16 +571,12 @@ def test_reasoner_trains_under_deepspeed_zero3_on_cpu(data_dir, tiny_model, tmp_
     """paper-32b's sharded path rehearsed on CPU: `accelerate launch` with DeepSpeed ZeRO-3 (DeepSpeed's
     CPU accelerator, 2 processes, recipes/accelerate/zero3-cpu.yaml) trains the line reader, writes the
     run dir once, saves the adapter and a merged model of the base's shapes, and resumes."""
-    import os
-
-    if importlib.util.find_spec("deepspeed") is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
-        pytest.skip("pip install deepspeed (scripts/test.sh does)")
+    from conftest import require_deepspeed
     from safetensors.torch import load_file
 
     from minivz.pipeline import Pipeline
 
+    require_deepspeed()
     out = tmp_path / "run"
     out.mkdir()
     (out / "data").symlink_to(data_dir)
