@@ -128,26 +128,21 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+@functools.cache
 def resumable_on_cpu_ranks() -> None:
     """Let a trainer resume under a CPU launch (gloo, N processes, no CUDA): each process's device is
     ``cpu:RANK``, transformers loads the optimizer state with that as map_location, and torch's
     registry only knows "cpu" ("don't know how to restore data location of torch.storage.UntypedStorage
-    (tagged with cpu:0)"). Both training stages call it before building their trainer."""
+    (tagged with cpu:0)"). An added deserializer, after torch's own, keeps storages tagged ``cpu:N`` on
+    the CPU (torch's public hook ``register_package``). Both training stages call it before building
+    their trainer; functools.cache: registered at most once per process."""
     if world_size() > 1:
         import torch
+        import torch.serialization as ts
 
         if not torch.cuda.is_available():
-            _restore_to_indexed_cpu()
-
-
-@functools.cache
-def _restore_to_indexed_cpu() -> None:
-    """An added deserializer, after torch's own, keeps storages tagged ``cpu:N`` on the CPU (torch's
-    public hook ``torch.serialization.register_package``; functools.cache: once per process)."""
-    import torch.serialization as ts
-
-    ts.register_package(90, lambda storage: None,
-                        lambda storage, location: storage if location.startswith("cpu:") else None)
+            ts.register_package(90, lambda storage: None,
+                                lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
 def resume_step(ckpt_dir: Path, resume: bool) -> tuple[int, Path | None]:
@@ -249,6 +244,12 @@ def read_run_config(run: Path, cls):
     recorded = yaml.safe_load(path.read_text()) or {}
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in recorded.items() if k in names})
+
+
+def write_trl_args(path: Path, args) -> None:
+    """``trl_args.json``: the arguments the trainer actually ran with (its ``to_dict``), by the main process."""
+    if is_main_process():
+        path.write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
 
 def write_env(run: Path, **extra) -> None:

@@ -44,7 +44,7 @@ from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
 from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks, resume_step,
-                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, write_env)
+                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, write_env, write_trl_args)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     ``oracle``: a ready Reasoner object (tests); default ``make_reasoner(cfg.oracle, ...)``.
     """
     passive_omp()
-    from minivz.train.policy import load_policy, resolve_backend, save_final
+    from minivz.train.policy import final_paths, load_policy, resolve_backend, save_final
 
     backend = resolve_backend(cfg.backend)  # first: may import unsloth before trl/transformers/peft
 
@@ -153,14 +153,12 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
         raise ValueError(f"{data_dir}: no train examples with a history; check `minivz data prepare`")
     rstate, funcs, weights = reward_state(cfg, data, model, tokenizer, oracle)
     args = grpo_args(cfg, run, weights, on_gpu)
-    if main:
-        (run / "trl_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
+    write_trl_args(run / "trl_args.json", args)
     trainer = grpo_trainer(cfg, run, model, tokenizer, Dataset.from_list(rows), rstate, funcs, weights, args, progress)
     t0 = time.perf_counter()
     finished = run_training(trainer, cfg, run, step, ckpt)
     seconds = time.perf_counter() - t0
-    paths = (save_final(trainer.model, tokenizer, run / "final", backend) if main
-             else {"adapter": str(run / "final"), "merged": str(run / "final" / "merged")})
+    paths = save_final(trainer.model, tokenizer, run / "final", backend) if main else final_paths(run / "final")
     return {
         "run": str(run),
         "backend": backend,

@@ -125,13 +125,20 @@ def load_adapter(model: Any, ckpt: Path) -> None:
     set_peft_model_state_dict(model, load_file(str(Path(ckpt) / "adapter_model.safetensors")))
 
 
+def final_paths(out: Path) -> dict[str, str]:
+    """Where ``save_final`` writes: ``adapter`` = out/, ``merged`` = out/merged/ (what a process that
+    does not write the run directory reports too)."""
+    return {"adapter": str(out), "merged": str(Path(out) / "merged")}
+
+
 def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str, str]:
     """``out/``: the LoRA adapter + tokenizer; ``out/merged/``: base + LoRA merged, an HF model dir
     that ``rewrite:model=out/merged`` and the GGUF exporter load without peft."""
     out = Path(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    merged_dir = out / "merged"
+    paths = final_paths(out)
+    merged_dir = Path(paths["merged"])
     if backend == "unsloth":
         from minivz.train.unsloth_policy import save_unsloth_merged
 
@@ -139,4 +146,4 @@ def save_final(model: Any, tokenizer: Any, out: Path, backend: str) -> dict[str,
     else:
         merge_trained(model, out).save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
-    return {"adapter": str(out), "merged": str(merged_dir)}
+    return paths

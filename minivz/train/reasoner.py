@@ -53,7 +53,7 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.evaluate import item_stats_for
 from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks,
-                           resume_step, step_checkpoints_callback, truncate_jsonl, write_env)
+                           resume_step, step_checkpoints_callback, truncate_jsonl, write_env, write_trl_args)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -198,12 +198,6 @@ def _truncate_metrics(path: Path, stage: str, max_step: int) -> None:
         return rec.get("stage") == "grpo" and stage == "grpo" and rec["step"] <= max_step
 
     truncate_jsonl(path, keep)
-
-
-def _write_args(path: Path, args) -> None:
-    """The trainer's resolved arguments beside its checkpoints (the main process writes them)."""
-    if is_main_process():
-        path.write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
 
 # -- model --------------------------------------------------------------------------------------------
@@ -403,7 +397,7 @@ def _line_grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    _write_args(run / "grpo" / "trl_args.json", args)
+    write_trl_args(run / "grpo" / "trl_args.json", args)
     dataset, collator = _listwise_data(rows, tokenizer, lines=True)
     trainer = _line_grpo_trainer_class(readout, cfg.reasoner_grpo_num_generations, cfg.seed)(
         model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
@@ -449,7 +443,7 @@ def _sft(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, progr
         dataloader_num_workers=0,
         remove_unused_columns=not listwise,  # the listwise loss reads target and label_ids
     )
-    _write_args(run / "trl_args.json", args)
+    write_trl_args(run / "trl_args.json", args)
     if listwise:
         dataset, collator = _listwise_data(rows, tokenizer, lines=readout is not None)
         trainer = _listwise_trainer_class(readout)(model=model, args=args, train_dataset=dataset,
@@ -516,7 +510,7 @@ def _grpo(cfg, run: Path, model, tokenizer, rows: list[dict], resume: bool, prog
         log_completions=False,
         dataloader_num_workers=0,
     )
-    _write_args(run / "grpo" / "trl_args.json", args)
+    write_trl_args(run / "grpo" / "trl_args.json", args)
     trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer)
     return _train_stage(trainer, "grpo", cfg, run, ckpt_dir, ckpt, cfg.reasoner_grpo_max_steps, progress)
@@ -556,7 +550,7 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     import torch
 
     from minivz.dataset import PreparedData
-    from minivz.train.policy import check_versions, save_final
+    from minivz.train.policy import check_versions, final_paths, save_final
 
     check_versions("peft")
     run = Path(out)
@@ -605,7 +599,7 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
     if not is_main_process():
         # under a launch (N processes) rank 0 writes the final adapter, the merged model, the
         # self-evaluation and the summary; the others trained their share and are done
-        return {**summary, "adapter": str(run / "final"), "merged": str(run / "final" / "merged")}
+        return {**summary, **final_paths(run / "final")}
     summary.update(save_final(model, tokenizer, run / "final", "peft"))
     del model
 

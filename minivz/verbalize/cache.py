@@ -56,6 +56,7 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()  # under a launch, the process that writes the cache
     meta_path = out_path.with_suffix(".meta.json")
     meta = {"verbalizer": verbalizer_spec, "history": history, "split": split}
     if meta_path.exists():
@@ -63,9 +64,9 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
         if {k: old.get(k) for k in meta} != meta:
             raise ValueError(f"{out_path} was verbalized with {old}, not {meta}; use another --out or delete "
                              f"{out_path} and {meta_path}")
-    elif is_main_process():
+    elif main:
         meta_path.write_text(json.dumps(meta, indent=2))
-    done = resume_jsonl(out_path, write=is_main_process())
+    done = resume_jsonl(out_path, write=main)
 
     ex = select_examples(data, split, limit, seed)
     ids = ex["example_id"].to_numpy()
@@ -81,7 +82,7 @@ def verbalize_split(data, verbalizer_spec: str, split: str, limit: int, history:
                      "label": int(row["label"]), "candidates": [int(c) for c in row["candidates"]],
                      "n_events": len(hist)} for row, hist, text in zip(batch.to_pylist(), hists, texts)]
             done.update((rec["example_id"], rec) for rec in recs)
-            if is_main_process():
+            if main:
                 append_jsonl(out_path, recs)
             if progress and (b // batch_size % 10 == 9 or b + batch_size >= len(todo)):
                 n = b + len(batch)
