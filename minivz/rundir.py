@@ -128,6 +128,19 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def leave_launch() -> None:
+    """End a launch's process group in every process: wait until all ranks get here (rank 0 has written
+    the final model), then destroy the group. A rank that simply exited while rank 0 was still saving
+    could abort in teardown ("terminate called without an active exception", SIGABRT: seen once in
+    CI on a 2-process gloo run), failing the whole launch. No-op outside a launch."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 @functools.cache
 def resumable_on_cpu_ranks() -> None:
     """Let a trainer resume under a CPU launch (gloo, N processes, no CUDA): each process's device is

@@ -43,8 +43,9 @@ import numpy as np
 from minivz.config import trl_args
 from minivz.envinfo import passive_omp
 from minivz.install import VLLM, pip
-from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks, resume_step,
-                           rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, write_env, write_trl_args)
+from minivz.rundir import (checkpoint_finished, is_main_process, leave_launch, record_run_config, resumable_on_cpu_ranks,
+                           resume_step, rotate_checkpoints, step_checkpoints_callback, truncate_jsonl, write_env,
+                           write_trl_args)
 
 
 # -- the prompt dataset ------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ def train_verbalizer(cfg, data_dir: str | Path, out: str | Path, *, oracle: Any 
     finished = run_training(trainer, cfg, run, step, ckpt)
     seconds = time.perf_counter() - t0
     paths = save_final(trainer.model, tokenizer, run / "final", backend) if main else final_paths(run / "final")
+    leave_launch()  # every rank waits for rank 0's final save, then the process group ends
     return {
         "run": str(run),
         "backend": backend,

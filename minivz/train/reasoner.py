@@ -52,8 +52,9 @@ import numpy as np
 
 from minivz.config import trl_args
 from minivz.evaluate import item_stats_for
-from minivz.rundir import (checkpoint_finished, is_main_process, record_run_config, resumable_on_cpu_ranks,
-                           resume_step, step_checkpoints_callback, truncate_jsonl, write_env, write_trl_args)
+from minivz.rundir import (checkpoint_finished, is_main_process, leave_launch, record_run_config,
+                           resumable_on_cpu_ranks, resume_step, step_checkpoints_callback, truncate_jsonl, write_env,
+                           write_trl_args)
 from minivz.verbalize.cache import verbalize_split
 
 CACHE_VERBALIZER = "cached"
@@ -596,12 +597,14 @@ def train_reasoner(cfg, data_dir: str | Path, out: str | Path, *, resume: bool =
             grpo = _grpo(cfg, run, model, tokenizer, grpo_rows, resume, progress)
         model = grpo.pop("model")
         summary.update(grpo)
-    if not is_main_process():
-        # under a launch (N processes) rank 0 writes the final adapter, the merged model, the
-        # self-evaluation and the summary; the others trained their share and are done
-        return {**summary, **final_paths(run / "final")}
-    summary.update(save_final(model, tokenizer, run / "final", "peft"))
+    # under a launch (N processes) rank 0 writes the final adapter, the merged model, the
+    # self-evaluation and the summary; the others trained their share and are done once it has saved
+    summary.update(save_final(model, tokenizer, run / "final", "peft") if is_main_process()
+                   else final_paths(run / "final"))
     del model
+    leave_launch()
+    if not is_main_process():
+        return summary
 
     if cfg.reasoner_eval_limit > 0:
         spec = cfg.reasoner_verbalizer
