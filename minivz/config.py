@@ -79,6 +79,11 @@ class DataConfig:
     # drop exact duplicate events (logs delivered at-least-once repeat them); each dropped copy is a
     # reject naming the row it repeats
     dedupe: bool = True
+    # memory budget of `data prepare` in GiB (0: half this machine's memory); a log whose working set
+    # (~600 bytes per event) exceeds it is prepared in shards of users, with the same output
+    memory_gb: float = 0.0
+    # shards of users (0: as many as memory_gb needs; 1: in memory)
+    shards: int = 0
     # plausible event dates: timestamps outside [ts_min, ts_max) are rejected with a reason
     ts_min: str = "1971-01-01"
     ts_max: str = "2100-01-01"
@@ -117,6 +122,9 @@ class DataConfig:
             if len(self.delimiter) != 1 or self.delimiter in "\"\r\n":
                 raise ConfigError(f"delimiter={self.delimiter!r} must be one character (not a quote or a "
                                   "newline); try --set delimiter=';' (or tab)")
+        if self.memory_gb < 0 or self.shards < 0:
+            raise ConfigError(f"memory_gb={self.memory_gb}, shards={self.shards}: both must be >= 0 (0 = automatic); "
+                              "try --set memory_gb=4")
         if self.history_len < 1:
             raise ConfigError(f"history_len={self.history_len} must be >= 1; try --set history_len=100")
         if self.n_candidates < 2:

@@ -63,6 +63,7 @@ class PrepareSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     n_catalog_rejected: int = 0  # catalog rows (also in rejects.parquet, source 'items')
     n_duplicates: int = 0  # exact duplicate events dropped (among n_rejected)
+    shards: int = 1  # 1: prepared in memory; more: users in that many shards (minivz.shards)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -70,19 +71,35 @@ class PrepareSummary:
         return d
 
 
+def numeric_ids(uniq: pa.Array) -> bool:
+    """Whether distinct ids all read as decimal numbers (then they sort numerically)."""
+    return len(uniq) > 0 and bool(pc.all(pc.utf8_is_decimal(uniq)).as_py())
+
+
+def id_sort_keys(ids: pa.Array, numeric: bool) -> pa.Table:
+    """The columns ids sort by, in natural id order: numeric ids by (digits without leading zeros,
+    their length first), then the id itself; others by the id (code point order)."""
+    if not numeric:
+        return pa.table({"id": ids})
+    stripped = pc.utf8_ltrim(ids, characters="0")
+    return pa.table({"len": pc.utf8_length(stripped), "digits": stripped, "id": ids})
+
+
+def id_order(uniq: pa.Array) -> np.ndarray:
+    """Positions of the distinct ``uniq`` in natural id order (numeric ids sort numerically)."""
+    keys = id_sort_keys(uniq, numeric_ids(uniq))
+    return np.asarray(pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in keys.column_names]))
+
+
 def _dense_codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
     """Dense int codes in natural id order (numeric ids sort numerically)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     enc = pc.dictionary_encode(values)  # one hash pass: codes in first-seen order + the distinct ids
-    uniq = enc.dictionary.to_pylist()
-    if all(s.isdigit() for s in uniq):
-        order = sorted(range(len(uniq)), key=lambda k: (len(uniq[k].lstrip("0")), uniq[k].lstrip("0"), uniq[k]))
-    else:
-        order = sorted(range(len(uniq)), key=uniq.__getitem__)
-    rank = np.empty(len(uniq), np.int64)
-    rank[np.asarray(order, np.int64)] = np.arange(len(uniq))
-    return rank[np.asarray(enc.indices)], [uniq[k] for k in order]
+    order = id_order(enc.dictionary)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[np.asarray(enc.indices)], enc.dictionary.take(pa.array(order)).to_pylist()
 
 
 def _catalog(items: pa.Table | None, item_ids: list[str], counts: np.ndarray) -> pa.Table:
@@ -175,6 +192,19 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         secs[name] = time.perf_counter() - t0
         return value
 
+    if cfg.input is not None:
+        from minivz.log import input_files
+        from minivz.shards import plan_shards, prepare_sharded, NoEvents
+
+        n_shards = plan_shards(cfg, input_files(cfg.input, cfg.fmt))
+        if n_shards > 1:
+            try:
+                summary, split_rule, source = prepare_sharded(cfg, out, n_shards, say)
+            except NoEvents:  # nothing kept: the in-memory read below names the reasons
+                pass
+            else:
+                _write_manifest(out, cfg, source, split_rule, summary)
+                return summary
     say("ingest")
     res = timed("ingest", ingest, cfg)
     if res.events.num_rows == 0:
@@ -205,9 +235,14 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         },
         seconds={k: round(v, 3) for k, v in secs.items()},
     )
+    _write_manifest(out, cfg, res.source, split_rule, summary)
+    return summary
+
+
+def _write_manifest(out: Path, cfg: DataConfig, source: str, split_rule: str, summary: PrepareSummary) -> None:
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "source": res.source,
+        "source": source,
         "config": to_dict(cfg),
         "tie_rule": cfg.tie_rule,
         "split_rule": split_rule,
@@ -215,7 +250,6 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
         "summary": summary.to_json(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    return summary
 
 
 class SortedLog(NamedTuple):
@@ -261,31 +295,54 @@ def sessions_and_series(cfg: DataConfig, log: SortedLog, items_in: pa.Table | No
     """(the catalog with per-item counts, the sessions and series runs): sessions split at gaps of
     ``session_gap_s``; a run is consecutive episodes of one series within a session."""
     from minivz import kernels
-    from minivz.log import IngestError
 
     say("sessionize")
     session = kernels.sessionize(log.user_codes, log.ts, int(cfg.session_gap_s) * 1_000_000)
     n_items = len(log.item_ids)
+    check_candidates(cfg, n_items)
+    counts = np.bincount(log.item_codes, minlength=n_items)
+    catalog = _catalog(items_in, log.item_ids, counts)
+    return catalog, session_runs(log, session, CatalogSeries.of(catalog), say)
+
+
+def check_candidates(cfg: DataConfig, n_items: int) -> None:
+    from minivz.log import IngestError
+
     if cfg.n_candidates > n_items:
         raise IngestError(
             f"n_candidates={cfg.n_candidates} but the log has only {n_items} distinct items, so a target "
             f"cannot get {cfg.n_candidates - 1} negatives; lower it (--set n_candidates={n_items}) or use a "
             "log with more items"
         )
-    counts = np.bincount(log.item_codes, minlength=n_items)
-    catalog = _catalog(items_in, log.item_ids, counts)
-    # series code per event, from the catalog's series_id
-    series_ids_cat = catalog["series_id"]
-    ser_codes_cat = np.full(n_items, -1, dtype=np.int32)
-    series_names: list[str] = []
-    if series_ids_cat.null_count < n_items:
-        valid = pc.is_valid(series_ids_cat).to_numpy(zero_copy_only=False)
-        enc = pc.dictionary_encode(pc.drop_null(series_ids_cat)).combine_chunks() if isinstance(
-            series_ids_cat, pa.ChunkedArray) else pc.dictionary_encode(pc.drop_null(series_ids_cat))
-        ser_codes_cat[valid] = enc.indices.to_numpy(zero_copy_only=False)
-        series_names = enc.dictionary.to_pylist()
-    season_cat = _int_or(catalog["season"], -1)
-    episode_cat = _int_or(catalog["episode"], -1)
+
+
+class CatalogSeries(NamedTuple):
+    """Per catalog item: its series code (-1 for none), season and episode (-1 unknown); the series' names."""
+    codes: np.ndarray
+    names: list[str]
+    season: np.ndarray
+    episode: np.ndarray
+
+    @classmethod
+    def of(cls, catalog: pa.Table) -> "CatalogSeries":
+        n_items = catalog.num_rows
+        series_ids_cat = catalog["series_id"]
+        ser_codes_cat = np.full(n_items, -1, dtype=np.int32)
+        series_names: list[str] = []
+        if series_ids_cat.null_count < n_items:
+            valid = pc.is_valid(series_ids_cat).to_numpy(zero_copy_only=False)
+            enc = pc.dictionary_encode(pc.drop_null(series_ids_cat)).combine_chunks() if isinstance(
+                series_ids_cat, pa.ChunkedArray) else pc.dictionary_encode(pc.drop_null(series_ids_cat))
+            ser_codes_cat[valid] = enc.indices.to_numpy(zero_copy_only=False)
+            series_names = enc.dictionary.to_pylist()
+        return cls(ser_codes_cat, series_names, _int_or(catalog["season"], -1), _int_or(catalog["episode"], -1))
+
+
+def session_runs(log: SortedLog, session: np.ndarray, cat: CatalogSeries, say: Callable[[str], None]) -> Series:
+    """The series runs of sorted events whose sessions are numbered (``kernels.sessionize``)."""
+    from minivz import kernels
+
+    ser_codes_cat, season_cat, episode_cat = cat.codes, cat.season, cat.episode
     ev, item_codes = log.events, log.item_codes
     if "duration_s" in ev.column_names:
         duration = pc.cast(ev["duration_s"], pa.float64()).to_numpy(zero_copy_only=False)
@@ -295,13 +352,16 @@ def sessions_and_series(cfg: DataConfig, log: SortedLog, items_in: pa.Table | No
     runs = kernels.aggregate_series(
         session, ser_codes_cat[item_codes], season_cat[item_codes], episode_cat[item_codes], duration, log.ts
     )
-    return catalog, Series(session, runs, series_names, ser_codes_cat)
+    return Series(session, runs, cat.names, ser_codes_cat)
 
 
-def build_split_examples(cfg: DataConfig, log: SortedLog, catalog: pa.Table, series: Series) -> tuple[Any, str]:
+def build_split_examples(cfg: DataConfig, log: SortedLog, catalog: pa.Table, series: Series,
+                         time_cuts: tuple[int, int] | None = None) -> tuple[Any, str]:
     """(the examples of every split, the split rule in words): targets are the eligible events
     (``target_interactions``), split leave-last-out or by time, train capped per user, then each
-    target's history bounds and its candidates drawn (``kernels.build_examples``)."""
+    target's history bounds and its candidates drawn (``kernels.build_examples``).
+    ``time_cuts``: the time split's (valid, test) cut-offs when ``log`` is part of the log (a shard);
+    else the quantiles of its own times. Popularity negatives weigh by the catalog's ``n_events``."""
     from minivz import kernels
 
     ev, user_codes, ts = log.events, log.user_codes, log.ts
@@ -316,7 +376,7 @@ def build_split_examples(cfg: DataConfig, log: SortedLog, catalog: pa.Table, ser
         split = kernels.split_leave_last_out(user_codes, eligible)
         split_rule = "leave-last-out: per user, last eligible event = test, the one before = valid"
     else:
-        q_valid, q_test = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
+        q_valid, q_test = time_cuts if time_cuts is not None else time_quantiles(cfg, ts)
         split = kernels.split_by_time(ts, int(q_valid), int(q_test), eligible)
         split_rule = (
             f"time: valid from {np.datetime64(int(q_valid), 'us')}, test from {np.datetime64(int(q_test), 'us')} UTC"
@@ -343,6 +403,12 @@ def build_split_examples(cfg: DataConfig, log: SortedLog, catalog: pa.Table, ser
         title_of_item=np.where(ser_codes_cat >= 0, n_items + ser_codes_cat, np.arange(n_items)),
     )
     return ex, split_rule
+
+
+def time_quantiles(cfg: DataConfig, ts: np.ndarray) -> tuple[int, int]:
+    """The time split's (valid, test) cut-offs: quantiles of the kept events' times."""
+    q_valid, q_test = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
+    return int(q_valid), int(q_test)
 
 
 def write_outputs(out: Path, log: SortedLog, catalog: pa.Table, series: Series, ex, rejects: pa.Table,
@@ -375,9 +441,12 @@ def _write(table: pa.Table, path: Path) -> None:
     """Parquet with dictionary pages for text columns only: ids, positions and candidate lists are
     high-cardinality integers, where the writer's dictionary attempt costs ~40% of the write and
     saves nothing (measured at 10M events: train 9.3 s -> 5.0 s)."""
-    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    pq.write_table(table, path, use_dictionary=_text_columns(table.schema))
+
+
+def _text_columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
             or pa.types.is_dictionary(f.type)]
-    pq.write_table(table, path, use_dictionary=text)
 
 
 def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.ndarray:
@@ -394,7 +463,7 @@ def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.nda
     return split
 
 
-def _decode(codes: np.ndarray, ids: list[str]) -> pa.Array:
+def _decode(codes: np.ndarray, ids: list[str] | pa.Array) -> pa.Array:
     """Dense codes -> their string ids (a gather from the distinct ids, not a take over all strings)."""
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(ids, pa.string())).cast(pa.string())
 
@@ -417,13 +486,14 @@ def _events_table(ev: pa.Table, user_codes, item_codes, ts, user_ids, item_ids, 
     return pa.table(cols)
 
 
-def _runs_table(runs, series_names: list[str]) -> pa.Table:
+def _runs_table(runs, series_names: list[str], run_offset: int = 0, row_offset: int = 0) -> pa.Table:
+    """``run_offset`` / ``row_offset``: the runs and events of the shards before this one (0 in memory)."""
     ser = np.asarray(runs.series)
     names = np.array(series_names + [None], dtype=object)
     return pa.table(
         {
-            "run": pa.array(np.arange(len(runs.start), dtype=np.int64)),
-            "start": pa.array(np.asarray(runs.start, dtype=np.int64)),
+            "run": pa.array(np.arange(run_offset, run_offset + len(runs.start), dtype=np.int64)),
+            "start": pa.array(np.asarray(runs.start, dtype=np.int64) + row_offset),
             "length": pa.array(np.asarray(runs.length, dtype=np.int32)),
             "series_id": pa.array(names[np.where(ser >= 0, ser, len(series_names))].tolist(), pa.string()),
             "first_season": pa.array(np.asarray(runs.first_season, dtype=np.int32)),
@@ -437,21 +507,22 @@ def _runs_table(runs, series_names: list[str]) -> pa.Table:
     )
 
 
-def _examples_table(ex, sel, user_ids, item_codes, ts, n_candidates) -> pa.Table:
+def _examples_table(ex, sel, user_ids, item_codes, ts, n_candidates, row_offset: int = 0) -> pa.Table:
+    """``row_offset``: the events of the shards before this one (0 in memory)."""
     target_row = np.asarray(ex.target_row, dtype=np.int64)[sel]
     users = np.asarray(ex.user, dtype=np.int64)[sel]
     cands = np.ascontiguousarray(np.asarray(ex.candidates, dtype=np.int32)[sel])
     offsets = pa.array(np.arange(0, len(sel) * n_candidates + 1, n_candidates, dtype=np.int32))
     return pa.table(
         {
-            "example_id": pa.array(target_row),  # the target's event row: stable across reruns
+            "example_id": pa.array(target_row + row_offset),  # the target's event row: stable across reruns
             "user_idx": pa.array(users.astype(np.int32)),
             "user_id": _decode(users, user_ids),
-            "target_row": pa.array(target_row),
+            "target_row": pa.array(target_row + row_offset),
             "target_item": pa.array(item_codes[target_row].astype(np.int32)),
             "target_ts": pa.array(ts[target_row]).cast(pa.timestamp("us", tz="UTC")),
-            "hist_start": pa.array(np.asarray(ex.hist_start, dtype=np.int64)[sel]),
-            "hist_end": pa.array(np.asarray(ex.hist_end, dtype=np.int64)[sel]),
+            "hist_start": pa.array(np.asarray(ex.hist_start, dtype=np.int64)[sel] + row_offset),
+            "hist_end": pa.array(np.asarray(ex.hist_end, dtype=np.int64)[sel] + row_offset),
             "candidates": pa.ListArray.from_arrays(offsets, pa.array(cands.reshape(-1))),
             "label": pa.array(np.asarray(ex.label, dtype=np.int8)[sel]),
             "discovery": pa.array(np.asarray(ex.discovery, dtype=bool)[sel]),

@@ -290,18 +290,13 @@ def read_input(
 
     Files are concatenated in sorted path order; a column missing from a file is null there, a column
     whose type differs between files is read as text in all of them. Partition keys are string columns."""
-    files, parts, kind = input_files(path, fmt)
+    found = input_files(path, fmt)
+    files = found.files
     tables, rows, codes, bad, delims = [], [], [], [], []
-    for i, (f, keys) in enumerate(zip(files, parts)):
-        d = _delimiter(f, kind, delimiter, encoding) if kind in ("csv", "tsv") else None
+    for i in range(len(files)):
+        table, r, b, d = read_file(found, i, string_columns, encoding, delimiter)
         if d is not None and d not in delims:
             delims.append(d)
-        table, r, b = read_table(f, kind, string_columns, encoding, d)
-        for key, value in keys.items():
-            if key in table.column_names:
-                raise IngestError(f"{str(f)!r} has a column {key!r} and sits in a partition directory "
-                                  f"{key}={value}; rename one of them so each column has one source.")
-            table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
         tables.append(table)
         rows.append(r)
         codes.append(np.full(len(r), i, np.int32))
@@ -313,20 +308,39 @@ def read_input(
     return Input(table, np.concatenate(rows), np.concatenate(codes), [str(f) for f in files], bad, delims)
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate files' tables: missing columns become null, columns of differing types become text."""
+def read_file(found: Files, i: int, string_columns=(), encoding: str = "utf-8", delimiter: str | None = None):
+    """File ``i`` of an input (``input_files``' result) with its partition keys as string columns:
+    ``(table, row_numbers, bad_rows, delimiter used or None)``, as ``read_table``."""
+    f, keys, kind = found.files[i], found.parts[i], found.kind
+    d = _delimiter(f, kind, delimiter, encoding) if kind in ("csv", "tsv") else None
+    table, r, b = read_table(f, kind, string_columns, encoding, d)
+    for key, value in keys.items():
+        if key in table.column_names:
+            raise IngestError(f"{str(f)!r} has a column {key!r} and sits in a partition directory "
+                              f"{key}={value}; rename one of them so each column has one source.")
+        table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    return table, r, b, d
+
+
+def mixed_columns(schemas) -> set:
+    """Columns whose (non-null) type differs between files: ``_concat`` reads them as text."""
     types: dict[str, set] = {}
-    for t in tables:
-        for field in t.schema:
+    for schema in schemas:
+        for field in schema:
             if not pa.types.is_null(field.type):
                 types.setdefault(field.name, set()).add(field.type)
-    mixed = {name for name, ts in types.items() if len(ts) > 1}
+    return {name for name, ts in types.items() if len(ts) > 1}
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate files' tables: missing columns become null, columns of differing types become text."""
+    mixed = mixed_columns(t.schema for t in tables)
     if mixed:
-        tables = [_as_text(t, mixed) for t in tables]
+        tables = [as_text(t, mixed) for t in tables]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _as_text(table: pa.Table, names: set) -> pa.Table:
+def as_text(table: pa.Table, names: set) -> pa.Table:
     for c in names & set(table.column_names):
         col = table[c]
         if pa.types.is_dictionary(col.type):
