@@ -16,7 +16,8 @@ item), 30-minute sessions, per-user positions, leave-last-out split (last event 
 valid), and for every target the strict history bounds (events strictly earlier, at most 100), targets
 with no history skipped; write the events and the examples as Parquet.
 
-    minivz  ``python -m minivz data prepare --input LOG_DIR`` (the CLI, its reading and writing), which
+    minivz  ``python -m minivz data prepare --input LOG_DIR --set memory_gb=M`` (the CLI, its reading and
+            writing, under the same memory budget as DuckDB: past it, in shards of users), which
             ALSO draws 9 uniform negatives per target and the discovery flags, writes items/runs/
             rejects/manifest and counts rejects: more work than the others do
     duckdb  the same job in SQL (read_parquet with hive partitioning, DISTINCT, window functions, COPY
@@ -35,6 +36,7 @@ polars are checked identical to minivz's, so every ratio is over the same work.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -216,8 +218,10 @@ def measure(argv: list[str]) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1e6,1e7", help="events per run, comma separated")
-    ap.add_argument("--memory-gb", type=float, default=8.0, help="DuckDB's memory_limit")
-    ap.add_argument("--systems", default="minivz,duckdb,polars,floor")
+    ap.add_argument("--memory-gb", type=float, default=8.0,
+                    help="the memory budget: DuckDB's memory_limit, polars' (none), minivz's memory_gb")
+    ap.add_argument("--systems", default="minivz,duckdb,polars,floor",
+                    help="also minivz-memory: minivz with the whole log in memory (shards=1)")
     ap.add_argument("--keep", default=None, help="directory to keep inputs/outputs in (default: temp)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--log", default=None, help=argparse.SUPPRESS)
@@ -245,18 +249,24 @@ def main() -> None:
             out = base / f"out_{system}_{size}"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            if system == "minivz":
+            if system.startswith("minivz"):
+                # the same memory budget as DuckDB's; minivz-memory: the whole log in memory (shards=1)
+                budget = "shards=1" if system == "minivz-memory" else f"memory_gb={args.memory_gb}"
                 argv = [sys.executable, "-m", "minivz", "data", "prepare", "--input", str(log), "--out", str(out),
                         "--map", "user_id=uid,item_id=sku,ts=at,interaction=kind,duration_s=secs",
-                        "--set", "history_len=100", "--set", "min_history=1"]
+                        "--set", "history_len=100", "--set", "min_history=1", "--set", budget]
             else:
                 argv = [sys.executable, __file__, "--worker", system, "--log", str(log), "--out", str(out),
                         "--memory-gb", str(args.memory_gb)]
             wall, gb, rc = measure(argv)
             res[system] = (wall, gb, rc)
             print(f"  {size:>12,} {system:<7} {wall:8.1f} s  {gb:6.2f} GB  rc {rc}", flush=True)
+            if rc == 0 and system.startswith("minivz"):
+                man = json.loads((out / "manifest.json").read_text())["summary"]
+                print(f"  {'':>12} {system}: {man['shards']} shard(s); stages "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in man["seconds"].items()), flush=True)
             if rc == 0 and system != "floor":
-                got = examples_of(system, out)
+                got = examples_of("minivz" if system.startswith("minivz") else system, out)
                 if system == "minivz":
                     ref = got
                 elif "minivz" in res and res["minivz"][2] == 0:

@@ -55,8 +55,17 @@ class PreparedData:
     def examples(self, split: str, limit: int | None = None) -> pa.Table:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
-        tbl = pq.read_table(self.path / f"{split}.parquet")
-        return tbl.slice(0, limit) if limit is not None else tbl
+        path = self.path / f"{split}.parquet"
+        if limit is None:
+            return pq.read_table(path)
+        f = pq.ParquetFile(path)  # only the row groups the first ``limit`` rows are in
+        batches, n = [], 0
+        for batch in f.iter_batches(batch_size=max(1, min(limit, 65_536))):
+            if n >= limit:
+                break
+            batches.append(batch.slice(0, limit - n))
+            n += batches[-1].num_rows
+        return pa.Table.from_batches(batches, schema=f.schema_arrow)
 
     @property
     def n_items(self) -> int:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import minivz.shards
 from minivz.config import DataConfig
 from minivz.examples import SPLITS, prepare
 from minivz.shards import shard_bounds, shard_of
@@ -98,10 +99,11 @@ def test_shards_write_the_in_memory_tables(tmp_path, users, over):
     assert man["summary"]["shards"] == 4 and "spill" in man["summary"]["seconds"]
 
 
-def test_a_memory_budget_picks_the_shards(tmp_path):
+def test_a_memory_budget_picks_the_shards(tmp_path, monkeypatch):
     log = _log(tmp_path / "log", np.arange(1, 60, dtype=np.int64))
-    # 992 rows x 600 bytes over a 0.0002 GiB budget (~215 kB): 3 shards
-    s = prepare(DataConfig(input=str(log), map=dict(MAP), memory_gb=0.0002), tmp_path / "out")
+    # as if each event took 300 kB: 992 rows (~298 MB) over 0.4 GiB less the process's 300 MiB: 3 shards
+    monkeypatch.setattr(minivz.shards, "BYTES_PER_EVENT", 300_000)
+    s = prepare(DataConfig(input=str(log), map=dict(MAP), memory_gb=0.4), tmp_path / "out")
     assert s.shards == 3
     assert prepare(DataConfig(input=str(log), map=dict(MAP)), tmp_path / "mem").shards == 1
 
