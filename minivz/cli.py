@@ -174,6 +174,8 @@ def _print_summary(console, s) -> None:
     for why, n in s.skipped.items():
         t.add_row(f"targets skipped: {why}", f"{n:,}")
     t.add_row("seconds", f"{sum(s.seconds.values()):.2f}")
+    if s.shards > 1:
+        t.add_row("shards of users (memory_gb)", f"{s.shards:,}")
     console.print(t)
 
 
