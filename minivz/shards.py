@@ -205,7 +205,8 @@ def spill(cfg: DataConfig, found: Files, cmap: dict, sc: Scan, firsts: pa.Array,
     schema = sc.schema.append(pa.field(_ROW, pa.int64())).append(pa.field(_FILE, pa.int32()))
     paths = [tmp / f"shard-{k:05d}.arrow" for k in range(len(firsts))]
     opts = pa.ipc.IpcWriteOptions(compression="lz4")
-    writers = [pa.ipc.new_stream(str(p), schema, options=opts) for p in paths]  # a stream: one dictionary per file allowed
+    # a stream, not an IPC file: each input file's dictionary columns may bring their own dictionary
+    writers = [pa.ipc.new_stream(str(p), schema, options=opts) for p in paths]
     try:
         for i in range(len(found.files)):
             say(f"spill {i + 1}/{len(found.files)}")

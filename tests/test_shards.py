@@ -132,8 +132,9 @@ def test_csv_files_with_a_catalog_and_unreadable_rows(tmp_path):
         lines = ["uid;sku;at;secs"]
         for _ in range(150):
             secs = f"{rng.random() * 99:.2f}" if part == 1 else str(int(rng.integers(0, 99)))
+            hh, mm = int(rng.integers(0, 24)), int(rng.integers(0, 60))
             lines.append(f"c{int(rng.integers(0, 30))};{int(rng.integers(100, 150))};"
-                         f"2024-03-0{part + 1}T{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00Z;{secs}")
+                         f"2024-03-0{part + 1}T{hh:02d}:{mm:02d}:00Z;{secs}")
         lines.insert(40, "c1;101;2024-03-01T00:00:00Z;5;extra")  # one field too many
         lines.append(lines[10])  # a copy
         (root / f"part-{part}.csv").write_text("\n".join(lines) + "\n")
