@@ -465,7 +465,8 @@ def _cap_train_per_user(split: np.ndarray, user: np.ndarray, cap: int) -> np.nda
 
 def _decode(codes: np.ndarray, ids: list[str] | pa.Array) -> pa.Array:
     """Dense codes -> their string ids (a gather from the distinct ids, not a take over all strings)."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(ids, pa.string())).cast(pa.string())
+    codes = pa.array(codes.astype(np.int32))
+    return pa.DictionaryArray.from_arrays(codes, pa.array(ids, pa.string())).cast(pa.string())
 
 
 def _events_table(ev: pa.Table, user_codes, item_codes, ts, user_ids, item_ids, session, run_of_event) -> pa.Table:
