@@ -84,6 +84,11 @@ class DataConfig:
     memory_gb: float = 0.0
     # shards of users (0: as many as memory_gb needs; 1: in memory)
     shards: int = 0
+    # who runs the shards' tasks: local (this process) or ray (a local Ray cluster of engine_workers
+    # CPUs, 0 = all, or the cluster at ray_address, e.g. auto; pip install 'minivz[distributed]')
+    engine: str = "local"
+    engine_workers: int = 0
+    ray_address: str | None = None
     # plausible event dates: timestamps outside [ts_min, ts_max) are rejected with a reason
     ts_min: str = "1971-01-01"
     ts_max: str = "2100-01-01"
@@ -122,7 +127,9 @@ class DataConfig:
             if len(self.delimiter) != 1 or self.delimiter in "\"\r\n":
                 raise ConfigError(f"delimiter={self.delimiter!r} must be one character (not a quote or a "
                                   "newline); try --set delimiter=';' (or tab)")
-        if self.memory_gb < 0 or self.shards < 0:
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine={self.engine!r}: use 'local' or 'ray' (--set engine=ray)")
+        if self.memory_gb < 0 or self.shards < 0 or self.engine_workers < 0:
             raise ConfigError(f"memory_gb={self.memory_gb}, shards={self.shards}: both must be >= 0 (0 = automatic); "
                               "try --set memory_gb=4")
         if self.history_len < 1:

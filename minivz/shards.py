@@ -35,6 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -125,32 +126,107 @@ def _merge_counts(parts: list[pa.Table]) -> pa.Table:
     return t.group_by("id", use_threads=False).aggregate([("n", "sum")]).rename_columns(["id", "n"])
 
 
-def scan(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, say) -> Scan:
-    """Step 1: read and validate every file once; keep only ids, counts and schemas."""
+# ----------------------------------------------------------------------------------- engines
+
+class LocalEngine:
+    """Runs each task in this process, one after another."""
+
+    workers = 1
+
+    def put(self, value):
+        return value
+
+    def map(self, fn, args: list[tuple]):
+        for a in args:
+            yield fn(*a)
+
+    def close(self) -> None:
+        pass
+
+
+class RayEngine:
+    """Runs each task on a Ray cluster: a local one (``engine_workers`` CPUs, default all) or the one at
+    ``ray_address`` (``auto``: the running cluster; its nodes must see ``--out``, where shards spill).
+    Results come back in task order; the tasks run ``engine_workers`` at a time."""
+
+    def __init__(self, cfg: DataConfig):
+        try:
+            import ray
+        except ImportError as e:
+            raise ImportError("engine=ray needs Ray: pip install 'minivz[distributed]'") from e
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            opts = {"include_dashboard": False, "log_to_driver": False}
+            if cfg.ray_address:
+                ray.init(address=cfg.ray_address, **opts)
+            else:
+                ray.init(num_cpus=cfg.engine_workers or os.cpu_count(), **opts)
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def put(self, value):
+        return self.ray.put(value)
+
+    def map(self, fn, args: list[tuple]):
+        remote = self.ray.remote(num_cpus=1)(fn)
+        refs = [remote.remote(*a) for a in args]
+        for ref in refs:  # in order: the caller appends each shard's tables to the files
+            yield self.ray.get(ref)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def engine_of(cfg: DataConfig):
+    return RayEngine(cfg) if cfg.engine == "ray" else LocalEngine()
+
+
+# ----------------------------------------------------------------------------- step 1: scan
+
+@dataclass
+class FileScan:
+    users: pa.Table  # id, n: kept events per user id in this file
+    items: pa.Array  # distinct kept item ids
+    schema: pa.Schema
+    n_read: int
+    bad: list
+    delimiter: str | None
+
+
+def scan_file(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, i: int) -> FileScan:
+    """File ``i`` read and validated as in memory; only its ids, counts and schema are kept."""
     window = ts_window_us(cfg.ts_min, cfg.ts_max)
     text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    mapped = _mapped_sources(cmap)
+    table, rows, b, d = read_file(found, i, text, cfg.encoding, cfg.delimiter)
+    schema = table.schema
+    for c in _mapped_sources(cmap):  # a column this file lacks is null here, as in the concatenated log
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
+    ev, _ = events_from_table(table, cmap, row_numbers=rows, ts_unit=cfg.ts_unit, naive_tz=cfg.naive_tz,
+                              window=window)
+    if items is not None:
+        ev = ev.filter(pc.is_in(ev["item_id"], value_set=items["item_id"].combine_chunks()))
+    vc = pc.value_counts(ev["user_id"])
+    return FileScan(pa.table({"id": vc.field("values"), "n": vc.field("counts")}), pc.unique(ev["item_id"]),
+                    schema, table.num_rows + len(b), [(i, row, reason, raw) for row, reason, raw in b], d)
+
+
+def scan(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, engine, say) -> Scan:
+    """Step 1: every file read and validated once (``scan_file``, one task per file), merged."""
     users, items_seen, schemas, bad, delims = [], [], [], [], []
     n_read, pending = 0, 0
-    for i in range(len(found.files)):
+    args = [(cfg, found, cmap, items, i) for i in range(len(found.files))]
+    for i, fs in enumerate(engine.map(scan_file, args)):
         say(f"scan {i + 1}/{len(found.files)}")
-        table, rows, b, d = read_file(found, i, text, cfg.encoding, cfg.delimiter)
-        if d is not None and d not in delims:
-            delims.append(d)
-        schemas.append(table.schema)
-        n_read += table.num_rows + len(b)
-        bad.extend((i, row, reason, raw) for row, reason, raw in b)
-        for c in mapped:  # a column this file lacks is null here, as in the concatenated log
-            if c not in table.column_names:
-                table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
-        ev, _ = events_from_table(table, cmap, row_numbers=rows, ts_unit=cfg.ts_unit, naive_tz=cfg.naive_tz,
-                                  window=window)
-        if items is not None:
-            ev = ev.filter(pc.is_in(ev["item_id"], value_set=items["item_id"].combine_chunks()))
-        vc = pc.value_counts(ev["user_id"])
-        users.append(pa.table({"id": vc.field("values"), "n": vc.field("counts")}))
-        items_seen.append(pc.unique(ev["item_id"]))
-        pending += len(vc)
+        if fs.delimiter is not None and fs.delimiter not in delims:
+            delims.append(fs.delimiter)
+        schemas.append(fs.schema)
+        n_read += fs.n_read
+        bad.extend(fs.bad)
+        users.append(fs.users)
+        items_seen.append(fs.items)
+        pending += fs.users.num_rows
         if pending > 4_000_000:  # merge as we go: memory follows the distinct users, not the files
             users, pending = [_merge_counts(users)], 0
             items_seen = [pc.unique(pa.chunked_array(items_seen).combine_chunks())]
@@ -198,72 +274,171 @@ def shard_of(ids: pa.Array, firsts: pa.Array, numeric: bool) -> np.ndarray:
     return np.where(np.asarray(pc.is_null(ids)), 0, shard).astype(np.int32)
 
 
-def spill(cfg: DataConfig, found: Files, cmap: dict, sc: Scan, firsts: pa.Array, tmp: Path, say) -> list[Path]:
-    """Step 2: every file's rows, conformed to the one schema, into the shard files of their users."""
+# ---------------------------------------------------------------------------- step 2: spill
+
+@dataclass
+class SpillPlan:
+    """What a spill task needs: the one schema, the shards' first ids, where shards go."""
+    schema: pa.Schema
+    mixed: set
+    firsts: pa.Array
+    numeric: bool
+    dir: str
+
+
+def spill_file(cfg: DataConfig, found: Files, cmap: dict, plan: SpillPlan, i: int) -> int:
+    """File ``i``'s rows, conformed to the one schema, into ``s{shard}-f{i}.arrow`` of their users' shards
+    (Arrow IPC streams). Returns the rows written."""
     text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    user_col = cmap.get("user_id", "user_id")
-    schema = sc.schema.append(pa.field(_ROW, pa.int64())).append(pa.field(_FILE, pa.int32()))
-    paths = [tmp / f"shard-{k:05d}.arrow" for k in range(len(firsts))]
+    table, rows, _, _ = read_file(found, i, text, cfg.encoding, cfg.delimiter)
+    table = _conform(as_text(table, plan.mixed), plan.schema)
+    table = table.append_column(_ROW, pa.array(rows, pa.int64()))
+    table = table.append_column(_FILE, pa.array(np.full(table.num_rows, i, np.int32)))
+    shard = shard_of(_as_string_ids(table[cmap.get("user_id", "user_id")]).combine_chunks(), plan.firsts,
+                     plan.numeric)
+    order = np.argsort(shard, kind="stable")
+    table = table.take(pa.array(order))
+    ends = np.cumsum(np.bincount(shard, minlength=len(plan.firsts)))
     opts = pa.ipc.IpcWriteOptions(compression="lz4")
-    # a stream, not an IPC file: each input file's dictionary columns may bring their own dictionary
-    writers = [pa.ipc.new_stream(str(p), schema, options=opts) for p in paths]
-    try:
-        for i in range(len(found.files)):
-            say(f"spill {i + 1}/{len(found.files)}")
-            table, rows, _, _ = read_file(found, i, text, cfg.encoding, cfg.delimiter)
-            table = _conform(as_text(table, sc.mixed), sc.schema)
-            table = table.append_column(_ROW, pa.array(rows, pa.int64()))
-            table = table.append_column(_FILE, pa.array(np.full(table.num_rows, i, np.int32)))
-            shard = shard_of(_as_string_ids(table[user_col]).combine_chunks(), firsts, sc.numeric_users)
-            order = np.argsort(shard, kind="stable")
-            table = table.take(pa.array(order))
-            ends = np.cumsum(np.bincount(shard, minlength=len(paths)))
-            start = 0
-            for k, end in enumerate(ends):
-                if end > start:
-                    writers[k].write_table(table.slice(start, end - start))
-                start = int(end)
-    finally:
-        for w in writers:
-            w.close()
-    return paths
+    start = 0
+    for k, end in enumerate(ends):
+        if end > start:
+            # a stream, not an IPC file: a file's dictionary columns may bring several dictionaries
+            with pa.ipc.new_stream(str(Path(plan.dir) / f"s{k:05d}-f{i:06d}.arrow"), table.schema,
+                                   options=opts) as w:
+                w.write_table(table.slice(start, end - start))
+        start = int(end)
+    return table.num_rows
 
 
-class _ShardEvents:
-    """One shard's rows read back and taken through validation, the catalog check and dedupe."""
+# ---------------------------------------------------------------------------- step 3: shards
 
-    def __init__(self, path: Path, cfg: DataConfig, cmap: dict, files: list[str], items: pa.Table | None):
-        window = ts_window_us(cfg.ts_min, cfg.ts_max)
-        with pa.memory_map(str(path)) as src:
-            raw = pa.ipc.open_stream(src).read_all()
-        rows = raw[_ROW].to_numpy()
-        codes = raw[_FILE].to_numpy()
-        raw = raw.drop_columns([_ROW, _FILE])
-        events, rej = events_from_table(raw, cmap, row_numbers=rows, file_codes=codes, files=files,
-                                        ts_unit=cfg.ts_unit, naive_tz=cfg.naive_tz, window=window)
-        if items is not None:
-            events = check_catalog(events, items, rej, raw, rows, codes)
-        self.n_duplicates = 0
-        if cfg.dedupe:
-            events, self.n_duplicates = drop_duplicates(
-                events, rej, raw, rows, codes, (cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")))
-        self.events = events.drop_columns(["_pos"])
-        self.rej = rej
-        self.n_read = raw.num_rows
+@dataclass
+class ShardJob:
+    """What a shard task reads (an engine ships it to its workers once)."""
+    cfg: DataConfig
+    cmap: dict
+    files: list[str]
+    items: pa.Table | None  # the canonical catalog, or None
+    users: pa.Array  # every kept user id, in code order
+    item_ids: pa.Array  # every kept item id, in code order
+    bounds: np.ndarray  # first user code of each shard
+    ends: np.ndarray  # one past its last
+    dir: str  # the spill
+    catalog: pa.Table | None = None  # n_events filled when popularity negatives need it
+    cuts: tuple | None = None  # the time split's cut-offs
 
 
-def _sorted(events: pa.Table, sc: Scan, lo: int, hi: int) -> SortedLog:
-    """``encode_sorted`` with the log's codes: users of this shard are codes [lo, hi)."""
+class _ShardEvents(NamedTuple):
+    log: SortedLog | None  # None: no row of the shard was kept
+    rejects: pa.Table
+    n_duplicates: int
+
+
+def shard_events(job: ShardJob, k: int) -> _ShardEvents:
+    """Shard ``k``'s spilled rows validated, checked against the catalog, deduplicated, encoded with the
+    log's codes and ordered by (user, ts, item): ``encode_sorted`` for users ``bounds[k]..ends[k]``."""
     from minivz import kernels
 
-    user_codes = np.asarray(pc.index_in(events["user_id"], value_set=sc.users.slice(lo, hi - lo))).astype(np.int64)
-    item_codes = np.asarray(pc.index_in(events["item_id"], value_set=sc.items)).astype(np.int64)
+    cfg, cmap = job.cfg, job.cmap
+    parts = sorted(Path(job.dir).glob(f"s{k:05d}-f*.arrow"))  # in file order
+    tables = []
+    for path in parts:
+        with pa.memory_map(str(path)) as src:
+            tables.append(pa.ipc.open_stream(src).read_all())
+    raw = pa.concat_tables(tables)
+    del tables
+    rows, codes = raw[_ROW].to_numpy(), raw[_FILE].to_numpy()
+    raw = raw.drop_columns([_ROW, _FILE])
+    events, rej = events_from_table(raw, cmap, row_numbers=rows, file_codes=codes, files=job.files,
+                                    ts_unit=cfg.ts_unit, naive_tz=cfg.naive_tz,
+                                    window=ts_window_us(cfg.ts_min, cfg.ts_max))
+    if job.items is not None:
+        events = check_catalog(events, job.items, rej, raw, rows, codes)
+    n_dup = 0
+    if cfg.dedupe:
+        events, n_dup = drop_duplicates(
+            events, rej, raw, rows, codes, (cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")))
+    del raw
+    if events.num_rows == 0:
+        return _ShardEvents(None, rej.to_table(), n_dup)
+    lo, hi = int(job.bounds[k]), int(job.ends[k])
+    user_codes = np.asarray(pc.index_in(events["user_id"], value_set=job.users.slice(lo, hi - lo)), np.int64)
     user_codes += lo
+    item_codes = np.asarray(pc.index_in(events["item_id"], value_set=job.item_ids), np.int64)
     ts = pc.cast(events["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     perm = kernels.stable_order(user_codes, ts, item_codes)
-    ev = events.drop_columns(["user_id", "item_id", "ts"]).combine_chunks().take(pa.array(perm))
+    ev = events.drop_columns(["user_id", "item_id", "ts", "_pos"]).combine_chunks().take(pa.array(perm))
     user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
-    return SortedLog(ev, user_codes, sc.users, item_codes, sc.items, ts)
+    return _ShardEvents(SortedLog(ev, user_codes, job.users, item_codes, job.item_ids, ts), rej.to_table(), n_dup)
+
+
+class ShardCounts(NamedTuple):
+    n_events: int
+    n_sessions: int
+    n_runs: int
+    item_counts: np.ndarray
+    ts: np.ndarray | None  # the kept times, for a time split's quantiles
+
+
+def _sessions(job: ShardJob, log: SortedLog):
+    from minivz import kernels
+
+    session = kernels.sessionize(log.user_codes, log.ts, int(job.cfg.session_gap_s) * 1_000_000)
+    return session, session_runs(log, session, CatalogSeries.of(job.catalog), lambda _m: None)
+
+
+def count_shard(job: ShardJob, k: int) -> ShardCounts:
+    """Shard ``k``'s totals, which the shards after it offset by (and the whole log's counts need)."""
+    sh = shard_events(job, k)
+    if sh.log is None:
+        return ShardCounts(0, 0, 0, np.zeros(len(job.item_ids), np.int64), None)
+    session, series = _sessions(job, sh.log)
+    return ShardCounts(len(sh.log.ts), int(session[-1]) + 1, int(len(series.runs.start)),
+                       np.bincount(sh.log.item_codes, minlength=len(job.item_ids)),
+                       sh.log.ts if job.cfg.split == "time" else None)
+
+
+@dataclass
+class ShardOut:
+    """One shard's output tables (global rows, sessions, runs) and totals."""
+    tables: dict
+    rejects: pa.Table
+    n_duplicates: int
+    counts: ShardCounts
+    examples: dict
+    discovery: dict
+    skipped: dict
+    split_rule: str = ""
+
+
+def build_shard(job: ShardJob, k: int, offsets: tuple[int, int, int]) -> ShardOut:
+    """Shard ``k`` through the in-memory steps: its tables, offset by (events, sessions, runs) before it."""
+    cfg = job.cfg
+    sh = shard_events(job, k)
+    zero = ShardCounts(0, 0, 0, np.zeros(len(job.item_ids), np.int64), None)
+    if sh.log is None:
+        return ShardOut({}, sh.rejects, sh.n_duplicates, zero, dict.fromkeys(SPLITS, 0),
+                        dict.fromkeys(SPLITS, 0.0), {"short_history": 0, "no_negatives": 0})
+    log = sh.log
+    row0, sess0, run0 = offsets
+    session, series = _sessions(job, log)
+    ex, split_rule = build_split_examples(cfg, log, job.catalog, series, time_cuts=job.cuts)
+    tables = {
+        "events": _events_table(log.events, log.user_codes, log.item_codes, log.ts, job.users, job.item_ids,
+                                session + sess0, np.asarray(series.runs.run_of_event) + run0),
+        "runs": _runs_table(series.runs, series.series_names, run0, row0),
+    }
+    n_ex, disc = {}, {}
+    for code, name in enumerate(SPLITS):
+        sel = np.flatnonzero(np.asarray(ex.split) == code)
+        tables[name] = _examples_table(ex, sel, job.users, log.item_codes, log.ts, cfg.n_candidates, row0)
+        n_ex[name] = int(len(sel))
+        disc[name] = float(np.asarray(ex.discovery)[sel].sum())
+    counts = ShardCounts(len(log.ts), int(session[-1]) + 1, int(len(series.runs.start)),
+                         np.bincount(log.item_codes, minlength=len(job.item_ids)), None)
+    skipped = {"short_history": int(ex.n_skipped_short_history), "no_negatives": int(ex.n_skipped_no_negatives)}
+    return ShardOut(tables, sh.rejects, sh.n_duplicates, counts, n_ex, disc, skipped, split_rule)
 
 
 class _Writers:
@@ -289,83 +464,6 @@ class _Writers:
                 pq.write_table(schema.empty_table(), self.out / f"{name}.parquet")
 
 
-def prepare_sharded(cfg: DataConfig, out: Path, n_shards: int, say) -> tuple[PrepareSummary, str, str]:
-    """Steps 1-3 (module docstring): writes ``out`` as ``examples.prepare`` does; returns (summary, split
-    rule, source) for the manifest."""
-    secs: dict[str, float] = {}
-    t0 = time.perf_counter()
-    cmap = dict(cfg.map or {})
-    found = input_files(cfg.input, cfg.fmt)
-    ifound = input_files(cfg.items) if cfg.items is not None else None
-    check_maps(found, cmap, delimiter=cfg.delimiter, items_path=ifound, items_map=cfg.items_map or None,
-               encoding=cfg.encoding)
-    items, item_rej = None, None
-    if ifound is not None:
-        imap = dict(cfg.items_map or {})
-        isrc = read_input(ifound, string_columns=[imap.get("item_id", "item_id")], encoding=cfg.encoding)
-        items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
-                                           files=isrc.files)
-        _combine(item_rej, isrc.bad)
-    files = [str(f) for f in found.files]
-    sc = scan(cfg, found, cmap, items, say)
-    secs["scan"] = time.perf_counter() - t0
-    if len(sc.users) == 0:
-        raise NoEvents()
-    check_candidates(cfg, len(sc.items))
-    n_shards = max(1, min(n_shards, len(sc.users)))
-    if not cfg.shards:  # the exact count of kept events may ask for more shards than the estimate
-        n_shards = max(n_shards, math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT / memory_budget(cfg)))
-    bounds = shard_bounds(sc.user_events, n_shards)
-    ends = np.append(bounds[1:], len(sc.users))
-    tmp = out / ".shards"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        t0 = time.perf_counter()
-        paths = spill(cfg, found, cmap, sc, sc.users.take(pa.array(bounds)), tmp, say)
-        secs["spill"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        catalog = _catalog(items, sc.items.to_pylist(), np.zeros(len(sc.items), np.int64))
-        counts, cuts = None, None
-        if cfg.negatives == "popularity" or cfg.split == "time":
-            counts, all_ts = np.zeros(len(sc.items), np.int64), []
-            for k, path in enumerate(paths):
-                say(f"count shard {k + 1}/{len(paths)}")
-                log = _sorted(_ShardEvents(path, cfg, cmap, files, items).events, sc, int(bounds[k]), int(ends[k]))
-                counts += np.bincount(log.item_codes, minlength=len(sc.items))
-                all_ts.append(log.ts)
-            catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(counts))
-            if cfg.split == "time":
-                cuts = time_quantiles(cfg, np.concatenate(all_ts))
-            del all_ts
-        result = _shards(cfg, out, paths, bounds, ends, sc, cmap, files, items, catalog, cuts, say)
-        secs["shards"] = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(result.counts))
-    pq.write_table(catalog, out / "items.parquet", use_dictionary=_text_columns(catalog.schema))
-    rej = _Rejects("events", files=files)
-    _combine(rej, sc.bad)
-    parts = [rej.to_table()] + result.rejects
-    rejects = pa.concat_tables(parts).sort_by([("file", "ascending"), ("row", "ascending")])
-    n_rejected = rejects.num_rows
-    if item_rej is not None:
-        rejects = pa.concat_tables([rejects, item_rej.to_table()])
-    write_rejects(rejects, out / "rejects.parquet")
-    secs["write_catalog_rejects"] = time.perf_counter() - t0
-    assert sc.n_read == result.n_events + n_rejected, (sc.n_read, result.n_events, n_rejected)
-    summary = PrepareSummary(
-        out=out, n_read=sc.n_read, n_rejected=n_rejected, n_catalog_rejected=rejects.num_rows - n_rejected,
-        n_duplicates=result.n_duplicates, n_events=result.n_events, n_users=len(sc.users),
-        n_items=len(sc.items), n_sessions=result.n_sessions, n_runs=result.n_runs, examples=result.examples,
-        discovery_share={s: result.discovery[s] / result.examples[s] if result.examples[s] else 0.0
-                         for s in SPLITS},
-        skipped=result.skipped, seconds={k: round(v, 3) for k, v in secs.items()}, shards=len(paths),
-    )
-    return summary, result.split_rule, str(cfg.input)
-
-
 class NoEvents(Exception):
     """No row survives validation: ``prepare`` reads the log in memory, where the answer names the reasons."""
 
@@ -383,47 +481,131 @@ class _Totals:
     skipped: dict = field(default_factory=lambda: {"short_history": 0, "no_negatives": 0})
     split_rule: str = ""
 
+    def add(self, o: ShardOut) -> None:
+        self.rejects.append(o.rejects)
+        self.n_duplicates += o.n_duplicates
+        self.counts += o.counts.item_counts
+        self.n_events += o.counts.n_events
+        self.n_sessions += o.counts.n_sessions
+        self.n_runs += o.counts.n_runs
+        for s in SPLITS:
+            self.examples[s] += o.examples[s]
+            self.discovery[s] += o.discovery[s]
+        for why in self.skipped:
+            self.skipped[why] += o.skipped[why]
+        self.split_rule = o.split_rule or self.split_rule
 
-def _shards(cfg, out, paths, bounds, ends, sc, cmap, files, items, catalog, cuts, say) -> _Totals:
-    """Step 3: each shard through the in-memory steps, appended to the output files."""
-    from minivz import kernels
 
-    tot = _Totals(np.zeros(len(sc.items), np.int64))
-    cat = CatalogSeries.of(catalog)
-    writers = _Writers(out)
-    empty = {}
+def _build_all(engine, job_ref, n: int, offsets: list | None):
+    """Every shard's ``ShardOut`` in order: with known offsets as engine tasks, else one after another
+    here, each offset by the ones before it (no count pass)."""
+    if offsets is not None:
+        yield from engine.map(build_shard, [(job_ref, k, offsets[k]) for k in range(n)])
+        return
+    off = (0, 0, 0)
+    for k in range(n):
+        o = build_shard(job_ref, k, off)
+        yield o
+        off = (off[0] + o.counts.n_events, off[1] + o.counts.n_sessions, off[2] + o.counts.n_runs)
+
+
+def prepare_sharded(cfg: DataConfig, out: Path, n_shards: int, say) -> tuple[PrepareSummary, str, str]:
+    """Steps 1-3 (module docstring): writes ``out`` as ``examples.prepare`` does; returns (summary, split
+    rule, source) for the manifest."""
+    engine = engine_of(cfg)
     try:
-        for k, path in enumerate(paths):
-            say(f"shard {k + 1}/{len(paths)}")
-            sh = _ShardEvents(path, cfg, cmap, files, items)
-            tot.rejects.append(sh.rej.to_table())
-            tot.n_duplicates += sh.n_duplicates
-            if sh.events.num_rows == 0:
-                continue
-            log = _sorted(sh.events, sc, int(bounds[k]), int(ends[k]))
-            del sh
-            tot.counts += np.bincount(log.item_codes, minlength=len(sc.items))
-            session = kernels.sessionize(log.user_codes, log.ts, int(cfg.session_gap_s) * 1_000_000)
-            series = session_runs(log, session, cat, lambda _m: None)
-            ex, tot.split_rule = build_split_examples(cfg, log, catalog, series, time_cuts=cuts)
-            row0, n = tot.n_events, len(log.ts)
-            writers.write("events", _events_table(log.events, log.user_codes, log.item_codes, log.ts, sc.users,
-                                                  sc.items, session + tot.n_sessions,
-                                                  np.asarray(series.runs.run_of_event) + tot.n_runs))
-            writers.write("runs", _runs_table(series.runs, series.series_names, tot.n_runs, row0))
-            for code, name in enumerate(SPLITS):
-                sel = np.flatnonzero(np.asarray(ex.split) == code)
-                tbl = _examples_table(ex, sel, sc.users, log.item_codes, log.ts, cfg.n_candidates, row0)
-                empty[name] = tbl.schema
-                if len(sel):
-                    writers.write(name, tbl)
-                tot.examples[name] += int(len(sel))
-                tot.discovery[name] += float(np.asarray(ex.discovery)[sel].sum())
-            tot.skipped["short_history"] += int(ex.n_skipped_short_history)
-            tot.skipped["no_negatives"] += int(ex.n_skipped_no_negatives)
-            tot.n_events += n
-            tot.n_sessions += int(session[-1]) + 1
-            tot.n_runs += int(len(series.runs.start))
+        return _prepare_sharded(cfg, out, n_shards, engine, say)
     finally:
-        writers.close(empty)
-    return tot
+        engine.close()
+
+
+def _prepare_sharded(cfg, out, n_shards, engine, say):
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cmap = dict(cfg.map or {})
+    found = input_files(cfg.input, cfg.fmt)
+    ifound = input_files(cfg.items) if cfg.items is not None else None
+    check_maps(found, cmap, delimiter=cfg.delimiter, items_path=ifound, items_map=cfg.items_map or None,
+               encoding=cfg.encoding)
+    items, item_rej = None, None
+    if ifound is not None:
+        imap = dict(cfg.items_map or {})
+        isrc = read_input(ifound, string_columns=[imap.get("item_id", "item_id")], encoding=cfg.encoding)
+        items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
+                                           files=isrc.files)
+        _combine(item_rej, isrc.bad)
+    files = [str(f) for f in found.files]
+    sc = scan(cfg, found, cmap, items, engine, say)
+    secs["scan"] = time.perf_counter() - t0
+    if len(sc.users) == 0:
+        raise NoEvents()
+    check_candidates(cfg, len(sc.items))
+    if not cfg.shards:  # the exact count of kept events; shards run `workers` at a time
+        n_shards = max(n_shards, math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT * engine.workers
+                                           / memory_budget(cfg)))
+    n_shards = max(1, min(n_shards, len(sc.users)))
+    bounds = shard_bounds(sc.user_events, n_shards)
+    ends = np.append(bounds[1:], len(sc.users))
+    tmp = out / ".shards"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        plan = SpillPlan(sc.schema, sc.mixed, sc.users.take(pa.array(bounds)), sc.numeric_users, str(tmp))
+        for i, _ in enumerate(engine.map(spill_file, [(cfg, found, cmap, plan, i) for i in range(len(files))])):
+            say(f"spill {i + 1}/{len(files)}")
+        secs["spill"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        catalog = _catalog(items, sc.items.to_pylist(), np.zeros(len(sc.items), np.int64))
+        job = ShardJob(cfg, cmap, files, items, sc.users, sc.items, bounds, ends, str(tmp), catalog)
+        offsets = None
+        needs_totals = cfg.negatives == "popularity" or cfg.split == "time"
+        if needs_totals or not isinstance(engine, LocalEngine):
+            counts = []
+            for k, c in enumerate(engine.map(count_shard, [(engine.put(job), k) for k in range(len(bounds))])):
+                say(f"count shard {k + 1}/{len(bounds)}")
+                counts.append(c)
+            cum = np.cumsum([[0, 0, 0]] + [[c.n_events, c.n_sessions, c.n_runs] for c in counts[:-1]], axis=0)
+            offsets = [tuple(int(v) for v in row) for row in cum]
+            n_events = np.sum([c.item_counts for c in counts], axis=0)
+            job.catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(n_events))
+            if cfg.split == "time":
+                job.cuts = time_quantiles(cfg, np.concatenate([c.ts for c in counts if c.ts is not None]))
+            del counts
+        tot = _Totals(np.zeros(len(sc.items), np.int64))
+        writers, empty = _Writers(out), {}
+        try:
+            job_ref = engine.put(job) if offsets is not None else job
+            for k, o in enumerate(_build_all(engine, job_ref, len(bounds), offsets)):
+                say(f"shard {k + 1}/{len(bounds)}")
+                for name, table in o.tables.items():
+                    empty[name] = table.schema
+                    if table.num_rows:
+                        writers.write(name, table)
+                tot.add(o)
+                del o
+        finally:
+            writers.close(empty)
+        secs["shards"] = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(tot.counts))
+    pq.write_table(catalog, out / "items.parquet", use_dictionary=_text_columns(catalog.schema))
+    rej = _Rejects("events", files=files)
+    _combine(rej, sc.bad)
+    rejects = pa.concat_tables([rej.to_table()] + tot.rejects).sort_by([("file", "ascending"), ("row", "ascending")])
+    n_rejected = rejects.num_rows
+    if item_rej is not None:
+        rejects = pa.concat_tables([rejects, item_rej.to_table()])
+    write_rejects(rejects, out / "rejects.parquet")
+    secs["write_catalog_rejects"] = time.perf_counter() - t0
+    assert sc.n_read == tot.n_events + n_rejected, (sc.n_read, tot.n_events, n_rejected)
+    summary = PrepareSummary(
+        out=out, n_read=sc.n_read, n_rejected=n_rejected, n_catalog_rejected=rejects.num_rows - n_rejected,
+        n_duplicates=tot.n_duplicates, n_events=tot.n_events, n_users=len(sc.users),
+        n_items=len(sc.items), n_sessions=tot.n_sessions, n_runs=tot.n_runs, examples=tot.examples,
+        discovery_share={s: tot.discovery[s] / tot.examples[s] if tot.examples[s] else 0.0 for s in SPLITS},
+        skipped=tot.skipped, seconds={k: round(v, 3) for k, v in secs.items()}, shards=len(bounds),
+    )
+    return summary, tot.split_rule, str(cfg.input)

@@ -27,11 +27,20 @@ def loaded_after(code: str, modules) -> list[str]:
 
 def require_deepspeed() -> None:
     """Skip a ZeRO-3 rehearsal without deepspeed; under CI (scripts/test.sh installs it) fail instead."""
+    _require("deepspeed", "DeepSpeed's CPU accelerator")
+
+
+def require_ray() -> None:
+    """Skip a Ray-engine test without ray; under CI (scripts/test.sh installs it) fail instead."""
+    _require("ray", "a local Ray cluster")
+
+
+def _require(module: str, why: str) -> None:
     import importlib.util
 
     import pytest
 
-    if importlib.util.find_spec("deepspeed") is None:
+    if importlib.util.find_spec(module) is None:
         if os.environ.get("CI"):
-            pytest.fail("CI needs deepspeed for this test: scripts/test.sh installs it (DeepSpeed's CPU accelerator)")
-        pytest.skip("pip install deepspeed (scripts/test.sh does)")
+            pytest.fail(f"CI needs {module} for this test: scripts/test.sh installs it ({why})")
+        pytest.skip(f"pip install {module} (scripts/test.sh does)")

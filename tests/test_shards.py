@@ -148,3 +148,18 @@ def test_csv_files_with_a_catalog_and_unreadable_rows(tmp_path):
     assert s3.n_duplicates == s1.n_duplicates >= 1 and s3.n_rejected == s1.n_rejected > 3 + s3.n_duplicates
     reasons = pq.read_table(tmp_path / "sh" / "rejects.parquet")["reason"].to_pylist()
     assert any("not in the item catalog" in r for r in reasons)
+
+
+@pytest.mark.slow
+def test_a_two_worker_ray_cluster_writes_the_same_tables(tmp_path):
+    """The shard function on an existing engine: scan, spill, count and build run as Ray tasks on a local
+    two-worker cluster; the tables are the in-memory ones (~20 s, most of it starting Ray)."""
+    from conftest import require_ray
+
+    require_ray()
+    log = _log(tmp_path / "log", np.array([f"u{k:x}" for k in range(60)]))
+    s1 = _prepare(log, tmp_path / "mem", 1, negatives="popularity")
+    sr = _prepare(log, tmp_path / "ray", 3, negatives="popularity", engine="ray", engine_workers=2)
+    _same(tmp_path / "mem", tmp_path / "ray")
+    assert sr.shards == 3 and (sr.n_events, sr.n_duplicates, sr.examples) == (s1.n_events, s1.n_duplicates,
+                                                                               s1.examples)
