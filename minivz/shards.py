@@ -520,6 +520,7 @@ def prepare_sharded(cfg: DataConfig, out: Path, n_shards: int, say) -> tuple[Pre
 
 
 def _prepare_sharded(cfg, out, n_shards, engine, say):
+    given = out
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     cmap = dict(cfg.map or {})
@@ -534,7 +535,10 @@ def _prepare_sharded(cfg, out, n_shards, engine, say):
         items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
                                            files=isrc.files)
         _combine(item_rej, isrc.bad)
-    files = [str(f) for f in found.files]
+    files = [str(f) for f in found.files]  # as rejects name them
+    if not isinstance(engine, LocalEngine):  # a worker's working directory need not be ours
+        found = Files([f.resolve() for f in found.files], found.parts, found.kind)
+        out = out.resolve()
     sc = scan(cfg, found, cmap, items, engine, say)
     secs["scan"] = time.perf_counter() - t0
     if len(sc.users) == 0:
@@ -602,7 +606,7 @@ def _prepare_sharded(cfg, out, n_shards, engine, say):
     secs["write_catalog_rejects"] = time.perf_counter() - t0
     assert sc.n_read == tot.n_events + n_rejected, (sc.n_read, tot.n_events, n_rejected)
     summary = PrepareSummary(
-        out=out, n_read=sc.n_read, n_rejected=n_rejected, n_catalog_rejected=rejects.num_rows - n_rejected,
+        out=given, n_read=sc.n_read, n_rejected=n_rejected, n_catalog_rejected=rejects.num_rows - n_rejected,
         n_duplicates=tot.n_duplicates, n_events=tot.n_events, n_users=len(sc.users),
         n_items=len(sc.items), n_sessions=tot.n_sessions, n_runs=tot.n_runs, examples=tot.examples,
         discovery_share={s: tot.discovery[s] / tot.examples[s] if tot.examples[s] else 0.0 for s in SPLITS},
