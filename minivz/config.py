@@ -80,7 +80,7 @@ class DataConfig:
     # reject naming the row it repeats
     dedupe: bool = True
     # memory budget of `data prepare` in GiB (0: half this machine's memory); a log whose working set
-    # (~600 bytes per event) exceeds it is prepared in shards of users, with the same output
+    # (~700 bytes per event) exceeds it is prepared in shards of users, with the same output
     memory_gb: float = 0.0
     # shards of users (0: as many as memory_gb needs; 1: in memory)
     shards: int = 0

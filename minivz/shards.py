@@ -55,9 +55,9 @@ from minivz.examples import (
 from minivz.log import Files, as_text, input_files, mixed_columns, read_file, read_input
 from minivz.timestamps import ts_window_us
 
-# Peak bytes per input event of the in-memory path (10M events of the 120-file benchmark log: 4.36 GB,
-# ~440 B; the rest is margin for wider metadata).
-BYTES_PER_EVENT = 600
+# Peak bytes per input event of one shard: 8.11 GiB for 12.6M events per shard at 100M events of the
+# benchmark log (~670 B; in memory at 10M ~410 B: a shard also holds its spilled raw rows).
+BYTES_PER_EVENT = 700
 # RSS of the process before any data (Python, NumPy, Arrow, the compiled kernels): ~240 MB measured
 BASE_BYTES = 300 * 2**20
 _ROW, _FILE = "__minivz_row", "__minivz_file"
