@@ -300,12 +300,18 @@ class Pipeline:
         html_report(self.out)  # RUN/report.html: the tables, plots and what each reader saw
         return {"rows": {k: [r["row"] for r in t] for k, t in tables.items()}}
 
-    def run(self) -> list[dict]:
+    def pending(self) -> list[str]:
+        """The stages still to run (neither complete nor in ``skip_stages``)."""
+        return [s for s in STAGES if s not in self.cfg["pipeline"].skip_stages and not self._done(s)]
+
+    def run(self, until: str | None = None) -> list[dict]:
+        """Run every stage not yet complete (up to and including ``until``); returns those that ran."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "recipe.yaml").write_text(
             "\n".join(f"# {k}\n{dump_yaml(v)}" for k, v in self.cfg.items()))
         report = []
-        for stage in STAGES:
+        stages = STAGES if until is None else STAGES[:STAGES.index(until) + 1]
+        for stage in stages:
             if stage in self.cfg["pipeline"].skip_stages:
                 self.say(f"[skip] {stage} (skip_stages)")
                 continue
