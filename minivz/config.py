@@ -130,7 +130,8 @@ class DataConfig:
         if self.engine not in ("local", "ray"):
             raise ConfigError(f"engine={self.engine!r}: use 'local' or 'ray' (--set engine=ray)")
         if self.memory_gb < 0 or self.shards < 0 or self.engine_workers < 0:
-            raise ConfigError(f"memory_gb={self.memory_gb}, shards={self.shards}: both must be >= 0 (0 = automatic); "
+            raise ConfigError(f"memory_gb={self.memory_gb}, shards={self.shards}, "
+                              f"engine_workers={self.engine_workers}: each must be >= 0 (0 = automatic); "
                               "try --set memory_gb=4")
         if self.history_len < 1:
             raise ConfigError(f"history_len={self.history_len} must be >= 1; try --set history_len=100")

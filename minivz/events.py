@@ -584,6 +584,27 @@ def check_maps(
     _resolve_map(cols, imap, ITEM_REQUIRED, ITEM_OPTIONAL, "--items-map", "item catalog")
 
 
+def text_sources(cmap: dict) -> list[str]:
+    """The source columns read as text whatever their type: the ids keep leading zeros, times are not
+    guessed by the parser."""
+    return [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
+
+
+def id_sources(cmap: dict) -> tuple[str, str]:
+    """The source columns of user_id and item_id (``drop_duplicates`` reads integer ones without strings)."""
+    return cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")
+
+
+def read_catalog(found, items_map: dict | None, encoding: str = "utf-8") -> tuple[pa.Table, _Rejects]:
+    """The item catalog (``input_files``' result or a path) read whole: (canonical items, its rejects)."""
+    imap = dict(items_map or {})
+    isrc = read_input(found, string_columns=[imap.get("item_id", "item_id")], encoding=encoding)
+    items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
+                                       files=isrc.files)
+    _combine(item_rej, isrc.bad)
+    return items, item_rej
+
+
 def read_log(
     path,
     column_map: dict[str, str] | None = None,
@@ -616,27 +637,19 @@ def read_log(
     found = input_files(path, fmt)  # each input discovered once, for the map check and the read
     ifound = input_files(items_path) if items_path is not None else None
     check_maps(found, cmap, delimiter=delimiter, items_path=ifound, items_map=items_map, encoding=encoding)
-    as_text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    src = read_input(found, string_columns=as_text, encoding=encoding, delimiter=delimiter)
+    src = read_input(found, string_columns=text_sources(cmap), encoding=encoding, delimiter=delimiter)
     raw, rows = src.table, src.rows
     events, rej = events_from_table(
         raw, cmap, row_numbers=rows, file_codes=src.file, files=src.files, ts_unit=ts_unit,
         naive_tz=naive_tz, default_interaction=default_interaction, window=window,
     )
     _combine(rej, src.bad)
-    items = None
-    item_rej = None
-    if items_path is not None:
-        imap = dict(items_map or {})
-        isrc = read_input(ifound, string_columns=[imap.get("item_id", "item_id")], encoding=encoding)
-        items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
-                                           files=isrc.files)
-        _combine(item_rej, isrc.bad)
+    items, item_rej = read_catalog(ifound, items_map, encoding) if ifound is not None else (None, None)
+    if items is not None:
         events = check_catalog(events, items, rej, raw, rows, src.file)
     n_dup = 0
     if dedupe:
-        events, n_dup = drop_duplicates(events, rej, raw, rows, src.file,
-                                        (cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")))
+        events, n_dup = drop_duplicates(events, rej, raw, rows, src.file, id_sources(cmap))
     events = events.drop_columns(["_pos"])
     rejects = rej.to_table()
     n_read = src.n_read

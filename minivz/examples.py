@@ -194,12 +194,13 @@ def prepare(cfg: DataConfig, out: str | Path, progress: Progress | None = None) 
 
     if cfg.input is not None:
         from minivz.log import input_files
-        from minivz.shards import plan_shards, prepare_sharded, NoEvents
+        from minivz.shards import NoEvents, plan_shards, prepare_sharded
 
-        n_shards = plan_shards(cfg, input_files(cfg.input, cfg.fmt))
+        found = input_files(cfg.input, cfg.fmt)
+        n_shards = plan_shards(cfg, found)
         if n_shards > 1:
             try:
-                summary, split_rule, source = prepare_sharded(cfg, out, n_shards, say)
+                summary, split_rule, source = prepare_sharded(cfg, found, out, n_shards, say)
             except NoEvents:  # nothing kept: the in-memory read below names the reasons
                 pass
             else:
@@ -275,13 +276,19 @@ class Series(NamedTuple):
 def encode_sorted(ev: pa.Table, say: Callable[[str], None]) -> SortedLog:
     """Dense codes for users and items, then one stable sort by (user, ts, item). Ties on time are
     broken by the item's code (natural id order), so the order is the same on every run and machine."""
-    from minivz import kernels
-
     say("encode")
     user_codes, user_ids = _dense_codes(ev["user_id"])
     item_codes, item_ids = _dense_codes(ev["item_id"])
-    ts = pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     say("sort")
+    return order_log(ev, user_codes, user_ids, item_codes, item_ids)
+
+
+def order_log(ev: pa.Table, user_codes: np.ndarray, user_ids, item_codes: np.ndarray, item_ids) -> SortedLog:
+    """Events whose users and items are coded, in one stable sort by (user, ts, item). A shard
+    (``minivz.shards``) passes the whole log's codes and ids."""
+    from minivz import kernels
+
+    ts = pc.cast(ev["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     perm = kernels.stable_order(user_codes, ts, item_codes)
     # ids and times come back from their codes when written; the other columns are reordered (one
     # chunk per input file: a take over one chunk is faster)
@@ -294,15 +301,11 @@ def sessions_and_series(cfg: DataConfig, log: SortedLog, items_in: pa.Table | No
                         say: Callable[[str], None]) -> tuple[pa.Table, Series]:
     """(the catalog with per-item counts, the sessions and series runs): sessions split at gaps of
     ``session_gap_s``; a run is consecutive episodes of one series within a session."""
-    from minivz import kernels
-
-    say("sessionize")
-    session = kernels.sessionize(log.user_codes, log.ts, int(cfg.session_gap_s) * 1_000_000)
     n_items = len(log.item_ids)
     check_candidates(cfg, n_items)
     counts = np.bincount(log.item_codes, minlength=n_items)
     catalog = _catalog(items_in, log.item_ids, counts)
-    return catalog, session_runs(log, session, CatalogSeries.of(catalog), say)
+    return catalog, session_runs(cfg, log, CatalogSeries.of(catalog), say)
 
 
 def check_candidates(cfg: DataConfig, n_items: int) -> None:
@@ -338,10 +341,12 @@ class CatalogSeries(NamedTuple):
         return cls(ser_codes_cat, series_names, _int_or(catalog["season"], -1), _int_or(catalog["episode"], -1))
 
 
-def session_runs(log: SortedLog, session: np.ndarray, cat: CatalogSeries, say: Callable[[str], None]) -> Series:
-    """The series runs of sorted events whose sessions are numbered (``kernels.sessionize``)."""
+def session_runs(cfg: DataConfig, log: SortedLog, cat: CatalogSeries, say: Callable[[str], None]) -> Series:
+    """Sessions of sorted events (split at gaps of ``session_gap_s``) and their series runs."""
     from minivz import kernels
 
+    say("sessionize")
+    session = kernels.sessionize(log.user_codes, log.ts, int(cfg.session_gap_s) * 1_000_000)
     ser_codes_cat, season_cat, episode_cat = cat.codes, cat.season, cat.episode
     ev, item_codes = log.events, log.item_codes
     if "duration_s" in ev.column_names:
@@ -425,16 +430,24 @@ def write_outputs(out: Path, log: SortedLog, catalog: pa.Table, series: Series, 
                   pool.submit(_write, catalog, out / "items.parquet"),
                   pool.submit(_write, _runs_table(series.runs, series.series_names), out / "runs.parquet")]
         ex_counts, disc_share = {}, {}
-        for code, name in enumerate(SPLITS):
-            sel = np.flatnonzero(np.asarray(ex.split) == code)
-            tbl = _examples_table(ex, sel, log.user_ids, log.item_codes, log.ts, n_candidates)
+        for name, tbl, n_discovery in split_tables(ex, log, n_candidates):
             writes.append(pool.submit(_write, tbl, out / f"{name}.parquet"))
-            ex_counts[name] = int(len(sel))
-            disc_share[name] = float(np.asarray(ex.discovery)[sel].mean()) if len(sel) else 0.0
+            ex_counts[name] = tbl.num_rows
+            disc_share[name] = n_discovery / tbl.num_rows if tbl.num_rows else 0.0
         writes.append(pool.submit(write_rejects, rejects, out / "rejects.parquet"))
         for w in writes:
             w.result()  # re-raise a writer's error here
     return ex_counts, disc_share
+
+
+def split_tables(ex, log: SortedLog, n_candidates: int, row_offset: int = 0):
+    """Per split, in order: (its name, its examples table, how many of them are discoveries).
+    ``row_offset``: the events of the shards before ``log`` (0 in memory)."""
+    split, discovery = np.asarray(ex.split), np.asarray(ex.discovery)
+    for code, name in enumerate(SPLITS):
+        sel = np.flatnonzero(split == code)
+        yield (name, _examples_table(ex, sel, log.user_ids, log.item_codes, log.ts, n_candidates, row_offset),
+               float(discovery[sel].sum()))
 
 
 def _write(table: pa.Table, path: Path) -> None:

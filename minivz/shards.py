@@ -44,15 +44,15 @@ import pyarrow.parquet as pq
 
 from minivz.config import DataConfig
 from minivz.events import (
-    EVENT_REQUIRED, _Rejects, _as_string_ids, _combine, _resolve_map, EVENT_OPTIONAL, check_catalog,
-    check_maps, drop_duplicates, events_from_table, items_from_table, write_rejects,
+    EVENT_OPTIONAL, EVENT_REQUIRED, _Rejects, _as_string_ids, _combine, _resolve_map, check_catalog, check_maps,
+    drop_duplicates, events_from_table, id_sources, read_catalog, text_sources, write_rejects,
 )
 from minivz.examples import (
-    SPLITS, CatalogSeries, PrepareSummary, SortedLog, _catalog, _events_table, _examples_table, _runs_table,
-    _text_columns, build_split_examples, check_candidates, id_order, id_sort_keys, numeric_ids, session_runs,
-    time_quantiles,
+    SPLITS, CatalogSeries, PrepareSummary, SortedLog, _catalog, _events_table, _runs_table, _text_columns,
+    build_split_examples, check_candidates, id_order, id_sort_keys, numeric_ids, order_log, session_runs,
+    split_tables, time_quantiles,
 )
-from minivz.log import Files, as_text, input_files, mixed_columns, read_file, read_input
+from minivz.log import Files, as_text, input_files, mixed_columns, read_file
 from minivz.timestamps import ts_window_us
 
 # Peak bytes per input event of one shard: 8.11 GiB for 12.6M events per shard at 100M events of the
@@ -106,7 +106,6 @@ class Scan:
     mixed: set
     n_read: int
     bad: list = field(default_factory=list)
-    delimiters: list = field(default_factory=list)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -191,14 +190,12 @@ class FileScan:
     schema: pa.Schema
     n_read: int
     bad: list
-    delimiter: str | None
 
 
 def scan_file(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, i: int) -> FileScan:
     """File ``i`` read and validated as in memory; only its ids, counts and schema are kept."""
     window = ts_window_us(cfg.ts_min, cfg.ts_max)
-    text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    table, rows, b, d = read_file(found, i, text, cfg.encoding, cfg.delimiter)
+    table, rows, b, _ = read_file(found, i, text_sources(cmap), cfg.encoding, cfg.delimiter)
     schema = table.schema
     for c in _mapped_sources(cmap):  # a column this file lacks is null here, as in the concatenated log
         if c not in table.column_names:
@@ -209,18 +206,16 @@ def scan_file(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None,
         ev = ev.filter(pc.is_in(ev["item_id"], value_set=items["item_id"].combine_chunks()))
     vc = pc.value_counts(ev["user_id"])
     return FileScan(pa.table({"id": vc.field("values"), "n": vc.field("counts")}), pc.unique(ev["item_id"]),
-                    schema, table.num_rows + len(b), [(i, row, reason, raw) for row, reason, raw in b], d)
+                    schema, table.num_rows + len(b), [(i, row, reason, raw) for row, reason, raw in b])
 
 
 def scan(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, engine, say) -> Scan:
     """Step 1: every file read and validated once (``scan_file``, one task per file), merged."""
-    users, items_seen, schemas, bad, delims = [], [], [], [], []
+    users, items_seen, schemas, bad = [], [], [], []
     n_read, pending = 0, 0
     args = [(cfg, found, cmap, items, i) for i in range(len(found.files))]
     for i, fs in enumerate(engine.map(scan_file, args)):
         say(f"scan {i + 1}/{len(found.files)}")
-        if fs.delimiter is not None and fs.delimiter not in delims:
-            delims.append(fs.delimiter)
         schemas.append(fs.schema)
         n_read += fs.n_read
         bad.extend(fs.bad)
@@ -239,7 +234,7 @@ def scan(cfg: DataConfig, found: Files, cmap: dict, items: pa.Table | None, engi
     order = id_order(uniq)
     uitems = pc.unique(pa.chunked_array(items_seen, pa.string()).combine_chunks())
     return Scan(uniq.take(pa.array(order)), counts["n"].to_numpy()[order], numeric_ids(uniq),
-                uitems.take(pa.array(id_order(uitems))), unified, mixed, n_read, bad, delims)
+                uitems.take(pa.array(id_order(uitems))), unified, mixed, n_read, bad)
 
 
 def _text_schema(schema: pa.Schema, mixed: set) -> pa.Schema:
@@ -289,8 +284,7 @@ class SpillPlan:
 def spill_file(cfg: DataConfig, found: Files, cmap: dict, plan: SpillPlan, i: int) -> int:
     """File ``i``'s rows, conformed to the one schema, into ``s{shard}-f{i}.arrow`` of their users' shards
     (Arrow IPC streams). Returns the rows written."""
-    text = [cmap.get(c, c) for c in ("user_id", "item_id", "ts")]
-    table, rows, _, _ = read_file(found, i, text, cfg.encoding, cfg.delimiter)
+    table, rows, _, _ = read_file(found, i, text_sources(cmap), cfg.encoding, cfg.delimiter)
     table = _conform(as_text(table, plan.mixed), plan.schema)
     table = table.append_column(_ROW, pa.array(rows, pa.int64()))
     table = table.append_column(_FILE, pa.array(np.full(table.num_rows, i, np.int32)))
@@ -325,7 +319,8 @@ class ShardJob:
     bounds: np.ndarray  # first user code of each shard
     ends: np.ndarray  # one past its last
     dir: str  # the spill
-    catalog: pa.Table | None = None  # n_events filled when popularity negatives need it
+    catalog: pa.Table  # n_events filled when popularity negatives need it
+    series: CatalogSeries  # the catalog's series codes, seasons and episodes (read once)
     cuts: tuple | None = None  # the time split's cut-offs
 
 
@@ -338,8 +333,6 @@ class _ShardEvents(NamedTuple):
 def shard_events(job: ShardJob, k: int) -> _ShardEvents:
     """Shard ``k``'s spilled rows validated, checked against the catalog, deduplicated, encoded with the
     log's codes and ordered by (user, ts, item): ``encode_sorted`` for users ``bounds[k]..ends[k]``."""
-    from minivz import kernels
-
     cfg, cmap = job.cfg, job.cmap
     parts = sorted(Path(job.dir).glob(f"s{k:05d}-f*.arrow"))  # in file order
     tables = []
@@ -357,8 +350,7 @@ def shard_events(job: ShardJob, k: int) -> _ShardEvents:
         events = check_catalog(events, job.items, rej, raw, rows, codes)
     n_dup = 0
     if cfg.dedupe:
-        events, n_dup = drop_duplicates(
-            events, rej, raw, rows, codes, (cmap.get("user_id", "user_id"), cmap.get("item_id", "item_id")))
+        events, n_dup = drop_duplicates(events, rej, raw, rows, codes, id_sources(cmap))
     del raw
     if events.num_rows == 0:
         return _ShardEvents(None, rej.to_table(), n_dup)
@@ -366,11 +358,8 @@ def shard_events(job: ShardJob, k: int) -> _ShardEvents:
     user_codes = np.asarray(pc.index_in(events["user_id"], value_set=job.users.slice(lo, hi - lo)), np.int64)
     user_codes += lo
     item_codes = np.asarray(pc.index_in(events["item_id"], value_set=job.item_ids), np.int64)
-    ts = pc.cast(events["ts"], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-    perm = kernels.stable_order(user_codes, ts, item_codes)
-    ev = events.drop_columns(["user_id", "item_id", "ts", "_pos"]).combine_chunks().take(pa.array(perm))
-    user_codes, item_codes, ts = kernels.apply_order(perm, user_codes, item_codes, ts)
-    return _ShardEvents(SortedLog(ev, user_codes, job.users, item_codes, job.item_ids, ts), rej.to_table(), n_dup)
+    log = order_log(events.drop_columns(["_pos"]), user_codes, job.users, item_codes, job.item_ids)
+    return _ShardEvents(log, rej.to_table(), n_dup)
 
 
 class ShardCounts(NamedTuple):
@@ -380,23 +369,22 @@ class ShardCounts(NamedTuple):
     item_counts: np.ndarray
     ts: np.ndarray | None  # the kept times, for a time split's quantiles
 
+    @classmethod
+    def of(cls, job: ShardJob, log: SortedLog | None, series=None, keep_ts: bool = False) -> "ShardCounts":
+        if log is None:
+            return cls(0, 0, 0, np.zeros(len(job.item_ids), np.int64), None)
+        return cls(len(log.ts), int(series.session[-1]) + 1, int(len(series.runs.start)),
+                   np.bincount(log.item_codes, minlength=len(job.item_ids)), log.ts if keep_ts else None)
 
-def _sessions(job: ShardJob, log: SortedLog):
-    from minivz import kernels
 
-    session = kernels.sessionize(log.user_codes, log.ts, int(job.cfg.session_gap_s) * 1_000_000)
-    return session, session_runs(log, session, CatalogSeries.of(job.catalog), lambda _m: None)
+def _series(job: ShardJob, log: SortedLog):
+    return session_runs(job.cfg, log, job.series, lambda _m: None)
 
 
 def count_shard(job: ShardJob, k: int) -> ShardCounts:
     """Shard ``k``'s totals, which the shards after it offset by (and the whole log's counts need)."""
-    sh = shard_events(job, k)
-    if sh.log is None:
-        return ShardCounts(0, 0, 0, np.zeros(len(job.item_ids), np.int64), None)
-    session, series = _sessions(job, sh.log)
-    return ShardCounts(len(sh.log.ts), int(session[-1]) + 1, int(len(series.runs.start)),
-                       np.bincount(sh.log.item_codes, minlength=len(job.item_ids)),
-                       sh.log.ts if job.cfg.split == "time" else None)
+    log = shard_events(job, k).log
+    return ShardCounts.of(job, log, _series(job, log) if log is not None else None, job.cfg.split == "time")
 
 
 @dataclass
@@ -406,9 +394,9 @@ class ShardOut:
     rejects: pa.Table
     n_duplicates: int
     counts: ShardCounts
-    examples: dict
-    discovery: dict
-    skipped: dict
+    examples: dict = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    discovery: dict = field(default_factory=lambda: dict.fromkeys(SPLITS, 0.0))
+    skipped: dict = field(default_factory=lambda: {"short_history": 0, "no_negatives": 0})
     split_rule: str = ""
 
 
@@ -416,29 +404,23 @@ def build_shard(job: ShardJob, k: int, offsets: tuple[int, int, int]) -> ShardOu
     """Shard ``k`` through the in-memory steps: its tables, offset by (events, sessions, runs) before it."""
     cfg = job.cfg
     sh = shard_events(job, k)
-    zero = ShardCounts(0, 0, 0, np.zeros(len(job.item_ids), np.int64), None)
-    if sh.log is None:
-        return ShardOut({}, sh.rejects, sh.n_duplicates, zero, dict.fromkeys(SPLITS, 0),
-                        dict.fromkeys(SPLITS, 0.0), {"short_history": 0, "no_negatives": 0})
     log = sh.log
+    if log is None:
+        return ShardOut({}, sh.rejects, sh.n_duplicates, ShardCounts.of(job, None))
     row0, sess0, run0 = offsets
-    session, series = _sessions(job, log)
+    series = _series(job, log)
     ex, split_rule = build_split_examples(cfg, log, job.catalog, series, time_cuts=job.cuts)
     tables = {
         "events": _events_table(log.events, log.user_codes, log.item_codes, log.ts, job.users, job.item_ids,
-                                session + sess0, np.asarray(series.runs.run_of_event) + run0),
+                                series.session + sess0, np.asarray(series.runs.run_of_event) + run0),
         "runs": _runs_table(series.runs, series.series_names, run0, row0),
     }
     n_ex, disc = {}, {}
-    for code, name in enumerate(SPLITS):
-        sel = np.flatnonzero(np.asarray(ex.split) == code)
-        tables[name] = _examples_table(ex, sel, job.users, log.item_codes, log.ts, cfg.n_candidates, row0)
-        n_ex[name] = int(len(sel))
-        disc[name] = float(np.asarray(ex.discovery)[sel].sum())
-    counts = ShardCounts(len(log.ts), int(session[-1]) + 1, int(len(series.runs.start)),
-                         np.bincount(log.item_codes, minlength=len(job.item_ids)), None)
+    for name, table, n_discovery in split_tables(ex, log, cfg.n_candidates, row0):
+        tables[name], n_ex[name], disc[name] = table, table.num_rows, n_discovery
     skipped = {"short_history": int(ex.n_skipped_short_history), "no_negatives": int(ex.n_skipped_no_negatives)}
-    return ShardOut(tables, sh.rejects, sh.n_duplicates, counts, n_ex, disc, skipped, split_rule)
+    return ShardOut(tables, sh.rejects, sh.n_duplicates, ShardCounts.of(job, log, series), n_ex, disc, skipped,
+                    split_rule)
 
 
 class _Writers:
@@ -509,32 +491,29 @@ def _build_all(engine, job_ref, n: int, offsets: list | None):
         off = (off[0] + o.counts.n_events, off[1] + o.counts.n_sessions, off[2] + o.counts.n_runs)
 
 
-def prepare_sharded(cfg: DataConfig, out: Path, n_shards: int, say) -> tuple[PrepareSummary, str, str]:
-    """Steps 1-3 (module docstring): writes ``out`` as ``examples.prepare`` does; returns (summary, split
-    rule, source) for the manifest."""
+def prepare_sharded(cfg: DataConfig, found: Files, out: Path, n_shards: int, say) -> tuple[PrepareSummary, str, str]:
+    """Steps 1-3 (module docstring) for the log's files ``found`` (``input_files``' result): writes ``out``
+    as ``examples.prepare`` does; returns (summary, split rule, source) for the manifest."""
     engine = engine_of(cfg)
     try:
-        return _prepare_sharded(cfg, out, n_shards, engine, say)
+        return _prepare_sharded(cfg, found, out, n_shards, engine, say)
     finally:
         engine.close()
 
 
-def _prepare_sharded(cfg, out, n_shards, engine, say):
+def _with_counts(catalog: pa.Table, counts: np.ndarray) -> pa.Table:
+    return catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(counts))
+
+
+def _prepare_sharded(cfg, found, out, n_shards, engine, say):
     given = out
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     cmap = dict(cfg.map or {})
-    found = input_files(cfg.input, cfg.fmt)
     ifound = input_files(cfg.items) if cfg.items is not None else None
     check_maps(found, cmap, delimiter=cfg.delimiter, items_path=ifound, items_map=cfg.items_map or None,
                encoding=cfg.encoding)
-    items, item_rej = None, None
-    if ifound is not None:
-        imap = dict(cfg.items_map or {})
-        isrc = read_input(ifound, string_columns=[imap.get("item_id", "item_id")], encoding=cfg.encoding)
-        items, item_rej = items_from_table(isrc.table, imap, row_numbers=isrc.rows, file_codes=isrc.file,
-                                           files=isrc.files)
-        _combine(item_rej, isrc.bad)
+    items, item_rej = read_catalog(ifound, cfg.items_map, cfg.encoding) if ifound is not None else (None, None)
     files = [str(f) for f in found.files]  # as rejects name them
     if not isinstance(engine, LocalEngine):  # a worker's working directory need not be ours
         found = Files([f.resolve() for f in found.files], found.parts, found.kind)
@@ -561,18 +540,19 @@ def _prepare_sharded(cfg, out, n_shards, engine, say):
         secs["spill"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         catalog = _catalog(items, sc.items.to_pylist(), np.zeros(len(sc.items), np.int64))
-        job = ShardJob(cfg, cmap, files, items, sc.users, sc.items, bounds, ends, str(tmp), catalog)
+        job = ShardJob(cfg, cmap, files, items, sc.users, sc.items, bounds, ends, str(tmp), catalog,
+                       CatalogSeries.of(catalog))
         offsets = None
         needs_totals = cfg.negatives == "popularity" or cfg.split == "time"
         if needs_totals or not isinstance(engine, LocalEngine):
-            counts = []
-            for k, c in enumerate(engine.map(count_shard, [(engine.put(job), k) for k in range(len(bounds))])):
+            counts, job_ref = [], engine.put(job)
+            for k, c in enumerate(engine.map(count_shard, [(job_ref, k) for k in range(len(bounds))])):
                 say(f"count shard {k + 1}/{len(bounds)}")
                 counts.append(c)
             cum = np.cumsum([[0, 0, 0]] + [[c.n_events, c.n_sessions, c.n_runs] for c in counts[:-1]], axis=0)
             offsets = [tuple(int(v) for v in row) for row in cum]
             n_events = np.sum([c.item_counts for c in counts], axis=0)
-            job.catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(n_events))
+            job.catalog = _with_counts(catalog, n_events)
             if cfg.split == "time":
                 job.cuts = time_quantiles(cfg, np.concatenate([c.ts for c in counts if c.ts is not None]))
             del counts
@@ -594,7 +574,7 @@ def _prepare_sharded(cfg, out, n_shards, engine, say):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    catalog = catalog.set_column(catalog.column_names.index("n_events"), "n_events", pa.array(tot.counts))
+    catalog = _with_counts(catalog, tot.counts)
     pq.write_table(catalog, out / "items.parquet", use_dictionary=_text_columns(catalog.schema))
     rej = _Rejects("events", files=files)
     _combine(rej, sc.bad)
