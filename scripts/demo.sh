@@ -10,6 +10,9 @@ MINIVZ_EXTRAS="models,serve,train,seqrec"
 # The demo is the only job on the machine: OpenMP threads may spin while they wait (measured on 2
 # idle cores: scoring 1.16 vs 1.41 s per example, sampling 7.0 vs 8.1 s per batch). minivz's own
 # default is PASSIVE, which is far safer on a shared or busy CPU; override with OMP_WAIT_POLICY=passive.
+# Safe here because torch's libgomp is the only OpenMP runtime in the process: minivz.kernels runs
+# numba's prange on its workqueue layer (with numba's "omp" layer the idle system libgomp pool spun
+# a core for the rest of the run and stage 2 scored 3x slower).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-active}"
 minivz env
 minivz recipe tiny-cpu --out runs/tiny-cpu "$@"

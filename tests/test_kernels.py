@@ -568,3 +568,30 @@ def test_parallel_kernels_run_from_a_cold_and_a_warm_cache(tmp_path):
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert len({r.stdout for r in runs}) == 1
     assert any((tmp_path / "numba-cache").rglob("*.nbc"))
+
+
+_LAYER = """
+import numpy as np, numba
+from minivz import kernels
+u = np.repeat(np.arange(50), 4); t = np.arange(200)
+kernels.stable_order(u, t)
+print(numba.threading_layer())
+"""
+
+
+def test_parallel_kernels_start_no_second_openmp_runtime():
+    """torch runs on its bundled libgomp; numba's default "omp" layer would start the system one in
+    the same process, whose idle threads (spinning under OMP_WAIT_POLICY=active) slowed every later
+    torch op 2.3x. minivz.kernels picks numba's workqueue layer unless NUMBA_THREADING_LAYER is set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "NUMBA_DISABLE_JIT")}
+    got = subprocess.run([sys.executable, "-c", _LAYER], env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.split()[-1] == "workqueue"
+    env["NUMBA_THREADING_LAYER"] = "omp"
+    got = subprocess.run([sys.executable, "-c", _LAYER], env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.split()[-1] == "omp"
