@@ -354,6 +354,7 @@ def report_cmd(
 
 
 _RECIPE_CHILD = "MINIVZ_RECIPE_CHILD"  # set in the process that runs stage 2 after stage 1 ran in its parent
+_RECIPE_T0 = "MINIVZ_RECIPE_T0"  # the command's start (epoch seconds), for its wall time after the exec
 
 
 @app.command("recipe")
@@ -406,27 +407,25 @@ def recipe_cmd(
                            header="# verbalizer training, one process:")
         return
     pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
-    t0 = time.perf_counter()
-    # Stage 2 in a fresh process once stage 1 ran in this one: measured 2026-12-07 (Zen 4 EPYC, 2 cores),
-    # the stage-2 rows scored 4.0 s per example in the process that had just run stage 1 and 1.34 s in
-    # a fresh one, with identical scores (docs/results.md; the cause inside stage 1 is not found yet). A
-    # fresh process also hands back stage 1's memory. The child resumes: finished stages are skipped.
+    # wall time of the whole command, across the exec below (the child reads the parent's start)
+    t0 = float(os.environ.get(_RECIPE_T0) or time.time())
+    # Stage 2 in a fresh process once stage 1 ran in this one: it hands back stage 1's memory (3.2 GB
+    # of 4.3 on tiny-cpu) and its thread pools. The process image is replaced (exec), not forked and
+    # waited on: a parent left waiting kept torch's OpenMP pool spinning under OMP_WAIT_POLICY=active
+    # (a core at 60-80% for the whole of stage 2, 2026-12-07). The new image resumes the run:
+    # finished stages are skipped.
     if pipe.run(until="learned") and pipe.pending() and not os.environ.get(_RECIPE_CHILD):
-        import subprocess
-
         console.print("       stage 2 in a fresh process (finished stages are skipped)", markup=False)
         argv = [sys.executable, "-m", "minivz", "recipe", name, "--out", str(pipe.out),
                 *[x for s in (set_ or []) for x in ("--set", s)]]
-        rc = subprocess.call(argv, env={**os.environ, _RECIPE_CHILD: "1"})
-        if rc:
-            raise typer.Exit(rc)
-        console.print(f"wall time {time.perf_counter() - t0:.0f} s; results in {pipe.out}")
-        return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, {**os.environ, _RECIPE_CHILD: "1", _RECIPE_T0: repr(t0)})
     pipe.run()
     md = pipe.out / "results.md"
     if md.exists():
         console.print(md.read_text(), markup=False, highlight=False)
-    console.print(f"wall time {time.perf_counter() - t0:.0f} s; results in {pipe.out}")
+    console.print(f"wall time {time.time() - t0:.0f} s; results in {pipe.out}")
 
 
 @app.command("env")

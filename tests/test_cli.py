@@ -260,3 +260,52 @@ def test_gpu_setup_script_and_extras(tmp_path):
     extras = tomllib.loads((script.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("bitsandbytes") for r in extras["gpu"])
     assert VLLM in extras["multi-gpu"] and any(r.startswith("deepspeed") for r in extras["multi-gpu"])
+
+
+def test_recipe_replaces_its_process_for_stage_2(tmp_path, monkeypatch):
+    """Once stage 1 ran in the process, `minivz recipe` execs itself (same arguments, the child flag
+    and its start time set): no parent stays behind holding stage 1's memory and thread pools (a
+    waiting parent's OpenMP pool spun a core through stage 2). The exec'd process runs the rest."""
+    import os
+
+    from typer.testing import CliRunner
+
+    import minivz.cli as cli
+    import minivz.pipeline as pipeline
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name, out, set_, say):
+            self.out = out
+
+        def run(self, until=None):
+            calls.append(until)
+            return ["learned"] if until else []
+
+        def pending(self):
+            return ["reasoner"]
+
+    class Exec(Exception):
+        pass
+
+    def fake_exec(path, argv, env):
+        raise Exec(path, argv, env)
+
+    monkeypatch.setattr(pipeline, "Pipeline", Fake)
+    monkeypatch.setattr(os, "execve", fake_exec)
+    monkeypatch.delenv(cli._RECIPE_CHILD, raising=False)
+    monkeypatch.delenv(cli._RECIPE_T0, raising=False)
+    res = CliRunner().invoke(cli.app, ["recipe", "tiny-cpu", "--out", str(tmp_path), "--set", "max_steps=2"])
+    assert isinstance(res.exception, Exec), res.output
+    path, argv, env = res.exception.args
+    assert path == sys.executable and calls == ["learned"]
+    assert argv[1:] == ["-m", "minivz", "recipe", "tiny-cpu", "--out", str(tmp_path), "--set", "max_steps=2"]
+    assert env[cli._RECIPE_CHILD] == "1" and float(env[cli._RECIPE_T0]) > 0
+    # the exec'd process (child flag set) runs every remaining stage itself
+    monkeypatch.setenv(cli._RECIPE_CHILD, "1")
+    monkeypatch.setenv(cli._RECIPE_T0, "1.0")
+    calls.clear()
+    res = CliRunner().invoke(cli.app, ["recipe", "tiny-cpu", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert calls == ["learned", None] and "wall time" in res.output
