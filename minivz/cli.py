@@ -353,8 +353,10 @@ def report_cmd(
     typer.echo(f"wrote {path}")
 
 
-_RECIPE_CHILD = "MINIVZ_RECIPE_CHILD"  # set in the process that runs stage 2 after stage 1 ran in its parent
-_RECIPE_T0 = "MINIVZ_RECIPE_T0"  # the command's start (epoch seconds), for its wall time after the exec
+# Set in the image `minivz recipe` execs for stage 2 (below): it must not exec again, and it reports
+# the wall time from the command's start (epoch seconds), not its own.
+_RECIPE_CHILD = "MINIVZ_RECIPE_CHILD"
+_RECIPE_T0 = "MINIVZ_RECIPE_T0"
 
 
 @app.command("recipe")
@@ -407,7 +409,6 @@ def recipe_cmd(
                            header="# verbalizer training, one process:")
         return
     pipe = Pipeline(name, out or Path("runs") / Path(name).stem, set_, say=lambda m: console.print(m, markup=False))
-    # wall time of the whole command, across the exec below (the child reads the parent's start)
     t0 = float(os.environ.get(_RECIPE_T0) or time.time())
     # Stage 2 in a fresh process once stage 1 ran in this one: it hands back stage 1's memory (3.2 GB
     # of 4.3 on tiny-cpu) and its thread pools. The process image is replaced (exec), not forked and
