@@ -40,7 +40,10 @@ def passive_omp() -> None:
     shared cores: SmolLM2-135M in torch, 4 x 64 sampled tokens, 87.6 s spinning vs 9.8 s passive
     (8.9 s with 1 thread); in llama.cpp, 64 tokens in 31 s spinning vs 1.9 s passive. Only a default
     (export OMP_WAIT_POLICY=active on a dedicated box), and only effective before the OpenMP runtime
-    starts: call it before torch or llama_cpp is first imported.
+    starts: call it before torch or llama_cpp is first imported. Spinning pays only with one OpenMP
+    runtime per process: a second one's idle pool spins beside the first (numba's "omp" layer next to
+    torch slowed a forward 2.3x under ``active``), which is why ``minivz.kernels`` runs numba on its
+    workqueue layer; a process that loads llama.cpp beside torch holds two and should stay passive.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -152,7 +155,10 @@ def collect() -> dict[str, str | int | float | None]:
         "memory_gib": _mem_gib(),
         "gpus": _gpus(),
         "cpu_amx_bf16": cpu_has_amx_bf16(),
+        "cpu_bf16": cpu_has_bf16(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # what minivz.kernels will run prange on (set there without this import loading numba)
+        "numba_threading_layer": os.environ.get("NUMBA_THREADING_LAYER", "workqueue"),
     }
     for p in PACKAGES:
         info[p] = _version(p)

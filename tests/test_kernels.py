@@ -575,14 +575,16 @@ import numpy as np, numba
 from minivz import kernels
 u = np.repeat(np.arange(50), 4); t = np.arange(200)
 kernels.stable_order(u, t)
-print(numba.threading_layer())
+from minivz.envinfo import collect
+print(collect()["numba_threading_layer"], numba.threading_layer())
 """
 
 
 def test_parallel_kernels_start_no_second_openmp_runtime():
     """torch runs on its bundled libgomp; numba's default "omp" layer would start the system one in
     the same process, whose idle threads (spinning under OMP_WAIT_POLICY=active) slowed every later
-    torch op 2.3x. minivz.kernels picks numba's workqueue layer unless NUMBA_THREADING_LAYER is set."""
+    torch op 2.3x. minivz.kernels picks numba's workqueue layer unless NUMBA_THREADING_LAYER is set;
+    `minivz env` reports the layer the kernels run on."""
     import os
     import subprocess
     import sys
@@ -592,4 +594,4 @@ def test_parallel_kernels_start_no_second_openmp_runtime():
         got = subprocess.run([sys.executable, "-c", _LAYER], capture_output=True, text=True, timeout=600,
                              env=env if chosen is None else {**env, "NUMBA_THREADING_LAYER": chosen})
         assert got.returncode == 0, got.stderr[-2000:]
-        assert got.stdout.split()[-1] == layer
+        assert got.stdout.split()[-2:] == [layer, layer]
