@@ -4,6 +4,7 @@
     python benchmarks/bench_prepare.py                          # 1M and 10M events
     python benchmarks/bench_prepare.py --sizes 1e6 --keep /tmp/bp   # quick look, keep the inputs
     python benchmarks/bench_prepare.py --sizes 1e8 --memory-gb 8    # production size (needs the disk)
+    python benchmarks/bench_prepare.py --sizes 1e6,1e7,1e8 --up-to polars=1e7   # all sizes, one table
 
 Input: a production-style log (SYNTHETIC, seeded), written untimed as a hive-partitioned Parquet
 dataset ``log/dt=YYYY-MM-DD/part-K.parquet`` (30 days x 4 parts = 120 files), typed columns: ``uid``
@@ -222,6 +223,9 @@ def main() -> None:
                     help="the memory budget: DuckDB's memory_limit, polars' (none), minivz's memory_gb")
     ap.add_argument("--systems", default="minivz,duckdb,polars,floor",
                     help="also minivz-memory: minivz with the whole log in memory (shards=1)")
+    ap.add_argument("--up-to", default="",
+                    help="SYSTEM=EVENTS,...: run SYSTEM only up to that size (polars=1e7: polars collects "
+                         "the whole table in memory, ~10+ GB at 1e8), the row says it was skipped")
     ap.add_argument("--keep", default=None, help="directory to keep inputs/outputs in (default: temp)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--log", default=None, help=argparse.SUPPRESS)
@@ -236,6 +240,10 @@ def main() -> None:
     print(f"# {cpu}, {os.cpu_count()} cores; python {platform.python_version()}")
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench_prepare_"))
     systems = args.systems.split(",")
+    up_to = {k: int(float(v)) for k, v in (x.split("=") for x in args.up_to.split(",") if x)}
+    unknown = set(up_to) - set(systems)
+    if unknown:
+        raise SystemExit(f"--up-to names {sorted(unknown)}, not among --systems {systems}")
     rows = []
     for size in [int(float(s)) for s in args.sizes.split(",")]:
         log = base / f"log_{size}"
@@ -246,6 +254,10 @@ def main() -> None:
                   f"to {log} (untimed)", flush=True)
         res = {}
         for system in systems:
+            if size > up_to.get(system, size):
+                res[system] = (None, None, f"skipped above {up_to[system]:,} events (--up-to)")
+                print(f"  {size:>12,} {system:<7} {res[system][2]}", flush=True)
+                continue
             out = base / f"out_{system}_{size}"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
@@ -286,7 +298,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for size, res in rows:
         mv = res.get("minivz")
+        mv = mv if mv and mv[0] is not None else None
         for system, (wall, gb, rc) in res.items():
+            if wall is None:
+                print(f"| {size:,} | {system} ({rc}) | | | | | |")
+                continue
             ratio = f"{wall / mv[0]:.2f}" if mv and system != "minivz" else "—"
             mem = f"{gb / mv[1]:.2f}" if mv and system != "minivz" else "—"
             flag = "" if rc == 0 else (" (examples differ)" if rc == "differs" else f" (failed rc {rc})")
