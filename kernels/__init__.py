@@ -13,9 +13,9 @@ private ``@njit(cache=True)`` kernel. Typical order on an event log:
 GRPO helpers: plateau_length_reward, group_advantages.
 """
 
-import os
-
 import numba
+
+from minivz.envinfo import numba_threading_layer
 
 # One OpenMP runtime per process. Numba's default "omp" layer runs prange on the system libgomp,
 # torch on its own bundled copy: two runtimes whose idle threads wait apart. Measured on 2 cores
@@ -25,8 +25,7 @@ import numba
 # 1.7 s passive, against 1.2 / 1.4 s without it. Numba's own "workqueue" layer starts no OpenMP
 # runtime (1.2 / 1.4 s); build_examples runs ~25% slower on it (1.1 vs 0.9 s at 10M events), the
 # ordering kernels the same. Set NUMBA_THREADING_LAYER=omp to choose numba's default back.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+numba.config.THREADING_LAYER = numba_threading_layer()
 
 from .examples import Examples, build_examples  # noqa: E402
 from .order import apply_order, sessionize, stable_order  # noqa: E402

@@ -48,6 +48,13 @@ def passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def numba_threading_layer() -> str:
+    """The layer numba runs minivz.kernels' prange on: NUMBA_THREADING_LAYER if set, else "workqueue"
+    (not OpenMP: one OpenMP runtime per process, see passive_omp). minivz.kernels sets it from here;
+    reading it loads no numba."""
+    return os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+
+
 def cpu_threads(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup-v2 CPU quota (a container's
     CPU limit). The default thread count of minivz's llama.cpp contexts. (llama-cpp-python's own
@@ -157,8 +164,7 @@ def collect() -> dict[str, str | int | float | None]:
         "cpu_amx_bf16": cpu_has_amx_bf16(),
         "cpu_bf16": cpu_has_bf16(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        # what minivz.kernels will run prange on (set there without this import loading numba)
-        "numba_threading_layer": os.environ.get("NUMBA_THREADING_LAYER", "workqueue"),
+        "numba_threading_layer": numba_threading_layer(),
     }
     for p in PACKAGES:
         info[p] = _version(p)
