@@ -415,14 +415,16 @@ def recipe_cmd(
     # waited on: a parent left waiting kept torch's OpenMP pool spinning under OMP_WAIT_POLICY=active
     # (a core at 60-80% for the whole of stage 2, 2026-12-07). The new image resumes the run:
     # finished stages are skipped.
-    if pipe.run(until="learned") and pipe.pending() and not os.environ.get(_RECIPE_CHILD):
+    # The exec'd image starts past stage 1, which its parent ran and reported: each stage's line once.
+    child = bool(os.environ.get(_RECIPE_CHILD))
+    if not child and pipe.run(until="learned") and pipe.pending():
         console.print("       stage 2 in a fresh process (finished stages are skipped)", markup=False)
         argv = [sys.executable, "-m", "minivz", "recipe", name, "--out", str(pipe.out),
                 *[x for s in (set_ or []) for x in ("--set", s)]]
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, argv, {**os.environ, _RECIPE_CHILD: "1", _RECIPE_T0: repr(t0)})
-    pipe.run()
+    pipe.run(after="learned")
     md = pipe.out / "results.md"
     if md.exists():
         console.print(md.read_text(), markup=False, highlight=False)

@@ -304,13 +304,16 @@ class Pipeline:
         """The stages still to run (neither complete nor in ``skip_stages``)."""
         return [s for s in STAGES if s not in self.cfg["pipeline"].skip_stages and not self._done(s)]
 
-    def run(self, until: str | None = None) -> list[dict]:
-        """Run every stage not yet complete (up to and including ``until``); returns those that ran."""
+    def run(self, until: str | None = None, after: str | None = None) -> list[dict]:
+        """Run every stage not yet complete (up to and including ``until``; only those past ``after``,
+        which the caller has run or checked already); returns those that ran."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "recipe.yaml").write_text(
             "\n".join(f"# {k}\n{dump_yaml(v)}" for k, v in self.cfg.items()))
         report = []
         stages = STAGES if until is None else STAGES[:STAGES.index(until) + 1]
+        if after is not None:
+            stages = stages[STAGES.index(after) + 1:]
         for stage in stages:
             if stage in self.cfg["pipeline"].skip_stages:
                 self.say(f"[skip] {stage} (skip_stages)")

@@ -279,8 +279,8 @@ def test_recipe_replaces_its_process_for_stage_2(tmp_path, monkeypatch):
         def __init__(self, name, out, set_, say):
             self.out = out
 
-        def run(self, until=None):
-            calls.append(until)
+        def run(self, until=None, after=None):
+            calls.append(until or f"after {after}")
             return ["learned"] if until else []
 
         def pending(self):
@@ -308,4 +308,11 @@ def test_recipe_replaces_its_process_for_stage_2(tmp_path, monkeypatch):
     calls.clear()
     res = CliRunner().invoke(cli.app, ["recipe", "tiny-cpu", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert calls == ["learned", None] and "wall time" in res.output
+    assert calls == ["after learned"] and "wall time" in res.output  # stage 1's lines are the parent's
+    # without the exec (stage 2 only left, or nothing): stage 1 checked once, then the rest
+    monkeypatch.delenv(cli._RECIPE_CHILD)
+    Fake.pending = lambda self: []
+    calls.clear()
+    res = CliRunner().invoke(cli.app, ["recipe", "tiny-cpu", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert calls == ["learned", "after learned"]
