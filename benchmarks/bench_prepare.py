@@ -20,7 +20,8 @@ with no history skipped; write the events and the examples as Parquet.
     minivz  ``python -m minivz data prepare --input LOG_DIR --set memory_gb=M`` (the CLI, its reading and
             writing, under the same memory budget as DuckDB: past it, in shards of users), which
             ALSO draws 9 uniform negatives per target and the discovery flags, writes items/runs/
-            rejects/manifest and counts rejects: more work than the others do
+            rejects/manifest and counts rejects: more work than the others do. ``minivz-ray``: the same
+            command with ``--set engine=ray --set engine_workers=2`` (one shard per core at least)
     duckdb  the same job in SQL (read_parquet with hive partitioning, DISTINCT, window functions, COPY
             TO Parquet), threads=2, memory_limit = --memory-gb, spilling to a temp dir; no negatives
     polars  the same in the lazy API, ``collect(engine="streaming")``, then write_parquet; no negatives
@@ -222,7 +223,8 @@ def main() -> None:
     ap.add_argument("--memory-gb", type=float, default=8.0,
                     help="the memory budget: DuckDB's memory_limit, polars' (none), minivz's memory_gb")
     ap.add_argument("--systems", default="minivz,duckdb,polars,floor",
-                    help="also minivz-memory: minivz with the whole log in memory (shards=1)")
+                    help="also minivz-memory: minivz with the whole log in memory (shards=1); minivz-ray: "
+                         "its shards as tasks on a local two-worker Ray cluster (pip install 'minivz[distributed]')")
     ap.add_argument("--up-to", default="",
                     help="SYSTEM=EVENTS,...: run SYSTEM only up to that size (polars=1e7: polars collects "
                          "the whole table in memory, ~10+ GB at 1e8), the row says it was skipped")
@@ -263,10 +265,14 @@ def main() -> None:
             out.mkdir(parents=True)
             if system.startswith("minivz"):
                 # the same memory budget as DuckDB's; minivz-memory: the whole log in memory (shards=1)
-                budget = "shards=1" if system == "minivz-memory" else f"memory_gb={args.memory_gb}"
+                # minivz-ray: the shards as tasks on a local two-worker Ray cluster (DuckDB's 2 threads)
+                budget = ["shards=1"] if system == "minivz-memory" else [f"memory_gb={args.memory_gb}"]
+                if system == "minivz-ray":
+                    budget += ["engine=ray", "engine_workers=2"]
                 argv = [sys.executable, "-m", "minivz", "data", "prepare", "--input", str(log), "--out", str(out),
                         "--map", "user_id=uid,item_id=sku,ts=at,interaction=kind,duration_s=secs",
-                        "--set", "history_len=100", "--set", "min_history=1", "--set", budget]
+                        "--set", "history_len=100", "--set", "min_history=1",
+                        *[x for b in budget for x in ("--set", b)]]
             else:
                 argv = [sys.executable, __file__, "--worker", system, "--log", str(log), "--out", str(out),
                         "--memory-gb", str(args.memory_gb)]

@@ -89,10 +89,12 @@ def estimate_rows(found: Files) -> int:
 
 
 def plan_shards(cfg: DataConfig, found: Files) -> int:
-    """How many shards the log needs (1: prepare it in memory)."""
+    """How many shards the log needs (1: prepare it in memory). With an engine other than local, at least
+    2 (``_prepare_sharded`` raises it to the engine's workers): the user asked for its workers."""
     if cfg.shards:
         return int(cfg.shards)
-    return max(1, math.ceil(estimate_rows(found) * BYTES_PER_EVENT / memory_budget(cfg)))
+    need = max(1, math.ceil(estimate_rows(found) * BYTES_PER_EVENT / memory_budget(cfg)))
+    return need if cfg.engine == "local" else max(2, need)
 
 
 @dataclass
@@ -523,8 +525,8 @@ def _prepare_sharded(cfg, found, out, n_shards, engine, say):
     if len(sc.users) == 0:
         raise NoEvents()
     check_candidates(cfg, len(sc.items))
-    if not cfg.shards:  # the exact count of kept events; shards run `workers` at a time
-        n_shards = max(n_shards, math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT * engine.workers
+    if not cfg.shards:  # the exact count of kept events; shards run `workers` at a time, one each at least
+        n_shards = max(n_shards, engine.workers, math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT * engine.workers
                                            / memory_budget(cfg)))
     n_shards = max(1, min(n_shards, len(sc.users)))
     bounds = shard_bounds(sc.user_events, n_shards)

@@ -163,3 +163,7 @@ def test_a_two_worker_ray_cluster_writes_the_same_tables(tmp_path):
     _same(tmp_path / "mem", tmp_path / "ray")
     assert sr.shards == 3 and (sr.n_events, sr.n_duplicates, sr.examples) == (s1.n_events, s1.n_duplicates,
                                                                                s1.examples)
+    # engine=ray with no shard count: a log well inside the budget still goes to both workers
+    sa = _prepare(log, tmp_path / "auto", 0, negatives="popularity", engine="ray", engine_workers=2)
+    _same(tmp_path / "mem", tmp_path / "auto")
+    assert sa.shards == 2
