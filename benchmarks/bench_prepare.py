@@ -29,7 +29,8 @@ with no history skipped; write the events and the examples as Parquet.
             them can take
 
 Each system runs in its own process; wall time from the parent, peak RSS from ``os.wait4`` (the
-child's ``ru_maxrss``). Printed per size: seconds, µs per event, peak GB, and each system's time and
+child's ``ru_maxrss``: the largest one process), and the peak of the whole process tree's PSS sampled
+every 0.5 s (Ray's workers and object store are other processes). Printed per size: seconds, µs per event, peak GB, and each system's time and
 memory over minivz's (> 1: minivz is faster / leaner than that system; the issue's goal is >= 3 vs
 DuckDB). At the end of each run the examples (target row, split, history bounds) of DuckDB and
 polars are checked identical to minivz's, so every ratio is over the same work.
@@ -173,19 +174,19 @@ def run_floor(log: str, out: str, memory_gb: float) -> None:
         n += batch.num_rows
 
 
-WORKERS = {"duckdb": run_duckdb, "polars": run_polars, "floor": run_floor}
 
 
 # ------------------------------------------------------------------------------------------ parent
 
 
-def examples_of(system: str, out: Path):
-    """(target row, split, hist_start, hist_end) of every example, sorted by target row, as int64 arrays."""
+def examples_of(out: Path):
+    """(target row, split, hist_start, hist_end) of every example, sorted by target row, as int64 arrays
+    (minivz writes train/valid/test.parquet, the others examples.parquet)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if system == "minivz":
+    if not (out / "examples.parquet").exists():
         parts = [pq.read_table(out / f"{s}.parquet", columns=["target_row", "hist_start", "hist_end"])
                  .append_column("split", pa.array(np.full(pq.read_metadata(out / f"{s}.parquet").num_rows, k)))
                  for k, s in enumerate(("train", "valid", "test"))]
@@ -204,17 +205,67 @@ def same_examples(a, b) -> bool:
     return all(len(x) == len(y) and np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def measure(argv: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS GiB, return code) of one child process."""
+def run_same(ref: str, out: str, memory_gb: float) -> None:
+    """Exit 0 when ``out``'s examples are ``ref``'s (minivz's), 3 when not. In a child process: a child's
+    ``ru_maxrss`` starts at its parent's peak RSS (Linux keeps the pre-exec high-water mark), so the
+    parent must never hold 100M events' examples, or every later system would report its peak."""
+    raise SystemExit(0 if same_examples(examples_of(Path(ref)), examples_of(Path(out))) else 3)
+
+
+WORKERS = {"duckdb": run_duckdb, "polars": run_polars, "floor": run_floor, "same": run_same}
+
+
+def _tree_pss(root: int) -> int:
+    """Bytes of proportional set size (PSS) of ``root`` and every process under it: shared pages (Ray's
+    object store, mapped by the driver and its workers) counted once, shared out."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as fh:
+                    parent[int(d)] = int(fh.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    total = 0
+    for p in tree:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
+
+
+def measure(argv: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS GiB of the largest process, return code, peak GiB of the whole process
+    tree's PSS sampled every 0.5 s) of one child process. ``ru_maxrss`` sees one process: Ray's workers
+    and object store are others, which the tree's peak counts."""
+    import threading
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
         print(f"  ! {' '.join(argv[:4])} ... exited {rc}: {err.strip().splitlines()[-1:] }", flush=True)
-    return wall, usage.ru_maxrss / 2**20, rc
+    return wall, usage.ru_maxrss / 2**20, rc, peak[0] / 2**30
 
 
 def main() -> None:
@@ -257,7 +308,7 @@ def main() -> None:
         res = {}
         for system in systems:
             if size > up_to.get(system, size):
-                res[system] = (None, None, f"skipped above {up_to[system]:,} events (--up-to)")
+                res[system] = (None, None, f"skipped above {up_to[system]:,} events (--up-to)", None)
                 print(f"  {size:>12,} {system:<7} {res[system][2]}", flush=True)
                 continue
             out = base / f"out_{system}_{size}"
@@ -276,44 +327,48 @@ def main() -> None:
             else:
                 argv = [sys.executable, __file__, "--worker", system, "--log", str(log), "--out", str(out),
                         "--memory-gb", str(args.memory_gb)]
-            wall, gb, rc = measure(argv)
-            res[system] = (wall, gb, rc)
-            print(f"  {size:>12,} {system:<7} {wall:8.1f} s  {gb:6.2f} GB  rc {rc}", flush=True)
+            wall, gb, rc, tree = measure(argv)
+            res[system] = (wall, gb, rc, tree)
+            print(f"  {size:>12,} {system:<7} {wall:8.1f} s  {gb:6.2f} GB  (all processes {tree:.2f} GB)  rc {rc}",
+                  flush=True)
             if rc == 0 and system.startswith("minivz"):
                 man = json.loads((out / "manifest.json").read_text())["summary"]
                 print(f"  {'':>12} {system}: {man['shards']} shard(s); stages "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in man["seconds"].items()), flush=True)
-            if rc == 0 and system != "floor":
-                got = examples_of("minivz" if system.startswith("minivz") else system, out)
-                if system == "minivz":
-                    ref = got
-                elif "minivz" in res and res["minivz"][2] == 0:
-                    same = same_examples(ref, got)
-                    print(f"  {'':>12} {system} examples (target, split, history bounds) identical to "
-                          f"minivz's: {'yes' if same else 'NO'}", flush=True)
-                    if not same:
-                        res[system] = (wall, gb, "differs")
-            if args.keep is None:
+            ref = base / f"out_minivz_{size}"
+            if rc == 0 and system not in ("floor", "minivz") and res.get("minivz", (0, 0, 1))[2] == 0:
+                same = subprocess.run([sys.executable, __file__, "--worker", "same", "--log", str(ref),
+                                       "--out", str(out)]).returncode
+                print(f"  {'':>12} {system} examples (target, split, history bounds) identical to "
+                      f"minivz's: {'yes' if same == 0 else 'NO'}", flush=True)
+                if same != 0:
+                    res[system] = (wall, gb, "differs", tree)
+            if args.keep is None and system != "minivz":  # minivz's is the reference until the size ends
                 shutil.rmtree(out, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(base / f"out_minivz_{size}", ignore_errors=True)
         rows.append((size, res))
         if args.keep is None:
             shutil.rmtree(log, ignore_errors=True)
 
     print()
-    print("| events | system | wall s | µs/event | peak GB | its time / minivz's | its RSS / minivz's |")
-    print("|---|---|---|---|---|---|---|")
+    print("| events | system | wall s | µs/event | peak GB | all processes GB | its time / minivz's | its RSS / minivz's |")
+    print("|---|---|---|---|---|---|---|---|")
     for size, res in rows:
         mv = res.get("minivz")
         mv = mv if mv and mv[0] is not None else None
-        for system, (wall, gb, rc) in res.items():
+        for system, (wall, gb, rc, tree) in res.items():
             if wall is None:
-                print(f"| {size:,} | {system} ({rc}) | | | | | |")
+                print(f"| {size:,} | {system} ({rc}) | | | | | | |")
                 continue
             ratio = f"{wall / mv[0]:.2f}" if mv and system != "minivz" else "—"
             mem = f"{gb / mv[1]:.2f}" if mv and system != "minivz" else "—"
             flag = "" if rc == 0 else (" (examples differ)" if rc == "differs" else f" (failed rc {rc})")
-            print(f"| {size:,} | {system}{flag} | {wall:.1f} | {wall / size * 1e6:.2f} | {gb:.2f} | {ratio} | {mem} |")
-    print("\nminivz also draws 9 negatives per target, discovery flags and series runs, and writes "
+            print(f"| {size:,} | {system}{flag} | {wall:.1f} | {wall / size * 1e6:.2f} | {gb:.2f} | {f'{tree:.2f}' if tree else '(< 0.5 s)'} | {ratio} "
+                  f"| {mem} |")
+    print("\npeak GB: the largest process's peak RSS (os.wait4); all processes GB: the peak of the whole process "
+          "tree's PSS, sampled every 0.5 s (Ray's workers and object store included, shared pages once).")
+    print("minivz also draws 9 negatives per target, discovery flags and series runs, and writes "
           "items/runs/rejects/manifest; duckdb and polars do not (see the docstring).")
 
 

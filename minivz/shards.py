@@ -33,7 +33,9 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,10 +171,21 @@ class RayEngine:
         return self.ray.put(value)
 
     def map(self, fn, args: list[tuple]):
+        """``fn(*a)`` for each of ``args`` as Ray tasks, results in order (the caller appends each shard's
+        tables to the files), at most ``workers`` tasks pending: Ray's "limit pending tasks" pattern.
+        A result stays in the object store while its ref lives; with every task submitted at once, the
+        finished shards' tables piled up there and mapped into this process (10.6 GB peak at 100M
+        events under an 8 GB budget, 2026-12-08)."""
         remote = self.ray.remote(num_cpus=1)(fn)
-        refs = [remote.remote(*a) for a in args]
-        for ref in refs:  # in order: the caller appends each shard's tables to the files
-            yield self.ray.get(ref)
+        todo = iter(args)
+        pending = deque(remote.remote(*a) for a in islice(todo, self.workers))
+        while pending:
+            value = self.ray.get(pending.popleft())  # its ref dropped: freed once the caller is done
+            a = next(todo, None)
+            if a is not None:
+                pending.append(remote.remote(*a))
+            yield value
+            del value
 
     def close(self) -> None:
         if self.started:
