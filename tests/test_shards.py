@@ -167,3 +167,40 @@ def test_a_two_worker_ray_cluster_writes_the_same_tables(tmp_path):
     sa = _prepare(log, tmp_path / "auto", 0, negatives="popularity", engine="ray", engine_workers=2)
     _same(tmp_path / "mem", tmp_path / "auto")
     assert sa.shards == 2
+
+
+def test_the_ray_engine_keeps_at_most_its_workers_pending_and_totals_own_their_rejects():
+    """A finished task's result stays in Ray's object store while its ref (or any buffer of it) lives:
+    the engine submits at most ``workers`` tasks ahead, and the totals copy each shard's rejects out
+    of its result (holding them pinned every shard's tables at 100M events)."""
+    from types import SimpleNamespace
+
+    live, peak = set(), [0]
+
+    class Ref:
+        def __init__(self, v):
+            self.v = v
+            live.add(id(self))
+            peak[0] = max(peak[0], len(live))
+
+    def get(ref):
+        live.discard(id(ref))
+        return ref.v
+
+    ray = SimpleNamespace(remote=lambda num_cpus: lambda fn: SimpleNamespace(remote=lambda *a: Ref(fn(*a))),
+                          get=get)
+    engine = minivz.shards.RayEngine.__new__(minivz.shards.RayEngine)
+    engine.ray, engine.workers, engine.started = ray, 2, False
+    assert list(engine.map(lambda x: x * x, [(i,) for i in range(7)])) == [i * i for i in range(7)]
+    assert peak[0] == 2 and not live
+
+    rejects = pa.table({"row": pa.array([3, 5], pa.int64()), "reason": ["a", "b"]})
+    counts = SimpleNamespace(item_counts=np.array([1, 2]), n_events=3, n_sessions=1, n_runs=1)
+    out = minivz.shards.ShardOut({}, rejects, 0, counts)
+    tot = minivz.shards._Totals(np.zeros(2, np.int64))
+    tot.add(out)
+    kept = tot.rejects[0]
+    assert kept.equals(rejects)
+    mine = {b.address for c in kept.columns for ch in c.chunks for b in ch.buffers() if b is not None}
+    theirs = {b.address for c in rejects.columns for ch in c.chunks for b in ch.buffers() if b is not None}
+    assert not mine & theirs
