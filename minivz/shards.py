@@ -62,6 +62,10 @@ from minivz.timestamps import ts_window_us
 BYTES_PER_EVENT = 700
 # RSS of the process before any data (Python, NumPy, Arrow, the compiled kernels): ~240 MB measured
 BASE_BYTES = 300 * 2**20
+# A local Ray cluster's own processes (GCS, raylet, agents), beside each worker's BASE_BYTES, and the
+# share of the budget its object store gets (the shards' results pass through it)
+RAY_BASE_BYTES = 768 * 2**20
+RAY_STORE_SHARE = 0.2
 _ROW, _FILE = "__minivz_row", "__minivz_file"
 
 
@@ -135,6 +139,7 @@ class LocalEngine:
     """Runs each task in this process, one after another."""
 
     workers = 1
+    reserved = 0
 
     def put(self, value):
         return value
@@ -159,12 +164,18 @@ class RayEngine:
             raise ImportError("engine=ray needs Ray: pip install 'minivz[distributed]'") from e
         self.ray = ray
         self.started = not ray.is_initialized()
+        # bytes of the budget that are Ray's, not the shards': on a local cluster this process starts,
+        # its object store (RAY_STORE_SHARE of the budget), its own processes and each worker's base
+        self.reserved = 0
         if self.started:
             opts = {"include_dashboard": False, "log_to_driver": False}
             if cfg.ray_address:
                 ray.init(address=cfg.ray_address, **opts)
             else:
-                ray.init(num_cpus=cfg.engine_workers or os.cpu_count(), **opts)
+                workers = cfg.engine_workers or os.cpu_count()
+                store = max(128 * 2**20, int(RAY_STORE_SHARE * (memory_budget(cfg) + BASE_BYTES)))
+                ray.init(num_cpus=workers, object_store_memory=store, **opts)
+                self.reserved = store + RAY_BASE_BYTES + workers * BASE_BYTES
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def put(self, value):
@@ -541,8 +552,9 @@ def _prepare_sharded(cfg, found, out, n_shards, engine, say):
         raise NoEvents()
     check_candidates(cfg, len(sc.items))
     if not cfg.shards:  # the exact count of kept events; shards run `workers` at a time, one each at least
-        n_shards = max(n_shards, engine.workers, math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT * engine.workers
-                                           / memory_budget(cfg)))
+        left = max(memory_budget(cfg) - engine.reserved, 64 * 2**20)  # Ray's share set aside
+        n_shards = max(n_shards, engine.workers,
+                       math.ceil(int(sc.user_events.sum()) * BYTES_PER_EVENT * engine.workers / left))
     n_shards = max(1, min(n_shards, len(sc.users)))
     bounds = shard_bounds(sc.user_events, n_shards)
     ends = np.append(bounds[1:], len(sc.users))
