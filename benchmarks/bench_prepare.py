@@ -29,9 +29,9 @@ with no history skipped; write the events and the examples as Parquet.
             them can take
 
 Each system runs in its own process; wall time from the parent, peak RSS from ``os.wait4`` (the
-child's ``ru_maxrss``: the largest one process), and the peak of the whole process tree's PSS sampled
-every 0.5 s (Ray's workers and object store are other processes). Printed per size: seconds, µs per event, peak GB, and each system's time and
-memory over minivz's (> 1: minivz is faster / leaner than that system; the issue's goal is >= 3 vs
+child's ``ru_maxrss``: the largest one process), and the peak of the whole process tree's PSS
+sampled every 0.5 s (Ray's workers and object store are other processes). Printed per size: seconds,
+µs per event, peak GB, and each system's time and memory over minivz's (> 1: minivz is faster / leaner than that system; the issue's goal is >= 3 vs
 DuckDB). At the end of each run the examples (target row, split, history bounds) of DuckDB and
 polars are checked identical to minivz's, so every ratio is over the same work.
 """
@@ -174,8 +174,6 @@ def run_floor(log: str, out: str, memory_gb: float) -> None:
         n += batch.num_rows
 
 
-
-
 # ------------------------------------------------------------------------------------------ parent
 
 
@@ -306,6 +304,7 @@ def main() -> None:
             print(f"# wrote {n:,} rows ({size:,} events + copies) in {time.perf_counter() - t0:.0f} s "
                   f"to {log} (untimed)", flush=True)
         res = {}
+        ref = base / f"out_minivz_{size}"  # minivz's output: the reference until the size ends
         for system in systems:
             if size > up_to.get(system, size):
                 res[system] = (None, None, f"skipped above {up_to[system]:,} events (--up-to)", None)
@@ -335,20 +334,19 @@ def main() -> None:
                 man = json.loads((out / "manifest.json").read_text())["summary"]
                 print(f"  {'':>12} {system}: {man['shards']} shard(s); stages "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in man["seconds"].items()), flush=True)
-            ref = base / f"out_minivz_{size}"
-            if rc == 0 and system not in ("floor", "minivz") and res.get("minivz", (0, 0, 1))[2] == 0:
+            minivz_ok = "minivz" in res and res["minivz"][2] == 0
+            if rc == 0 and system not in ("floor", "minivz") and minivz_ok:
                 same = subprocess.run([sys.executable, __file__, "--worker", "same", "--log", str(ref),
                                        "--out", str(out)]).returncode
                 print(f"  {'':>12} {system} examples (target, split, history bounds) identical to "
                       f"minivz's: {'yes' if same == 0 else 'NO'}", flush=True)
                 if same != 0:
                     res[system] = (wall, gb, "differs", tree)
-            if args.keep is None and system != "minivz":  # minivz's is the reference until the size ends
+            if args.keep is None and out != ref:
                 shutil.rmtree(out, ignore_errors=True)
-        if args.keep is None:
-            shutil.rmtree(base / f"out_minivz_{size}", ignore_errors=True)
         rows.append((size, res))
         if args.keep is None:
+            shutil.rmtree(ref, ignore_errors=True)
             shutil.rmtree(log, ignore_errors=True)
 
     print()

@@ -69,14 +69,17 @@ RAY_STORE_SHARE = 0.2
 _ROW, _FILE = "__minivz_row", "__minivz_file"
 
 
-def memory_budget(cfg: DataConfig) -> int:
-    """Bytes ``prepare``'s data may hold: ``memory_gb`` (or half of this machine's memory) less the
-    process's own ``BASE_BYTES`` (at least 64 MB)."""
+def memory_total(cfg: DataConfig) -> int:
+    """Bytes the whole command may hold: ``memory_gb``, or half of this machine's memory."""
     if cfg.memory_gb > 0:
-        total = int(cfg.memory_gb * 2**30)
-    else:
-        total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-    return max(total - BASE_BYTES, 64 * 2**20)
+        return int(cfg.memory_gb * 2**30)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+
+
+def memory_budget(cfg: DataConfig) -> int:
+    """Bytes ``prepare``'s data may hold: ``memory_total`` less the process's own ``BASE_BYTES`` (at
+    least 64 MB)."""
+    return max(memory_total(cfg) - BASE_BYTES, 64 * 2**20)
 
 
 def estimate_rows(found: Files) -> int:
@@ -173,7 +176,7 @@ class RayEngine:
                 ray.init(address=cfg.ray_address, **opts)
             else:
                 workers = cfg.engine_workers or os.cpu_count()
-                store = max(128 * 2**20, int(RAY_STORE_SHARE * (memory_budget(cfg) + BASE_BYTES)))
+                store = max(128 * 2**20, int(RAY_STORE_SHARE * memory_total(cfg)))
                 ray.init(num_cpus=workers, object_store_memory=store, **opts)
                 self.reserved = store + RAY_BASE_BYTES + workers * BASE_BYTES
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -184,9 +187,8 @@ class RayEngine:
     def map(self, fn, args: list[tuple]):
         """``fn(*a)`` for each of ``args`` as Ray tasks, results in order (the caller appends each shard's
         tables to the files), at most ``workers`` tasks pending: Ray's "limit pending tasks" pattern.
-        A result stays in the object store while its ref lives; with every task submitted at once, the
-        finished shards' tables piled up there and mapped into this process (10.6 GB peak at 100M
-        events under an 8 GB budget, 2026-12-08)."""
+        A result stays in the object store while its ref lives: with every task submitted at once, each
+        finished shard's tables would wait there until the caller reached it."""
         remote = self.ray.remote(num_cpus=1)(fn)
         todo = iter(args)
         pending = deque(remote.remote(*a) for a in islice(todo, self.workers))
